@@ -1,0 +1,522 @@
+//! Settings, read once at start from `BRIDGE_*` environment variables.
+//!
+//! [`VARIABLES`] is the single list of what the bridge reads: `--help` prints it, the defaults used
+//! below come from it, and the test that guards `docker-compose.yml` checks against it. Every value is
+//! parsed into its type here, so a malformed one stops the process at start with one line naming the
+//! variable, never later in a request.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::domain::SdkAppId;
+use crate::webhook::CallbackToken;
+
+/// One environment variable the bridge reads.
+pub struct Variable {
+    pub name: &'static str,
+    /// The default, or `None` when the variable is required or its absence means "off".
+    pub default: Option<&'static str>,
+    pub meaning: &'static str,
+}
+
+const fn var(name: &'static str, default: Option<&'static str>, meaning: &'static str) -> Variable {
+    Variable {
+        name,
+        default,
+        meaning,
+    }
+}
+
+/// Every variable, in the order `--help` shows them.
+pub const VARIABLES: &[Variable] = &[
+    var(
+        "BRIDGE_SDK_APP_ID",
+        None,
+        "required: the SdkAppid accepted, or a comma list of them",
+    ),
+    var(
+        "BRIDGE_CALLBACK_TOKEN",
+        None,
+        "callback authentication token; when set, Sign and RequestTime are checked",
+    ),
+    var(
+        "BRIDGE_SIGN_MAX_SKEW_SECS",
+        Some("60"),
+        "how far RequestTime may be from now, in seconds",
+    ),
+    var(
+        "BRIDGE_LISTEN",
+        Some("0.0.0.0:8080"),
+        "address and port the HTTP server binds",
+    ),
+    var(
+        "BRIDGE_WEBHOOK_PATH",
+        Some("/webhook"),
+        "path Tencent POSTs the webhook to",
+    ),
+    var(
+        "BRIDGE_MAX_BODY_BYTES",
+        Some("65536"),
+        "largest webhook body accepted; larger ones get 413",
+    ),
+    var(
+        "BRIDGE_KAFKA_BROKERS",
+        Some("127.0.0.1:9092"),
+        "Kafka bootstrap servers, comma separated",
+    ),
+    var(
+        "BRIDGE_TOPIC",
+        Some("group-change"),
+        "topic the events are published to",
+    ),
+    var(
+        "BRIDGE_DLQ_TOPIC",
+        None,
+        "dead-letter topic for events Kafka refuses for good (default <topic>.dlq)",
+    ),
+    var(
+        "BRIDGE_DELIVERY",
+        Some("spool"),
+        "spool: answer once the event is on local disk; sync: answer once Kafka has it",
+    ),
+    var(
+        "BRIDGE_SYNC_TIMEOUT_MS",
+        Some("1500"),
+        "sync delivery: how long to wait for Kafka before answering 503",
+    ),
+    var(
+        "BRIDGE_SPOOL_DIR",
+        Some("./spool"),
+        "directory of the durable spool",
+    ),
+    var(
+        "BRIDGE_SPOOL_FSYNC",
+        Some("always"),
+        "always | interval | never: when the spool is fsynced",
+    ),
+    var(
+        "BRIDGE_SPOOL_FSYNC_INTERVAL_MS",
+        Some("50"),
+        "fsync period with BRIDGE_SPOOL_FSYNC=interval",
+    ),
+    var(
+        "BRIDGE_SPOOL_MAX_BYTES",
+        Some("1073741824"),
+        "spool size at which webhooks get 503",
+    ),
+    var(
+        "BRIDGE_SHUTDOWN_GRACE_SECS",
+        Some("10"),
+        "on SIGTERM, how long to keep forwarding the spool to Kafka",
+    ),
+    var("BRIDGE_LOG_FORMAT", Some("text"), "text | json"),
+    var(
+        "BRIDGE_RDKAFKA_<PROPERTY>",
+        None,
+        "any librdkafka property: BRIDGE_RDKAFKA_SECURITY_PROTOCOL=SASL_SSL sets security.protocol",
+    ),
+    var(
+        "RUST_LOG",
+        Some("info"),
+        "log filter, e.g. info or tim_kafka_bridge=debug,rdkafka=warn",
+    ),
+];
+
+/// Prefix of the pass-through librdkafka properties.
+pub const RDKAFKA_PREFIX: &str = "BRIDGE_RDKAFKA_";
+
+/// A variable that is missing or does not parse. Its text is the one line the process prints.
+#[derive(Debug, thiserror::Error)]
+#[error("{name}: {problem}")]
+pub struct ConfigError {
+    pub name: String,
+    pub problem: String,
+}
+
+fn bad(name: &str, problem: impl Into<String>) -> ConfigError {
+    ConfigError {
+        name: name.to_owned(),
+        problem: problem.into(),
+    }
+}
+
+/// When the spool is flushed to stable storage. Every mode survives `kill -9` (the bytes are in the
+/// kernel before the answer goes out); only `always` also survives power loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncMode {
+    Always,
+    Interval(Duration),
+    Never,
+}
+
+/// When the webhook is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryMode {
+    /// After the event is durable in the local spool (default).
+    Spool,
+    /// After Kafka acknowledged it, waiting at most the given time.
+    Sync { timeout: Duration },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// librdkafka properties from `BRIDGE_RDKAFKA_*`. `Debug` hides the values of anything secret.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct RdkafkaOverrides(pub BTreeMap<String, String>);
+
+impl RdkafkaOverrides {
+    /// Whether a librdkafka property holds a secret (`sasl.password`, `ssl.key.password`, …).
+    pub fn is_secret(property: &str) -> bool {
+        ["password", "secret", "sasl", "key", "token", "credential"]
+            .iter()
+            .any(|w| property.contains(w))
+            && property != "sasl.mechanisms"
+            && property != "sasl.mechanism"
+    }
+}
+
+impl std::fmt::Debug for RdkafkaOverrides {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.0.iter().map(|(k, v)| {
+                (
+                    k,
+                    if Self::is_secret(k) {
+                        "[redacted]"
+                    } else {
+                        v.as_str()
+                    },
+                )
+            }))
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub webhook_path: String,
+    pub app_ids: Vec<SdkAppId>,
+    pub callback_token: Option<CallbackToken>,
+    pub sign_max_skew_secs: u64,
+    pub max_body_bytes: usize,
+    pub kafka_brokers: String,
+    pub topic: String,
+    pub dlq_topic: String,
+    pub delivery: DeliveryMode,
+    pub spool_dir: PathBuf,
+    pub spool_fsync: FsyncMode,
+    pub spool_max_bytes: u64,
+    pub shutdown_grace: Duration,
+    pub log_format: LogFormat,
+    pub rdkafka: RdkafkaOverrides,
+}
+
+/// What envy reads: every known variable as text, so that parsing (and its error messages) stays here.
+#[derive(Deserialize, Default)]
+struct Raw {
+    sdk_app_id: Option<String>,
+    callback_token: Option<String>,
+    sign_max_skew_secs: Option<String>,
+    listen: Option<String>,
+    webhook_path: Option<String>,
+    max_body_bytes: Option<String>,
+    kafka_brokers: Option<String>,
+    topic: Option<String>,
+    dlq_topic: Option<String>,
+    delivery: Option<String>,
+    sync_timeout_ms: Option<String>,
+    spool_dir: Option<String>,
+    spool_fsync: Option<String>,
+    spool_fsync_interval_ms: Option<String>,
+    spool_max_bytes: Option<String>,
+    shutdown_grace_secs: Option<String>,
+    log_format: Option<String>,
+}
+
+impl Settings {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_vars(std::env::vars())
+    }
+
+    /// Reads the given variables as if they were the environment (tests use this).
+    pub fn from_vars(
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let vars: Vec<(String, String)> = vars.into_iter().collect();
+        let bridge = vars
+            .iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix("BRIDGE_")?.to_owned(), v.clone())))
+            .filter(|(k, _)| !k.starts_with("RDKAFKA_"));
+        let raw: Raw = envy::from_iter(bridge).map_err(|e| bad("BRIDGE_*", e.to_string()))?;
+        let rdkafka = RdkafkaOverrides(
+            vars.iter()
+                .filter_map(|(k, v)| {
+                    let prop = k.strip_prefix(RDKAFKA_PREFIX)?;
+                    Some((prop.to_ascii_lowercase().replace('_', "."), v.clone()))
+                })
+                .collect(),
+        );
+        Self::parse(raw, rdkafka)
+    }
+
+    fn parse(raw: Raw, rdkafka: RdkafkaOverrides) -> Result<Self, ConfigError> {
+        let app_ids = {
+            let name = "BRIDGE_SDK_APP_ID";
+            let text = raw.sdk_app_id.filter(|s| !s.trim().is_empty()).ok_or_else(|| {
+                bad(name, "is required: the SdkAppid of your Tencent Cloud Chat app (e.g. 1400000000), or a comma list")
+            })?;
+            text.split(',')
+                .map(|s| {
+                    SdkAppId::parse(s.trim()).map_err(|e| bad(name, format!("{e}, got {s:?}")))
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        };
+        let topic = text("BRIDGE_TOPIC", raw.topic)?;
+        let dlq_topic = match raw.dlq_topic {
+            Some(t) => text("BRIDGE_DLQ_TOPIC", Some(t))?,
+            None => format!("{topic}.dlq"),
+        };
+        let delivery = match choice("BRIDGE_DELIVERY", raw.delivery, &["spool", "sync"])? {
+            "spool" => DeliveryMode::Spool,
+            _ => DeliveryMode::Sync {
+                timeout: millis("BRIDGE_SYNC_TIMEOUT_MS", raw.sync_timeout_ms)?,
+            },
+        };
+        let spool_fsync = match choice(
+            "BRIDGE_SPOOL_FSYNC",
+            raw.spool_fsync,
+            &["always", "interval", "never"],
+        )? {
+            "always" => FsyncMode::Always,
+            "interval" => FsyncMode::Interval(millis(
+                "BRIDGE_SPOOL_FSYNC_INTERVAL_MS",
+                raw.spool_fsync_interval_ms,
+            )?),
+            _ => FsyncMode::Never,
+        };
+        let webhook_path = text("BRIDGE_WEBHOOK_PATH", raw.webhook_path)?;
+        if !webhook_path.starts_with('/') {
+            return Err(bad(
+                "BRIDGE_WEBHOOK_PATH",
+                format!("must start with '/', got {webhook_path:?}"),
+            ));
+        }
+        let max_body_bytes = number::<usize>("BRIDGE_MAX_BODY_BYTES", raw.max_body_bytes)?;
+        if max_body_bytes == 0 {
+            return Err(bad("BRIDGE_MAX_BODY_BYTES", "must be at least 1"));
+        }
+        Ok(Self {
+            listen: number("BRIDGE_LISTEN", raw.listen)?,
+            webhook_path,
+            app_ids,
+            callback_token: raw.callback_token.and_then(CallbackToken::new),
+            sign_max_skew_secs: number("BRIDGE_SIGN_MAX_SKEW_SECS", raw.sign_max_skew_secs)?,
+            max_body_bytes,
+            kafka_brokers: text("BRIDGE_KAFKA_BROKERS", raw.kafka_brokers)?,
+            topic,
+            dlq_topic,
+            delivery,
+            spool_dir: PathBuf::from(text("BRIDGE_SPOOL_DIR", raw.spool_dir)?),
+            spool_fsync,
+            spool_max_bytes: number("BRIDGE_SPOOL_MAX_BYTES", raw.spool_max_bytes)?,
+            shutdown_grace: Duration::from_secs(number(
+                "BRIDGE_SHUTDOWN_GRACE_SECS",
+                raw.shutdown_grace_secs,
+            )?),
+            log_format: match choice("BRIDGE_LOG_FORMAT", raw.log_format, &["text", "json"])? {
+                "json" => LogFormat::Json,
+                _ => LogFormat::Text,
+            },
+            rdkafka,
+        })
+    }
+}
+
+/// The variable's value, or its default from [`VARIABLES`].
+fn value(name: &str, given: Option<String>) -> Result<String, ConfigError> {
+    given
+        .or_else(|| {
+            VARIABLES
+                .iter()
+                .find(|v| v.name == name)
+                .and_then(|v| v.default)
+                .map(str::to_owned)
+        })
+        .ok_or_else(|| bad(name, "is required"))
+}
+
+fn text(name: &str, given: Option<String>) -> Result<String, ConfigError> {
+    let v = value(name, given)?;
+    if v.trim().is_empty() {
+        Err(bad(name, "must not be empty"))
+    } else {
+        Ok(v)
+    }
+}
+
+fn number<T: std::str::FromStr>(name: &str, given: Option<String>) -> Result<T, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    let v = value(name, given)?;
+    v.trim()
+        .parse()
+        .map_err(|e| bad(name, format!("{e}, got {v:?}")))
+}
+
+fn millis(name: &str, given: Option<String>) -> Result<Duration, ConfigError> {
+    let ms: u64 = number(name, given)?;
+    if ms == 0 {
+        return Err(bad(name, "must be at least 1 ms"));
+    }
+    Ok(Duration::from_millis(ms))
+}
+
+fn choice(
+    name: &str,
+    given: Option<String>,
+    options: &[&'static str],
+) -> Result<&'static str, ConfigError> {
+    let v = value(name, given)?;
+    let v = v.trim().to_ascii_lowercase();
+    options.iter().find(|o| **o == v).copied().ok_or_else(|| {
+        bad(
+            name,
+            format!("expected one of {}, got {v:?}", options.join(" | ")),
+        )
+    })
+}
+
+/// The text of `--help`.
+pub fn help() -> String {
+    let mut out = format!(
+        "{name} {version}\n{desc}\n\nUsage: {name} [--help | --version]\n\nEverything is configured through the environment:\n\n",
+        name = env!("CARGO_PKG_NAME"),
+        version = env!("CARGO_PKG_VERSION"),
+        desc = env!("CARGO_PKG_DESCRIPTION"),
+    );
+    for v in VARIABLES {
+        let default = v
+            .default
+            .map(|d| format!(" [default: {d}]"))
+            .unwrap_or_default();
+        out.push_str(&format!("  {}\n      {}{}\n", v.name, v.meaning, default));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn only_the_app_id_is_required_and_defaults_fill_the_rest() {
+        let s = Settings::from_vars(vars(&[("BRIDGE_SDK_APP_ID", "1400000000")])).unwrap();
+        assert_eq!(s.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(s.webhook_path, "/webhook");
+        assert_eq!(s.topic, "group-change");
+        assert_eq!(s.dlq_topic, "group-change.dlq");
+        assert_eq!(s.spool_fsync, FsyncMode::Always);
+        assert_eq!(s.delivery, DeliveryMode::Spool);
+        assert_eq!(s.max_body_bytes, 65536);
+        assert!(s.callback_token.is_none());
+    }
+
+    #[test]
+    fn a_missing_app_id_names_the_variable() {
+        let e = Settings::from_vars(vars(&[])).unwrap_err();
+        assert!(
+            e.to_string().starts_with("BRIDGE_SDK_APP_ID: is required"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_malformed_value_names_the_variable_and_what_it_expects() {
+        let cases = [
+            (
+                "BRIDGE_LISTEN",
+                "8080",
+                "BRIDGE_LISTEN: invalid socket address",
+            ),
+            (
+                "BRIDGE_SPOOL_FSYNC",
+                "sometimes",
+                "BRIDGE_SPOOL_FSYNC: expected one of always | interval | never",
+            ),
+            (
+                "BRIDGE_MAX_BODY_BYTES",
+                "lots",
+                "BRIDGE_MAX_BODY_BYTES: invalid digit",
+            ),
+            (
+                "BRIDGE_WEBHOOK_PATH",
+                "hook",
+                "BRIDGE_WEBHOOK_PATH: must start with '/'",
+            ),
+            (
+                "BRIDGE_SDK_APP_ID",
+                "14x",
+                "BRIDGE_SDK_APP_ID: an SdkAppid is 1 to 20 decimal digits",
+            ),
+        ];
+        for (name, value, expected) in cases {
+            let e = Settings::from_vars(vars(&[("BRIDGE_SDK_APP_ID", "1"), (name, value)]))
+                .unwrap_err();
+            assert!(e.to_string().starts_with(expected), "{name}={value}: {e}");
+        }
+    }
+
+    #[test]
+    fn rdkafka_properties_pass_through_and_secrets_stay_hidden() {
+        let s = Settings::from_vars(vars(&[
+            ("BRIDGE_SDK_APP_ID", "1,2"),
+            ("BRIDGE_RDKAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
+            ("BRIDGE_RDKAFKA_SASL_PASSWORD", "hunter2"),
+            ("BRIDGE_CALLBACK_TOKEN", "s3cret-token"),
+        ]))
+        .unwrap();
+        assert_eq!(s.app_ids.len(), 2);
+        assert_eq!(
+            s.rdkafka.0.get("security.protocol").map(String::as_str),
+            Some("SASL_SSL")
+        );
+        assert_eq!(
+            s.rdkafka.0.get("sasl.password").map(String::as_str),
+            Some("hunter2")
+        );
+        let debug = format!("{s:?}");
+        assert!(
+            !debug.contains("hunter2") && !debug.contains("s3cret-token"),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn help_lists_every_variable_with_its_default() {
+        let h = help();
+        for v in VARIABLES {
+            assert!(h.contains(v.name), "{}", v.name);
+            if let Some(d) = v.default {
+                assert!(h.contains(&format!("[default: {d}]")), "{}", v.name);
+            }
+        }
+    }
+}

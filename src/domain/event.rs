@@ -1,0 +1,255 @@
+//! [`GroupChangeEvent`]: one group-profile change, as published on Kafka.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::{EventId, EventTime, GroupId, SdkAppId};
+
+/// Version of the value's JSON layout. Bumped only for a change a consumer must know about; adding an
+/// optional field is not one.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The profile fields a webhook carried. A field the webhook did not carry is `None` and absent from
+/// the JSON; `Some("")` means the field was cleared.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Changes {
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub introduction: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub notification: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub face_url: Option<String>,
+}
+
+/// One change of a group's profile, normalized. Serializes to the Kafka value documented in
+/// docs/event.md; deserializes back from it (the spool stores exactly that value).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupChangeEvent {
+    schema_version: u32,
+    event_id: EventId,
+    sdk_app_id: SdkAppId,
+    group_id: GroupId,
+    group_type: Option<String>,
+    operator_account: Option<String>,
+    changes: Changes,
+    event_time_ms: EventTime,
+    received_at_ms: i64,
+    client_ip: Option<String>,
+    opt_platform: Option<String>,
+}
+
+impl GroupChangeEvent {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        sdk_app_id: SdkAppId,
+        group_id: GroupId,
+        group_type: Option<String>,
+        operator_account: Option<String>,
+        changes: Changes,
+        event_time: EventTime,
+        received_at_ms: i64,
+        client_ip: Option<String>,
+        opt_platform: Option<String>,
+    ) -> Self {
+        let event_id = derive_id(
+            &sdk_app_id,
+            &group_id,
+            &group_type,
+            &operator_account,
+            &changes,
+            event_time,
+        );
+        Self {
+            schema_version: SCHEMA_VERSION,
+            event_id,
+            sdk_app_id,
+            group_id,
+            group_type,
+            operator_account,
+            changes,
+            event_time_ms: event_time,
+            received_at_ms,
+            client_ip,
+            opt_platform,
+        }
+    }
+
+    pub fn event_id(&self) -> &EventId {
+        &self.event_id
+    }
+    pub fn sdk_app_id(&self) -> &SdkAppId {
+        &self.sdk_app_id
+    }
+    pub fn group_id(&self) -> &GroupId {
+        &self.group_id
+    }
+    pub fn changes(&self) -> &Changes {
+        &self.changes
+    }
+    pub fn event_time(&self) -> EventTime {
+        self.event_time_ms
+    }
+    pub fn received_at_ms(&self) -> i64 {
+        self.received_at_ms
+    }
+
+    /// The Kafka value: this event as JSON.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("an event always serializes")
+    }
+
+    /// Reads a value written by [`to_json`](Self::to_json).
+    pub fn from_json(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}
+
+/// Everything the publisher needs to turn a domain value into a Kafka record. The publisher routes and
+/// never looks inside the event.
+pub trait KafkaMessage {
+    /// The record key (partitioning and ordering unit).
+    fn key(&self) -> &[u8];
+    /// The record timestamp, in ms since the epoch.
+    fn timestamp_ms(&self) -> i64;
+    /// Record headers: CloudEvents' Kafka binding in binary mode plus the content type.
+    fn headers(&self) -> Vec<(&'static str, String)>;
+}
+
+/// CloudEvents `type` of a group-profile change.
+pub const CE_TYPE: &str = "com.tencentcloud.im.group.info_changed";
+
+impl KafkaMessage for GroupChangeEvent {
+    fn key(&self) -> &[u8] {
+        self.group_id.as_str().as_bytes()
+    }
+
+    fn timestamp_ms(&self) -> i64 {
+        self.event_time_ms.as_millis()
+    }
+
+    fn headers(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("ce_specversion", "1.0".to_owned()),
+            ("ce_id", self.event_id.as_str().to_owned()),
+            (
+                "ce_source",
+                format!("/tencent-cloud-chat/{}", self.sdk_app_id.as_str()),
+            ),
+            ("ce_type", CE_TYPE.to_owned()),
+            ("ce_time", self.event_time_ms.rfc3339()),
+            ("ce_subject", self.group_id.as_str().to_owned()),
+            ("content-type", "application/json".to_owned()),
+        ]
+    }
+}
+
+/// SHA-256 over each content field, length-prefixed and presence-tagged so that no two different
+/// webhooks can encode to the same bytes.
+fn derive_id(
+    app: &SdkAppId,
+    group: &GroupId,
+    group_type: &Option<String>,
+    operator: &Option<String>,
+    changes: &Changes,
+    time: EventTime,
+) -> EventId {
+    fn field(h: &mut Sha256, v: Option<&str>) {
+        match v {
+            None => h.update([0u8]),
+            Some(s) => {
+                h.update([1u8]);
+                h.update((s.len() as u64).to_le_bytes());
+                h.update(s.as_bytes());
+            }
+        }
+    }
+    let mut h = Sha256::new();
+    h.update(b"Group.CallbackAfterGroupInfoChanged\0");
+    field(&mut h, Some(app.as_str()));
+    field(&mut h, Some(group.as_str()));
+    field(&mut h, group_type.as_deref());
+    field(&mut h, operator.as_deref());
+    field(&mut h, changes.name.as_deref());
+    field(&mut h, changes.introduction.as_deref());
+    field(&mut h, changes.notification.as_deref());
+    field(&mut h, changes.face_url.as_deref());
+    h.update(time.as_millis().to_le_bytes());
+    EventId::from_digest(&h.finalize())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(received_at_ms: i64, notification: &str) -> GroupChangeEvent {
+        GroupChangeEvent::new(
+            SdkAppId::parse("1400000000").unwrap(),
+            GroupId::parse("@TGS#2J4SZEAEL".into()).unwrap(),
+            Some("Public".into()),
+            Some("leckie".into()),
+            Changes {
+                notification: Some(notification.into()),
+                ..Changes::default()
+            },
+            EventTime::from_millis(1670574414123).unwrap(),
+            received_at_ms,
+            Some("127.0.0.1".into()),
+            None,
+        )
+    }
+
+    #[test]
+    fn the_same_webhook_received_twice_has_the_same_id() {
+        assert_eq!(event(1, "n").event_id(), event(2, "n").event_id());
+        assert_ne!(event(1, "n").event_id(), event(1, "m").event_id());
+    }
+
+    #[test]
+    fn a_cleared_field_and_an_absent_field_have_different_ids() {
+        let cleared = event(1, "");
+        let mut absent = cleared.clone();
+        absent.changes.notification = None;
+        let absent = GroupChangeEvent::new(
+            absent.sdk_app_id,
+            absent.group_id,
+            absent.group_type,
+            absent.operator_account,
+            absent.changes,
+            absent.event_time_ms,
+            1,
+            None,
+            None,
+        );
+        assert_ne!(cleared.event_id(), absent.event_id());
+    }
+
+    #[test]
+    fn the_value_carries_only_the_changed_fields_and_round_trips() {
+        let e = event(5, "NewNotification");
+        let v: serde_json::Value = serde_json::from_slice(&e.to_json()).unwrap();
+        assert_eq!(
+            v["changes"],
+            serde_json::json!({"notification": "NewNotification"})
+        );
+        assert_eq!(v["schema_version"], 1);
+        assert_eq!(v["event_time_ms"], 1670574414123i64);
+        assert_eq!(GroupChangeEvent::from_json(&e.to_json()).unwrap(), e);
+    }
+
+    #[test]
+    fn headers_follow_the_cloudevents_kafka_binding() {
+        let e = event(5, "n");
+        let h = e.headers();
+        let get = |k: &str| h.iter().find(|(n, _)| *n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("ce_specversion"), Some("1.0"));
+        assert_eq!(get("ce_id"), Some(e.event_id().as_str()));
+        assert_eq!(get("ce_time"), Some("2022-12-09T08:26:54.123Z"));
+        assert_eq!(get("ce_subject"), Some("@TGS#2J4SZEAEL"));
+        assert_eq!(get("content-type"), Some("application/json"));
+        assert_eq!(e.key(), b"@TGS#2J4SZEAEL");
+        assert_eq!(e.timestamp_ms(), 1670574414123);
+    }
+}

@@ -1,0 +1,184 @@
+//! Newtypes for the identifiers and instants an event carries.
+
+use serde::{Deserialize, Serialize};
+
+/// A value that does not fit its type; the message says what was expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidValue(&'static str);
+
+/// The id of the group whose profile changed, e.g. `@TGS#2J4SZEAEL`. Never empty. Its bytes are the
+/// Kafka key, so every change of one group lands on one partition, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct GroupId(String);
+
+impl GroupId {
+    pub fn parse(s: String) -> Result<Self, InvalidValue> {
+        if s.is_empty() {
+            Err(InvalidValue("a GroupId is a non-empty string"))
+        } else {
+            Ok(Self(s))
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for GroupId {
+    type Error = InvalidValue;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::parse(s)
+    }
+}
+
+impl From<GroupId> for String {
+    fn from(g: GroupId) -> String {
+        g.0
+    }
+}
+
+/// A Tencent Cloud Chat application id (SDKAppID): decimal digits, e.g. `1400000000`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct SdkAppId(String);
+
+impl SdkAppId {
+    pub fn parse(s: &str) -> Result<Self, InvalidValue> {
+        if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
+            Err(InvalidValue("an SdkAppid is 1 to 20 decimal digits"))
+        } else {
+            Ok(Self(s.to_owned()))
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for SdkAppId {
+    type Error = InvalidValue;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::parse(&s)
+    }
+}
+
+impl From<SdkAppId> for String {
+    fn from(a: SdkAppId) -> String {
+        a.0
+    }
+}
+
+/// When the change happened, in milliseconds since the Unix epoch, from the webhook's `EventTime`.
+/// Bounded to years 1970..=9999 so it is always a valid Kafka timestamp and RFC 3339 instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "i64", into = "i64")]
+pub struct EventTime(i64);
+
+impl EventTime {
+    /// 9999-12-31T23:59:59.999Z.
+    pub const MAX_MILLIS: i64 = 253_402_300_799_999;
+
+    pub fn from_millis(ms: i64) -> Result<Self, InvalidValue> {
+        if (0..=Self::MAX_MILLIS).contains(&ms) {
+            Ok(Self(ms))
+        } else {
+            Err(InvalidValue(
+                "an EventTime is milliseconds between 1970 and 9999",
+            ))
+        }
+    }
+    pub fn as_millis(self) -> i64 {
+        self.0
+    }
+    /// RFC 3339 with milliseconds, UTC: the CloudEvents `time` attribute.
+    pub fn rfc3339(self) -> String {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(self.0 as u64);
+        humantime::format_rfc3339_millis(t).to_string()
+    }
+}
+
+impl TryFrom<i64> for EventTime {
+    type Error = InvalidValue;
+    fn try_from(ms: i64) -> Result<Self, Self::Error> {
+        Self::from_millis(ms)
+    }
+}
+
+impl From<EventTime> for i64 {
+    fn from(t: EventTime) -> i64 {
+        t.0
+    }
+}
+
+/// The event's identity: 32 lower-case hex digits, the first 128 bits of a SHA-256 over the webhook's
+/// content (app, group, type, operator, changes, EventTime) and never over when or from where it was
+/// received. The same webhook delivered twice gets the same id, so consumers can drop duplicates.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct EventId(String);
+
+impl EventId {
+    pub(super) fn from_digest(digest: &[u8]) -> Self {
+        Self(hex::encode(&digest[..16]))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for EventId {
+    type Error = InvalidValue;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        if s.len() == 32 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            Ok(Self(s))
+        } else {
+            Err(InvalidValue("an event_id is 32 lower-case hex digits"))
+        }
+    }
+}
+
+impl From<EventId> for String {
+    fn from(e: EventId) -> String {
+        e.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_group_id_cannot_exist() {
+        assert!(GroupId::parse(String::new()).is_err());
+        assert_eq!(
+            GroupId::parse("@TGS#2J4SZEAEL".into()).unwrap().as_str(),
+            "@TGS#2J4SZEAEL"
+        );
+    }
+
+    #[test]
+    fn an_sdk_app_id_is_digits_only() {
+        assert!(SdkAppId::parse("1400000000").is_ok());
+        for bad in ["", "14x", " 1", "123456789012345678901"] {
+            assert!(SdkAppId::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn event_time_formats_as_rfc3339_and_rejects_what_cannot() {
+        assert_eq!(
+            EventTime::from_millis(1670574414123).unwrap().rfc3339(),
+            "2022-12-09T08:26:54.123Z"
+        );
+        assert_eq!(
+            EventTime::from_millis(EventTime::MAX_MILLIS)
+                .unwrap()
+                .rfc3339(),
+            "9999-12-31T23:59:59.999Z"
+        );
+        assert!(EventTime::from_millis(-1).is_err());
+        assert!(EventTime::from_millis(EventTime::MAX_MILLIS + 1).is_err());
+    }
+}

@@ -1,0 +1,47 @@
+use std::process::ExitCode;
+
+use tim_kafka_bridge::configuration::{help, Settings};
+use tim_kafka_bridge::startup::Application;
+use tim_kafka_bridge::{shutdown, telemetry};
+
+fn main() -> ExitCode {
+    match std::env::args().nth(1).as_deref() {
+        Some("-h" | "--help") => {
+            print!("{}", help());
+            return ExitCode::SUCCESS;
+        }
+        Some("-V" | "--version") => {
+            println!("{} {}", env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Some(other) => {
+            eprintln!("{}: unknown argument {other:?}; everything is configured through BRIDGE_* variables (see --help)", env!("CARGO_PKG_NAME"));
+            return ExitCode::from(2);
+        }
+        None => {}
+    }
+    let settings = match Settings::from_env() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{}: configuration error: {e}", env!("CARGO_PKG_NAME"));
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init(settings.log_format, std::io::stdout);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime starts");
+    let result = runtime.block_on(async {
+        let app = Application::build(settings).await?;
+        app.run_until_stopped(shutdown::signal()).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "tim-kafka-bridge stopped with an error");
+            eprintln!("{}: {e}", env!("CARGO_PKG_NAME"));
+            ExitCode::FAILURE
+        }
+    }
+}

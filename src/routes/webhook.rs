@@ -1,0 +1,217 @@
+//! `POST {BRIDGE_WEBHOOK_PATH}`: check, normalize, hand to the pipeline, answer.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use futures_util::StreamExt;
+
+use crate::domain::GroupChangeEvent;
+use crate::publisher::{PublishError, Publisher};
+use crate::spool::{Spool, SpoolError};
+use crate::webhook::{Envelope, Refusal, Verifier};
+
+/// Where an accepted event goes before the webhook is answered.
+#[derive(Clone)]
+pub enum Pipeline {
+    /// Answer once the event is durable in the local spool (default).
+    Spool(Spool),
+    /// Answer once Kafka acknowledged the event.
+    Sync {
+        publisher: Arc<Publisher>,
+        timeout: Duration,
+    },
+}
+
+impl Pipeline {
+    async fn submit(&self, event: &GroupChangeEvent) -> Result<(), WebhookError> {
+        match self {
+            Pipeline::Spool(spool) => spool
+                .append(event.to_json())
+                .await
+                .map(drop)
+                .map_err(WebhookError::Spool),
+            Pipeline::Sync { publisher, timeout } => {
+                let pending = publisher
+                    .send(event, &event.to_json())
+                    .map_err(WebhookError::Kafka)?;
+                match tokio::time::timeout(*timeout, pending).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(WebhookError::Kafka(e)),
+                    Err(_) => Err(WebhookError::KafkaTimeout(*timeout)),
+                }
+            }
+        }
+    }
+}
+
+/// Everything the webhook handler shares across requests.
+pub struct WebhookState {
+    pub verifier: Verifier,
+    pub max_body_bytes: usize,
+    pub pipeline: Pipeline,
+}
+
+/// Why a webhook was not answered OK. Each variant maps to an HTTP status and a FAIL envelope; the
+/// cause chain goes to the log, never to the caller.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    #[error("could not read the request body: {0}")]
+    Body(String),
+    #[error("{0}")]
+    Spool(SpoolError),
+    #[error("{0}")]
+    Kafka(PublishError),
+    #[error("Kafka did not acknowledge the event within {} ms", .0.as_millis())]
+    KafkaTimeout(Duration),
+    #[error("method not allowed: the webhook is a POST")]
+    Method,
+}
+
+impl WebhookError {
+    pub fn code(&self) -> u32 {
+        match self {
+            WebhookError::Refused(r) => r.code(),
+            WebhookError::Body(_) => 60024,
+            WebhookError::Spool(SpoolError::Full { .. }) => 60040,
+            WebhookError::Spool(_) => 60041,
+            WebhookError::Kafka(_) | WebhookError::KafkaTimeout(_) => 60042,
+            WebhookError::Method => 60405,
+        }
+    }
+
+    /// The `outcome` label of `bridge_webhooks_total`.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            WebhookError::Refused(r) => r.outcome(),
+            WebhookError::Body(_) | WebhookError::Method => "bad_request",
+            WebhookError::Spool(SpoolError::Full { .. }) => "spool_full",
+            WebhookError::Spool(_) => "spool_error",
+            WebhookError::Kafka(_) | WebhookError::KafkaTimeout(_) => "kafka_unavailable",
+        }
+    }
+
+    /// What the caller reads in `ErrorInfo`.
+    fn info(&self) -> String {
+        match self {
+            WebhookError::Spool(SpoolError::Full { .. }) => {
+                "spool is full: Kafka is behind; the event was not accepted".to_owned()
+            }
+            WebhookError::Spool(_) => {
+                "the event could not be stored; it was not accepted".to_owned()
+            }
+            WebhookError::Kafka(_) => {
+                "Kafka did not take the event; it was not accepted".to_owned()
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
+impl ResponseError for WebhookError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            WebhookError::Refused(r) => {
+                StatusCode::from_u16(r.status()).unwrap_or(StatusCode::BAD_REQUEST)
+            }
+            WebhookError::Body(_) => StatusCode::BAD_REQUEST,
+            WebhookError::Spool(SpoolError::Full { .. }) => StatusCode::SERVICE_UNAVAILABLE,
+            WebhookError::Spool(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            WebhookError::Kafka(_) | WebhookError::KafkaTimeout(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            WebhookError::Method => StatusCode::METHOD_NOT_ALLOWED,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        HttpResponse::build(self.status_code()).json(Envelope::fail(self.code(), self.info()))
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The webhook handler. The query string is checked before the body is read, so a stranger's request
+/// costs no body read; the body limit is enforced while reading.
+pub async fn webhook(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<WebhookState>,
+) -> Result<HttpResponse, WebhookError> {
+    let received_at_ms = now_ms();
+    let result = accept(&req, body, &state, received_at_ms).await;
+    match &result {
+        Ok(event) => {
+            tracing::debug!(
+                group_id = event.group_id().as_str(),
+                event_id = event.event_id().as_str(),
+                "webhook accepted"
+            );
+        }
+        Err(e) => {
+            let app = crate::webhook::CallbackQuery::parse(req.query_string())
+                .ok()
+                .and_then(|q| q.sdk_app_id);
+            let status = e.status_code().as_u16();
+            if status >= 500 {
+                tracing::warn!(outcome = e.outcome(), status, code = e.code(), sdk_app_id = app.as_deref(), reason = %e, "webhook not accepted");
+            } else {
+                tracing::info!(outcome = e.outcome(), status, code = e.code(), sdk_app_id = app.as_deref(), reason = %e, "webhook refused");
+            }
+        }
+    }
+    result.map(|_| HttpResponse::Ok().json(Envelope::ok()))
+}
+
+async fn accept(
+    req: &HttpRequest,
+    body: web::Payload,
+    state: &WebhookState,
+    received_at_ms: i64,
+) -> Result<GroupChangeEvent, WebhookError> {
+    let query = state
+        .verifier
+        .authenticate(req.query_string(), (received_at_ms / 1000) as u64)?;
+    let body = read_body(req, body, state.max_body_bytes).await?;
+    let event = state.verifier.event(&query, &body, received_at_ms)?;
+    state.pipeline.submit(&event).await?;
+    Ok(event)
+}
+
+/// Reads at most `limit` bytes: a declared Content-Length over the limit is refused before reading,
+/// and a body that grows past it is refused as soon as it does.
+async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<Vec<u8>, WebhookError> {
+    let declared = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(Refusal::TooLarge { limit }.into());
+    }
+    let mut body = Vec::with_capacity(declared.map_or(1024, |n| n as usize));
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| WebhookError::Body(e.to_string()))?;
+        if body.len() + chunk.len() > limit {
+            return Err(Refusal::TooLarge { limit }.into());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Anything but POST on the webhook path.
+pub async fn method_not_allowed() -> Result<HttpResponse, WebhookError> {
+    Err(WebhookError::Method)
+}

@@ -1,0 +1,206 @@
+//! Builds the bridge from [`Settings`] and runs it until told to stop.
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::Server;
+use actix_web::{web, App, HttpServer};
+use tokio::sync::watch;
+
+use crate::configuration::{DeliveryMode, Settings};
+use crate::forwarder::{Forwarder, Progress};
+use crate::publisher::{ProducerConfigError, Publisher};
+use crate::routes::{self, Pipeline};
+use crate::spool::{Spool, SpoolConfig, SpoolError, SpoolThread};
+
+/// Why the bridge could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Producer(#[from] ProducerConfigError),
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    #[error("BRIDGE_LISTEN: cannot bind {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("HTTP server failed: {0}")]
+    Server(std::io::Error),
+}
+
+/// The spool side of a running bridge (absent with `BRIDGE_DELIVERY=sync`).
+struct Spooling {
+    spool: Spool,
+    thread: SpoolThread,
+    forwarder: tokio::task::JoinHandle<()>,
+    progress: watch::Receiver<Progress>,
+}
+
+/// A built bridge: listening, forwarding, not yet serving until [`run_until_stopped`](Self::run_until_stopped).
+pub struct Application {
+    port: u16,
+    server: Server,
+    publisher: Arc<Publisher>,
+    spooling: Option<Spooling>,
+    grace: Duration,
+}
+
+impl Application {
+    /// Opens the spool (recovering what an earlier run left), starts forwarding it, creates the
+    /// producer and binds the listener (port 0 picks a free port; see [`port`](Self::port)).
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        let message_timeout = match settings.delivery {
+            DeliveryMode::Spool => None,
+            DeliveryMode::Sync { timeout } => Some(timeout),
+        };
+        let publisher = Arc::new(Publisher::new(&settings, message_timeout)?);
+
+        let (pipeline, spooling) = match settings.delivery {
+            DeliveryMode::Spool => {
+                let config = SpoolConfig {
+                    dir: settings.spool_dir.clone(),
+                    fsync: settings.spool_fsync,
+                    max_bytes: settings.spool_max_bytes,
+                };
+                let (spool, thread) = tokio::task::spawn_blocking(move || Spool::open(config))
+                    .await
+                    .expect("spool open does not panic")?;
+                let pending = spool.pending_events();
+                if pending > 0 {
+                    tracing::info!(
+                        pending,
+                        "spool holds events from an earlier run; publishing them first"
+                    );
+                }
+                let (forwarder, progress) = Forwarder::new(spool.clone(), publisher.clone());
+                let forwarder = tokio::spawn(forwarder.run());
+                (
+                    Pipeline::Spool(spool.clone()),
+                    Some(Spooling {
+                        spool,
+                        thread,
+                        forwarder,
+                        progress,
+                    }),
+                )
+            }
+            DeliveryMode::Sync { timeout } => (
+                Pipeline::Sync {
+                    publisher: publisher.clone(),
+                    timeout,
+                },
+                None,
+            ),
+        };
+
+        let listener = TcpListener::bind(settings.listen).map_err(|source| StartupError::Bind {
+            addr: settings.listen.to_string(),
+            source,
+        })?;
+        let port = listener.local_addr().map_err(StartupError::Server)?.port();
+        let state = web::Data::new(routes::webhook_state(&settings, pipeline));
+        let path = settings.webhook_path.clone();
+        let max_body = settings.max_body_bytes;
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .app_data(web::PayloadConfig::new(max_body))
+                .service(
+                    web::resource(path.as_str())
+                        .route(web::post().to(routes::webhook))
+                        .default_service(web::to(routes::method_not_allowed)),
+                )
+                .route("/healthz", web::get().to(routes::healthz))
+                .default_service(web::to(routes::not_found))
+        })
+        .disable_signals()
+        .shutdown_timeout(settings.shutdown_grace.as_secs().max(1))
+        .listen(listener)
+        .map_err(StartupError::Server)?
+        .run();
+
+        tracing::info!(
+            address = %settings.listen.ip(),
+            port,
+            webhook_path = %settings.webhook_path,
+            topic = %settings.topic,
+            brokers = %settings.kafka_brokers,
+            delivery = ?settings.delivery,
+            fsync = ?settings.spool_fsync,
+            sign_check = settings.callback_token.is_some(),
+            "tim-kafka-bridge listening"
+        );
+        if settings.callback_token.is_none() {
+            tracing::warn!("BRIDGE_CALLBACK_TOKEN is not set: webhooks are not authenticated (Sign is not checked)");
+        }
+        Ok(Self {
+            port,
+            server,
+            publisher,
+            spooling,
+            grace: settings.shutdown_grace,
+        })
+    }
+
+    /// The port the HTTP server listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until `shutdown` resolves, then stops in order: no new connections, requests in flight
+    /// finish, the spool keeps being forwarded for up to the grace period, the producer is flushed,
+    /// the spool is synced. What is not in Kafka by then stays in the spool for the next start.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), StartupError> {
+        let handle = self.server.handle();
+        let mut server = tokio::spawn(self.server);
+        tokio::select! {
+            r = &mut server => {
+                return r.expect("server task does not panic").map_err(StartupError::Server);
+            }
+            () = shutdown => {}
+        }
+        let deadline = tokio::time::Instant::now() + self.grace;
+        tracing::info!(
+            grace_secs = self.grace.as_secs(),
+            "shutting down: finishing requests, then forwarding the spool"
+        );
+        handle.stop(true).await;
+        let _ = server.await;
+
+        if let Some(mut s) = self.spooling {
+            let committed = *s.spool.committed().borrow();
+            let drained = tokio::time::timeout_at(
+                deadline,
+                s.progress.wait_for(|p| p.acked_seq >= committed),
+            )
+            .await;
+            s.forwarder.abort();
+            let _ = s.forwarder.await;
+            match drained {
+                Ok(_) => tracing::info!("spool drained: every accepted event is in Kafka"),
+                Err(_) => tracing::warn!(
+                    pending = s.spool.pending_events(),
+                    "grace period over; events not yet in Kafka stay in the spool for the next start"
+                ),
+            }
+            s.spool.close();
+            drop(s.spool);
+            tokio::task::spawn_blocking(move || s.thread.join())
+                .await
+                .ok();
+        }
+        let remaining = deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .max(Duration::from_millis(100));
+        let publisher = self.publisher;
+        let _ = tokio::task::spawn_blocking(move || publisher.flush(remaining)).await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
