@@ -24,55 +24,23 @@ pub struct Variable {
 }
 
 const fn var(name: &'static str, default: Option<&'static str>, meaning: &'static str) -> Variable {
-    Variable {
-        name,
-        default,
-        meaning,
-    }
+    Variable { name, default, meaning }
 }
 
 /// Every variable, in the order `--help` shows them.
 pub const VARIABLES: &[Variable] = &[
-    var(
-        "BRIDGE_SDK_APP_ID",
-        None,
-        "required: the SdkAppid accepted, or a comma list of them",
-    ),
+    var("BRIDGE_SDK_APP_ID", None, "required: the SdkAppid accepted, or a comma list of them"),
     var(
         "BRIDGE_CALLBACK_TOKEN",
         None,
         "callback authentication token; when set, Sign and RequestTime are checked",
     ),
-    var(
-        "BRIDGE_SIGN_MAX_SKEW_SECS",
-        Some("60"),
-        "how far RequestTime may be from now, in seconds",
-    ),
-    var(
-        "BRIDGE_LISTEN",
-        Some("0.0.0.0:8080"),
-        "address and port the HTTP server binds",
-    ),
-    var(
-        "BRIDGE_WEBHOOK_PATH",
-        Some("/webhook"),
-        "path Tencent POSTs the webhook to",
-    ),
-    var(
-        "BRIDGE_MAX_BODY_BYTES",
-        Some("65536"),
-        "largest webhook body accepted; larger ones get 413",
-    ),
-    var(
-        "BRIDGE_KAFKA_BROKERS",
-        Some("127.0.0.1:9092"),
-        "Kafka bootstrap servers, comma separated",
-    ),
-    var(
-        "BRIDGE_TOPIC",
-        Some("group-change"),
-        "topic the events are published to",
-    ),
+    var("BRIDGE_SIGN_MAX_SKEW_SECS", Some("60"), "how far RequestTime may be from now, in seconds"),
+    var("BRIDGE_LISTEN", Some("0.0.0.0:8080"), "address and port the HTTP server binds"),
+    var("BRIDGE_WEBHOOK_PATH", Some("/webhook"), "path Tencent POSTs the webhook to"),
+    var("BRIDGE_MAX_BODY_BYTES", Some("65536"), "largest webhook body accepted; larger ones get 413"),
+    var("BRIDGE_KAFKA_BROKERS", Some("127.0.0.1:9092"), "Kafka bootstrap servers, comma separated"),
+    var("BRIDGE_TOPIC", Some("group-change"), "topic the events are published to"),
     var(
         "BRIDGE_DLQ_TOPIC",
         None,
@@ -88,26 +56,10 @@ pub const VARIABLES: &[Variable] = &[
         Some("1500"),
         "sync delivery: how long to wait for Kafka before answering 503",
     ),
-    var(
-        "BRIDGE_SPOOL_DIR",
-        Some("./spool"),
-        "directory of the durable spool",
-    ),
-    var(
-        "BRIDGE_SPOOL_FSYNC",
-        Some("always"),
-        "always | interval | never: when the spool is fsynced",
-    ),
-    var(
-        "BRIDGE_SPOOL_FSYNC_INTERVAL_MS",
-        Some("50"),
-        "fsync period with BRIDGE_SPOOL_FSYNC=interval",
-    ),
-    var(
-        "BRIDGE_SPOOL_MAX_BYTES",
-        Some("1073741824"),
-        "spool size at which webhooks get 503",
-    ),
+    var("BRIDGE_SPOOL_DIR", Some("./spool"), "directory of the durable spool"),
+    var("BRIDGE_SPOOL_FSYNC", Some("always"), "always | interval | never: when the spool is fsynced"),
+    var("BRIDGE_SPOOL_FSYNC_INTERVAL_MS", Some("50"), "fsync period with BRIDGE_SPOOL_FSYNC=interval"),
+    var("BRIDGE_SPOOL_MAX_BYTES", Some("1073741824"), "spool size at which webhooks get 503"),
     var(
         "BRIDGE_SHUTDOWN_GRACE_SECS",
         Some("10"),
@@ -119,11 +71,7 @@ pub const VARIABLES: &[Variable] = &[
         None,
         "any librdkafka property: BRIDGE_RDKAFKA_SECURITY_PROTOCOL=SASL_SSL sets security.protocol",
     ),
-    var(
-        "RUST_LOG",
-        Some("info"),
-        "log filter, e.g. info or tim_kafka_bridge=debug,rdkafka=warn",
-    ),
+    var("RUST_LOG", Some("info"), "log filter, e.g. info or tim_kafka_bridge=debug,rdkafka=warn"),
 ];
 
 /// Prefix of the pass-through librdkafka properties.
@@ -138,10 +86,7 @@ pub struct ConfigError {
 }
 
 fn bad(name: &str, problem: impl Into<String>) -> ConfigError {
-    ConfigError {
-        name: name.to_owned(),
-        problem: problem.into(),
-    }
+    ConfigError { name: name.to_owned(), problem: problem.into() }
 }
 
 /// When the spool is flushed to stable storage. Every mode survives `kill -9` (the bytes are in the
@@ -175,9 +120,7 @@ pub struct RdkafkaOverrides(pub BTreeMap<String, String>);
 impl RdkafkaOverrides {
     /// Whether a librdkafka property holds a secret (`sasl.password`, `ssl.key.password`, …).
     pub fn is_secret(property: &str) -> bool {
-        ["password", "secret", "sasl", "key", "token", "credential"]
-            .iter()
-            .any(|w| property.contains(w))
+        ["password", "secret", "sasl", "key", "token", "credential"].iter().any(|w| property.contains(w))
             && property != "sasl.mechanisms"
             && property != "sasl.mechanism"
     }
@@ -186,16 +129,9 @@ impl RdkafkaOverrides {
 impl std::fmt::Debug for RdkafkaOverrides {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_map()
-            .entries(self.0.iter().map(|(k, v)| {
-                (
-                    k,
-                    if Self::is_secret(k) {
-                        "[redacted]"
-                    } else {
-                        v.as_str()
-                    },
-                )
-            }))
+            .entries(
+                self.0.iter().map(|(k, v)| (k, if Self::is_secret(k) { "[redacted]" } else { v.as_str() })),
+            )
             .finish()
     }
 }
@@ -249,9 +185,7 @@ impl Settings {
     }
 
     /// Reads the given variables as if they were the environment (tests use this).
-    pub fn from_vars(
-        vars: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Self, ConfigError> {
+    pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
         let vars: Vec<(String, String)> = vars.into_iter().collect();
         let bridge = vars
             .iter()
@@ -276,9 +210,7 @@ impl Settings {
                 bad(name, "is required: the SdkAppid of your Tencent Cloud Chat app (e.g. 1400000000), or a comma list")
             })?;
             text.split(',')
-                .map(|s| {
-                    SdkAppId::parse(s.trim()).map_err(|e| bad(name, format!("{e}, got {s:?}")))
-                })
+                .map(|s| SdkAppId::parse(s.trim()).map_err(|e| bad(name, format!("{e}, got {s:?}"))))
                 .collect::<Result<Vec<_>, _>>()?
         };
         let topic = text("BRIDGE_TOPIC", raw.topic)?;
@@ -288,28 +220,20 @@ impl Settings {
         };
         let delivery = match choice("BRIDGE_DELIVERY", raw.delivery, &["spool", "sync"])? {
             "spool" => DeliveryMode::Spool,
-            _ => DeliveryMode::Sync {
-                timeout: millis("BRIDGE_SYNC_TIMEOUT_MS", raw.sync_timeout_ms)?,
-            },
+            _ => DeliveryMode::Sync { timeout: millis("BRIDGE_SYNC_TIMEOUT_MS", raw.sync_timeout_ms)? },
         };
-        let spool_fsync = match choice(
-            "BRIDGE_SPOOL_FSYNC",
-            raw.spool_fsync,
-            &["always", "interval", "never"],
-        )? {
-            "always" => FsyncMode::Always,
-            "interval" => FsyncMode::Interval(millis(
-                "BRIDGE_SPOOL_FSYNC_INTERVAL_MS",
-                raw.spool_fsync_interval_ms,
-            )?),
-            _ => FsyncMode::Never,
-        };
+        let spool_fsync =
+            match choice("BRIDGE_SPOOL_FSYNC", raw.spool_fsync, &["always", "interval", "never"])? {
+                "always" => FsyncMode::Always,
+                "interval" => FsyncMode::Interval(millis(
+                    "BRIDGE_SPOOL_FSYNC_INTERVAL_MS",
+                    raw.spool_fsync_interval_ms,
+                )?),
+                _ => FsyncMode::Never,
+            };
         let webhook_path = text("BRIDGE_WEBHOOK_PATH", raw.webhook_path)?;
         if !webhook_path.starts_with('/') {
-            return Err(bad(
-                "BRIDGE_WEBHOOK_PATH",
-                format!("must start with '/', got {webhook_path:?}"),
-            ));
+            return Err(bad("BRIDGE_WEBHOOK_PATH", format!("must start with '/', got {webhook_path:?}")));
         }
         let max_body_bytes = number::<usize>("BRIDGE_MAX_BODY_BYTES", raw.max_body_bytes)?;
         if max_body_bytes == 0 {
@@ -345,13 +269,7 @@ impl Settings {
 /// The variable's value, or its default from [`VARIABLES`].
 fn value(name: &str, given: Option<String>) -> Result<String, ConfigError> {
     given
-        .or_else(|| {
-            VARIABLES
-                .iter()
-                .find(|v| v.name == name)
-                .and_then(|v| v.default)
-                .map(str::to_owned)
-        })
+        .or_else(|| VARIABLES.iter().find(|v| v.name == name).and_then(|v| v.default).map(str::to_owned))
         .ok_or_else(|| bad(name, "is required"))
 }
 
@@ -369,9 +287,7 @@ where
     T::Err: std::fmt::Display,
 {
     let v = value(name, given)?;
-    v.trim()
-        .parse()
-        .map_err(|e| bad(name, format!("{e}, got {v:?}")))
+    v.trim().parse().map_err(|e| bad(name, format!("{e}, got {v:?}")))
 }
 
 fn millis(name: &str, given: Option<String>) -> Result<Duration, ConfigError> {
@@ -382,19 +298,14 @@ fn millis(name: &str, given: Option<String>) -> Result<Duration, ConfigError> {
     Ok(Duration::from_millis(ms))
 }
 
-fn choice(
-    name: &str,
-    given: Option<String>,
-    options: &[&'static str],
-) -> Result<&'static str, ConfigError> {
+fn choice(name: &str, given: Option<String>, options: &[&'static str]) -> Result<&'static str, ConfigError> {
     let v = value(name, given)?;
     let v = v.trim().to_ascii_lowercase();
-    options.iter().find(|o| **o == v).copied().ok_or_else(|| {
-        bad(
-            name,
-            format!("expected one of {}, got {v:?}", options.join(" | ")),
-        )
-    })
+    options
+        .iter()
+        .find(|o| **o == v)
+        .copied()
+        .ok_or_else(|| bad(name, format!("expected one of {}, got {v:?}", options.join(" | "))))
 }
 
 /// The text of `--help`.
@@ -406,10 +317,7 @@ pub fn help() -> String {
         desc = env!("CARGO_PKG_DESCRIPTION"),
     );
     for v in VARIABLES {
-        let default = v
-            .default
-            .map(|d| format!(" [default: {d}]"))
-            .unwrap_or_default();
+        let default = v.default.map(|d| format!(" [default: {d}]")).unwrap_or_default();
         out.push_str(&format!("  {}\n      {}{}\n", v.name, v.meaning, default));
     }
     out
@@ -419,11 +327,11 @@ pub fn help() -> String {
 mod tests {
     use super::*;
 
+    /// Like an environment: a later pair replaces an earlier one of the same name.
     fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        let map: BTreeMap<String, String> =
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        map.into_iter().collect()
     }
 
     #[test]
@@ -442,44 +350,24 @@ mod tests {
     #[test]
     fn a_missing_app_id_names_the_variable() {
         let e = Settings::from_vars(vars(&[])).unwrap_err();
-        assert!(
-            e.to_string().starts_with("BRIDGE_SDK_APP_ID: is required"),
-            "{e}"
-        );
+        assert!(e.to_string().starts_with("BRIDGE_SDK_APP_ID: is required"), "{e}");
     }
 
     #[test]
     fn a_malformed_value_names_the_variable_and_what_it_expects() {
         let cases = [
-            (
-                "BRIDGE_LISTEN",
-                "8080",
-                "BRIDGE_LISTEN: invalid socket address",
-            ),
+            ("BRIDGE_LISTEN", "8080", "BRIDGE_LISTEN: invalid socket address"),
             (
                 "BRIDGE_SPOOL_FSYNC",
                 "sometimes",
                 "BRIDGE_SPOOL_FSYNC: expected one of always | interval | never",
             ),
-            (
-                "BRIDGE_MAX_BODY_BYTES",
-                "lots",
-                "BRIDGE_MAX_BODY_BYTES: invalid digit",
-            ),
-            (
-                "BRIDGE_WEBHOOK_PATH",
-                "hook",
-                "BRIDGE_WEBHOOK_PATH: must start with '/'",
-            ),
-            (
-                "BRIDGE_SDK_APP_ID",
-                "14x",
-                "BRIDGE_SDK_APP_ID: an SdkAppid is 1 to 20 decimal digits",
-            ),
+            ("BRIDGE_MAX_BODY_BYTES", "lots", "BRIDGE_MAX_BODY_BYTES: invalid digit"),
+            ("BRIDGE_WEBHOOK_PATH", "hook", "BRIDGE_WEBHOOK_PATH: must start with '/'"),
+            ("BRIDGE_SDK_APP_ID", "14x", "BRIDGE_SDK_APP_ID: an SdkAppid is 1 to 20 decimal digits"),
         ];
         for (name, value, expected) in cases {
-            let e = Settings::from_vars(vars(&[("BRIDGE_SDK_APP_ID", "1"), (name, value)]))
-                .unwrap_err();
+            let e = Settings::from_vars(vars(&[("BRIDGE_SDK_APP_ID", "1"), (name, value)])).unwrap_err();
             assert!(e.to_string().starts_with(expected), "{name}={value}: {e}");
         }
     }
@@ -494,19 +382,10 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(s.app_ids.len(), 2);
-        assert_eq!(
-            s.rdkafka.0.get("security.protocol").map(String::as_str),
-            Some("SASL_SSL")
-        );
-        assert_eq!(
-            s.rdkafka.0.get("sasl.password").map(String::as_str),
-            Some("hunter2")
-        );
+        assert_eq!(s.rdkafka.0.get("security.protocol").map(String::as_str), Some("SASL_SSL"));
+        assert_eq!(s.rdkafka.0.get("sasl.password").map(String::as_str), Some("hunter2"));
         let debug = format!("{s:?}");
-        assert!(
-            !debug.contains("hunter2") && !debug.contains("s3cret-token"),
-            "{debug}"
-        );
+        assert!(!debug.contains("hunter2") && !debug.contains("s3cret-token"), "{debug}");
     }
 
     #[test]

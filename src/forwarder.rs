@@ -8,8 +8,9 @@
 //!   [`MAX_BACKOFF`]) and publishes again from the first unacknowledged record, one record at a time
 //!   until one gets through. Records in flight at the failure may reach Kafka twice; the `event_id`
 //!   lets consumers drop the copy. No record is ever dropped for being late.
-//! - **Permanent refusal** (record too large, invalid): the record goes to the dead-letter topic with
-//!   the reason, and the records behind it carry on.
+//! - **Permanent refusal** (record too large, invalid): Kafka judges a whole batch, so the records of
+//!   a refused batch are sent again one at a time; the one refused alone goes to the dead-letter topic
+//!   with the reason, and the records behind it carry on.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -55,20 +56,10 @@ struct InFlight {
 impl Forwarder {
     pub fn new(spool: Spool, publisher: Arc<Publisher>) -> (Self, watch::Receiver<Progress>) {
         let reader = spool.reader();
-        let start = Progress {
-            acked_seq: reader.position().saturating_sub(1),
-            oldest_pending_received_ms: None,
-        };
+        let start =
+            Progress { acked_seq: reader.position().saturating_sub(1), oldest_pending_received_ms: None };
         let (progress, rx) = watch::channel(start);
-        (
-            Self {
-                spool,
-                publisher,
-                reader: Some(reader),
-                progress,
-            },
-            rx,
-        )
+        (Self { spool, publisher, reader: Some(reader), progress }, rx)
     }
 
     /// Runs until the task is dropped. Cancel-safe: whatever was not acknowledged stays in the spool.
@@ -78,14 +69,17 @@ impl Forwarder {
         let mut acked_sent = acked;
         let mut inflight: FuturesOrdered<Tagged> = FuturesOrdered::new();
         let mut meta: VecDeque<InFlight> = VecDeque::new();
-        // Set by a retriable failure: when to publish again, and the oldest record it left pending.
+        // Set by a failure: when to publish again from the first unacknowledged record.
         let mut retry_at: Option<Instant> = None;
+        // The oldest record a failure left pending (for the produce-lag gauge).
         let mut stalled_received_ms: Option<i64> = None;
         let mut backoff = MIN_BACKOFF;
-        let mut probing = false;
+        // How many records to send one at a time after a failure: one to probe a Kafka that was
+        // down, or every record of a batch Kafka refused, to find the one it refuses.
+        let mut solo_left = 0usize;
 
         loop {
-            let window = if probing { 1 } else { WINDOW };
+            let window = if solo_left > 0 { 1 } else { WINDOW };
             let position = self.reader.as_ref().map_or(u64::MAX, SpoolReader::position);
             let upto = *committed.borrow_and_update();
             let have_more = position <= upto;
@@ -96,7 +90,7 @@ impl Forwarder {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 for record in batch {
-                    match self.dispatch(record) {
+                    match self.dispatch(record, solo_left > 0) {
                         Ok((tagged, m)) => {
                             inflight.push_back(tagged);
                             meta.push_back(m);
@@ -105,6 +99,8 @@ impl Forwarder {
                             tracing::warn!(error = %e, seq, "could not enqueue to Kafka; retrying from the spool");
                             stalled_received_ms.get_or_insert(received_at_ms);
                             retry_at = Some(Instant::now() + backoff);
+                            backoff = (backoff * 2).min(MAX_BACKOFF);
+                            solo_left = solo_left.max(1);
                             break;
                         }
                     }
@@ -120,18 +116,29 @@ impl Forwarder {
                         Ok(()) if retry_at.is_none() => {
                             acked = m.seq;
                             backoff = MIN_BACKOFF;
-                            probing = false;
+                            solo_left = solo_left.saturating_sub(1);
                             stalled_received_ms = None;
                         }
                         // Delivered after an earlier failure: it will be published again (in order).
                         Ok(()) => {}
+                        Err(_) if retry_at.is_some() => {}
+                        Err(PublishError::Permanent(e)) => {
+                            // Kafka refused a whole batch (its size counts against the topic's limit):
+                            // send its records alone; the one still refused alone is dead-lettered.
+                            let batch = meta.len() + 1;
+                            tracing::info!(error = %e, seq = m.seq, records = batch,
+                                "Kafka refused a batch; publishing its records one at a time");
+                            retry_at = Some(Instant::now());
+                            solo_left = batch;
+                            stalled_received_ms = Some(m.received_at_ms);
+                        }
                         Err(e) => {
-                            if retry_at.is_none() {
-                                tracing::warn!(error = %e, seq = m.seq, backoff_ms = backoff.as_millis() as u64,
-                                    "Kafka delivery failed; the event stays in the spool and is retried");
-                                retry_at = Some(Instant::now() + backoff);
-                                stalled_received_ms = Some(m.received_at_ms);
-                            }
+                            tracing::warn!(error = %e, seq = m.seq, backoff_ms = backoff.as_millis() as u64,
+                                "Kafka delivery failed; the event stays in the spool and is retried");
+                            retry_at = Some(Instant::now() + backoff);
+                            backoff = (backoff * 2).min(MAX_BACKOFF);
+                            solo_left = solo_left.max(1);
+                            stalled_received_ms = Some(m.received_at_ms);
                         }
                     }
                     if acked != acked_sent && (inflight.is_empty() || acked - acked_sent >= 256) {
@@ -142,8 +149,6 @@ impl Forwarder {
                 }
                 _ = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() && inflight.is_empty() => {
                     retry_at = None;
-                    probing = true;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
                     if let Some(r) = self.reader.as_mut() {
                         r.seek(acked + 1);
                     }
@@ -159,10 +164,7 @@ impl Forwarder {
 
     /// Reads the next records on the blocking pool (file I/O never runs on the async workers).
     async fn read(&mut self, committed: u64, max: usize) -> Vec<SpooledRecord> {
-        let mut reader = self
-            .reader
-            .take()
-            .expect("reader is put back after every read");
+        let mut reader = self.reader.take().expect("reader is put back after every read");
         let (reader, batch) = tokio::task::spawn_blocking(move || {
             let batch = reader.read(committed, max, READ_BYTES);
             (reader, batch)
@@ -178,9 +180,12 @@ impl Forwarder {
 
     /// Enqueues one record; a record Kafka refuses outright is dead-lettered here.
     #[allow(clippy::result_large_err)]
+    /// A `solo` record is one Kafka may have refused only for its neighbours: refused alone, it is
+    /// dead-lettered; refused in a batch, the failure goes back to the loop.
     fn dispatch(
         &self,
         record: SpooledRecord,
+        solo: bool,
     ) -> Result<(Tagged, InFlight), (u64, i64, PublishError)> {
         let seq = record.seq;
         let event = match GroupChangeEvent::from_json(&record.payload) {
@@ -188,25 +193,13 @@ impl Forwarder {
             Err(e) => {
                 // Checksummed, so written by a bridge whose format this one cannot read.
                 tracing::error!(seq, error = %e, "spooled record is not an event this version reads; skipping it");
-                return Ok((
-                    skipped(),
-                    InFlight {
-                        seq,
-                        received_at_ms: now_ms(),
-                    },
-                ));
+                return Ok((skipped(), InFlight { seq, received_at_ms: now_ms() }));
             }
         };
         let received_at_ms = event.received_at_ms();
-        let m = InFlight {
-            seq,
-            received_at_ms,
-        };
+        let m = InFlight { seq, received_at_ms };
         match self.publisher.send(&event, &record.payload) {
-            Ok(p) => Ok((
-                delivered(p, event, record.payload, self.publisher.clone()),
-                m,
-            )),
+            Ok(p) => Ok((delivered(p, event, record.payload, self.publisher.clone(), solo), m)),
             Err(PublishError::Permanent(e)) => {
                 let p = dead_lettered(e.to_string(), event, record.payload, self.publisher.clone());
                 Ok((p, m))
@@ -219,10 +212,8 @@ impl Forwarder {
         let oldest = stalled.or_else(|| meta.front().map(|m| m.received_at_ms));
         let pending = *self.spool.committed().borrow() > acked_seq;
         self.progress.send_if_modified(|p| {
-            let next = Progress {
-                acked_seq,
-                oldest_pending_received_ms: if pending { oldest } else { None },
-            };
+            let next =
+                Progress { acked_seq, oldest_pending_received_ms: if pending { oldest } else { None } };
             let changed = *p != next;
             *p = next;
             changed
@@ -231,9 +222,7 @@ impl Forwarder {
 }
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 /// The outcome of one record, once Kafka (or the dead-letter topic) has answered.
@@ -254,11 +243,12 @@ fn delivered(
     event: GroupChangeEvent,
     payload: Vec<u8>,
     publisher: Arc<Publisher>,
+    solo: bool,
 ) -> Tagged {
     Box::pin(async move {
         match p.await {
             Ok(_) => Done { result: Ok(()) },
-            Err(PublishError::Permanent(e)) => {
+            Err(PublishError::Permanent(e)) if solo => {
                 dead_letter(e.to_string(), &event, &payload, &publisher).await
             }
             Err(e) => Done { result: Err(e) },

@@ -28,10 +28,8 @@ fn main() -> ExitCode {
         }
     };
     telemetry::init(settings.log_format, std::io::stdout);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime starts");
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime starts");
     let result = runtime.block_on(async {
         let app = Application::build(settings).await?;
         app.run_until_stopped(shutdown::signal()).await

@@ -79,10 +79,7 @@ impl Publisher {
     /// Builds the producer. `message_timeout` is librdkafka's `message.timeout.ms`: `None` lets a record
     /// wait for Kafka indefinitely (spool mode, where the spool and not librdkafka decides when to
     /// give up, which is never). A `BRIDGE_RDKAFKA_*` property overrides any default set here.
-    pub fn new(
-        settings: &Settings,
-        message_timeout: Option<Duration>,
-    ) -> Result<Self, ProducerConfigError> {
+    pub fn new(settings: &Settings, message_timeout: Option<Duration>) -> Result<Self, ProducerConfigError> {
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", &settings.kafka_brokers)
@@ -92,39 +89,21 @@ impl Publisher {
             .set("compression.type", "lz4")
             .set("linger.ms", "5")
             .set("partitioner", "murmur2_random")
-            .set(
-                "message.timeout.ms",
-                message_timeout
-                    .map_or(0, |t| t.as_millis() as u64)
-                    .to_string(),
-            );
+            .set("message.timeout.ms", message_timeout.map_or(0, |t| t.as_millis() as u64).to_string());
         for (k, v) in &settings.rdkafka.0 {
             config.set(k, v);
         }
         config.set_log_level(RDKafkaLogLevel::Warning);
         let producer = config
             .create_with_context(BridgeContext)
-            .map_err(|source| ProducerConfigError {
-                variable: blame(&source, &settings.rdkafka),
-                source,
-            })?;
-        Ok(Self {
-            producer,
-            topic: settings.topic.clone(),
-            dlq_topic: settings.dlq_topic.clone(),
-        })
+            .map_err(|source| ProducerConfigError { variable: blame(&source, &settings.rdkafka), source })?;
+        Ok(Self { producer, topic: settings.topic.clone(), dlq_topic: settings.dlq_topic.clone() })
     }
 
     /// Enqueues `value` as a record of the main topic. The record is in Kafka once the returned future
     /// resolves `Ok`.
     pub fn send(&self, msg: &impl KafkaMessage, value: &[u8]) -> Result<Pending, PublishError> {
-        self.enqueue(
-            &self.topic,
-            msg.key(),
-            value,
-            Some(msg.timestamp_ms()),
-            headers(msg, None),
-        )
+        self.enqueue(&self.topic, msg.key(), value, Some(msg.timestamp_ms()), headers(msg, None))
     }
 
     /// Enqueues a record Kafka refused for good on the dead-letter topic, with the reason in the
@@ -136,17 +115,8 @@ impl Publisher {
         value: &[u8],
         reason: &str,
     ) -> Result<Pending, PublishError> {
-        let extra = [
-            ("bridge_dlq_reason", reason),
-            ("bridge_dlq_topic", self.topic.as_str()),
-        ];
-        self.enqueue(
-            &self.dlq_topic,
-            msg.key(),
-            value,
-            None,
-            headers(msg, Some(&extra)),
-        )
+        let extra = [("bridge_dlq_reason", reason), ("bridge_dlq_topic", self.topic.as_str())];
+        self.enqueue(&self.dlq_topic, msg.key(), value, None, headers(msg, Some(&extra)))
     }
 
     fn enqueue(
@@ -157,17 +127,11 @@ impl Publisher {
         timestamp: Option<i64>,
         headers: OwnedHeaders,
     ) -> Result<Pending, PublishError> {
-        let mut record = FutureRecord::to(topic)
-            .key(key)
-            .payload(value)
-            .headers(headers);
+        let mut record = FutureRecord::to(topic).key(key).payload(value).headers(headers);
         if let Some(ts) = timestamp {
             record = record.timestamp(ts);
         }
-        self.producer
-            .send_result(record)
-            .map(Pending)
-            .map_err(|(e, _)| classify(e))
+        self.producer.send_result(record).map(Pending).map_err(|(e, _)| classify(e))
     }
 
     /// Waits until every enqueued record is delivered or `timeout` passes.
@@ -187,16 +151,10 @@ impl Publisher {
 fn headers(msg: &impl KafkaMessage, extra: Option<&[(&str, &str)]>) -> OwnedHeaders {
     let mut h = OwnedHeaders::new_with_capacity(9);
     for (key, value) in msg.headers() {
-        h = h.insert(Header {
-            key,
-            value: Some(value.as_bytes()),
-        });
+        h = h.insert(Header { key, value: Some(value.as_bytes()) });
     }
     for (key, value) in extra.unwrap_or_default() {
-        h = h.insert(Header {
-            key,
-            value: Some(value.as_bytes()),
-        });
+        h = h.insert(Header { key, value: Some(value.as_bytes()) });
     }
     h
 }
@@ -208,12 +166,7 @@ fn blame(error: &KafkaError, overrides: &RdkafkaOverrides) -> String {
         .0
         .keys()
         .find(|k| text.contains(k.as_str()))
-        .map(|k| {
-            format!(
-                "{RDKAFKA_PREFIX}{}",
-                k.replace('.', "_").to_ascii_uppercase()
-            )
-        })
+        .map(|k| format!("{RDKAFKA_PREFIX}{}", k.replace('.', "_").to_ascii_uppercase()))
         .unwrap_or_else(|| "BRIDGE_KAFKA_BROKERS / BRIDGE_RDKAFKA_*".to_owned())
 }
 
@@ -226,8 +179,8 @@ pub fn classify(error: KafkaError) -> PublishError {
     };
     match code {
         Some(
-            MessageSizeTooLarge | InvalidMessageSize | InvalidMessage | InvalidRecord
-            | MessageBatchTooLarge | InvalidTimestamp,
+            MessageSizeTooLarge | InvalidMessageSize | InvalidMessage | InvalidRecord | MessageBatchTooLarge
+            | InvalidTimestamp,
         ) => PublishError::Permanent(error),
         _ => PublishError::Retriable(error),
     }
@@ -254,17 +207,11 @@ mod tests {
 
     #[test]
     fn a_record_too_large_is_final_and_a_timeout_is_not() {
-        let big = classify(KafkaError::MessageProduction(
-            RDKafkaErrorCode::MessageSizeTooLarge,
-        ));
+        let big = classify(KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge));
         assert!(matches!(big, PublishError::Permanent(_)));
-        let late = classify(KafkaError::MessageProduction(
-            RDKafkaErrorCode::MessageTimedOut,
-        ));
+        let late = classify(KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut));
         assert!(matches!(late, PublishError::Retriable(_)));
-        let down = classify(KafkaError::MessageProduction(
-            RDKafkaErrorCode::AllBrokersDown,
-        ));
+        let down = classify(KafkaError::MessageProduction(RDKafkaErrorCode::AllBrokersDown));
         assert!(matches!(down, PublishError::Retriable(_)));
     }
 }

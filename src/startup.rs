@@ -23,10 +23,7 @@ pub enum StartupError {
     #[error(transparent)]
     Spool(#[from] SpoolError),
     #[error("BRIDGE_LISTEN: cannot bind {addr}: {source}")]
-    Bind {
-        addr: String,
-        source: std::io::Error,
-    },
+    Bind { addr: String, source: std::io::Error },
     #[error("HTTP server failed: {0}")]
     Server(std::io::Error),
 }
@@ -70,36 +67,19 @@ impl Application {
                     .expect("spool open does not panic")?;
                 let pending = spool.pending_events();
                 if pending > 0 {
-                    tracing::info!(
-                        pending,
-                        "spool holds events from an earlier run; publishing them first"
-                    );
+                    tracing::info!(pending, "spool holds events from an earlier run; publishing them first");
                 }
                 let (forwarder, progress) = Forwarder::new(spool.clone(), publisher.clone());
                 let forwarder = tokio::spawn(forwarder.run());
-                (
-                    Pipeline::Spool(spool.clone()),
-                    Some(Spooling {
-                        spool,
-                        thread,
-                        forwarder,
-                        progress,
-                    }),
-                )
+                (Pipeline::Spool(spool.clone()), Some(Spooling { spool, thread, forwarder, progress }))
             }
-            DeliveryMode::Sync { timeout } => (
-                Pipeline::Sync {
-                    publisher: publisher.clone(),
-                    timeout,
-                },
-                None,
-            ),
+            DeliveryMode::Sync { timeout } => {
+                (Pipeline::Sync { publisher: publisher.clone(), timeout }, None)
+            }
         };
 
-        let listener = TcpListener::bind(settings.listen).map_err(|source| StartupError::Bind {
-            addr: settings.listen.to_string(),
-            source,
-        })?;
+        let listener = TcpListener::bind(settings.listen)
+            .map_err(|source| StartupError::Bind { addr: settings.listen.to_string(), source })?;
         let port = listener.local_addr().map_err(StartupError::Server)?.port();
         let state = web::Data::new(routes::webhook_state(&settings, pipeline));
         let path = settings.webhook_path.clone();
@@ -117,6 +97,9 @@ impl Application {
                 .default_service(web::to(routes::not_found))
         })
         .disable_signals()
+        // Tencent keeps connections open; closing idle ones sooner than clients expect races their
+        // reuse of them (a request sent as the server closes is lost).
+        .keep_alive(Duration::from_secs(75))
         .shutdown_timeout(settings.shutdown_grace.as_secs().max(1))
         .listen(listener)
         .map_err(StartupError::Server)?
@@ -134,15 +117,11 @@ impl Application {
             "tim-kafka-bridge listening"
         );
         if settings.callback_token.is_none() {
-            tracing::warn!("BRIDGE_CALLBACK_TOKEN is not set: webhooks are not authenticated (Sign is not checked)");
+            tracing::warn!(
+                "BRIDGE_CALLBACK_TOKEN is not set: webhooks are not authenticated (Sign is not checked)"
+            );
         }
-        Ok(Self {
-            port,
-            server,
-            publisher,
-            spooling,
-            grace: settings.shutdown_grace,
-        })
+        Ok(Self { port, server, publisher, spooling, grace: settings.shutdown_grace })
     }
 
     /// The port the HTTP server listens on.
@@ -153,10 +132,7 @@ impl Application {
     /// Serves until `shutdown` resolves, then stops in order: no new connections, requests in flight
     /// finish, the spool keeps being forwarded for up to the grace period, the producer is flushed,
     /// the spool is synced. What is not in Kafka by then stays in the spool for the next start.
-    pub async fn run_until_stopped(
-        self,
-        shutdown: impl Future<Output = ()>,
-    ) -> Result<(), StartupError> {
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> Result<(), StartupError> {
         let handle = self.server.handle();
         let mut server = tokio::spawn(self.server);
         tokio::select! {
@@ -175,11 +151,8 @@ impl Application {
 
         if let Some(mut s) = self.spooling {
             let committed = *s.spool.committed().borrow();
-            let drained = tokio::time::timeout_at(
-                deadline,
-                s.progress.wait_for(|p| p.acked_seq >= committed),
-            )
-            .await;
+            let drained =
+                tokio::time::timeout_at(deadline, s.progress.wait_for(|p| p.acked_seq >= committed)).await;
             s.forwarder.abort();
             let _ = s.forwarder.await;
             match drained {
@@ -191,13 +164,10 @@ impl Application {
             }
             s.spool.close();
             drop(s.spool);
-            tokio::task::spawn_blocking(move || s.thread.join())
-                .await
-                .ok();
+            tokio::task::spawn_blocking(move || s.thread.join()).await.ok();
         }
-        let remaining = deadline
-            .saturating_duration_since(tokio::time::Instant::now())
-            .max(Duration::from_millis(100));
+        let remaining =
+            deadline.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_millis(100));
         let publisher = self.publisher;
         let _ = tokio::task::spawn_blocking(move || publisher.flush(remaining)).await;
         tracing::info!("stopped");

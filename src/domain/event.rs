@@ -54,14 +54,8 @@ impl GroupChangeEvent {
         client_ip: Option<String>,
         opt_platform: Option<String>,
     ) -> Self {
-        let event_id = derive_id(
-            &sdk_app_id,
-            &group_id,
-            &group_type,
-            &operator_account,
-            &changes,
-            event_time,
-        );
+        let event_id =
+            derive_id(&sdk_app_id, &group_id, &group_type, &operator_account, &changes, event_time);
         Self {
             schema_version: SCHEMA_VERSION,
             event_id,
@@ -134,10 +128,7 @@ impl KafkaMessage for GroupChangeEvent {
         vec![
             ("ce_specversion", "1.0".to_owned()),
             ("ce_id", self.event_id.as_str().to_owned()),
-            (
-                "ce_source",
-                format!("/tencent-cloud-chat/{}", self.sdk_app_id.as_str()),
-            ),
+            ("ce_source", format!("/tencent-cloud-chat/{}", self.sdk_app_id.as_str())),
             ("ce_type", CE_TYPE.to_owned()),
             ("ce_time", self.event_time_ms.rfc3339()),
             ("ce_subject", self.group_id.as_str().to_owned()),
@@ -190,10 +181,7 @@ mod tests {
             GroupId::parse("@TGS#2J4SZEAEL".into()).unwrap(),
             Some("Public".into()),
             Some("leckie".into()),
-            Changes {
-                notification: Some(notification.into()),
-                ..Changes::default()
-            },
+            Changes { notification: Some(notification.into()), ..Changes::default() },
             EventTime::from_millis(1670574414123).unwrap(),
             received_at_ms,
             Some("127.0.0.1".into()),
@@ -230,10 +218,7 @@ mod tests {
     fn the_value_carries_only_the_changed_fields_and_round_trips() {
         let e = event(5, "NewNotification");
         let v: serde_json::Value = serde_json::from_slice(&e.to_json()).unwrap();
-        assert_eq!(
-            v["changes"],
-            serde_json::json!({"notification": "NewNotification"})
-        );
+        assert_eq!(v["changes"], serde_json::json!({"notification": "NewNotification"}));
         assert_eq!(v["schema_version"], 1);
         assert_eq!(v["event_time_ms"], 1670574414123i64);
         assert_eq!(GroupChangeEvent::from_json(&e.to_json()).unwrap(), e);

@@ -84,9 +84,7 @@ impl EventTime {
         if (0..=Self::MAX_MILLIS).contains(&ms) {
             Ok(Self(ms))
         } else {
-            Err(InvalidValue(
-                "an EventTime is milliseconds between 1970 and 9999",
-            ))
+            Err(InvalidValue("an EventTime is milliseconds between 1970 and 9999"))
         }
     }
     pub fn as_millis(self) -> i64 {
@@ -152,10 +150,7 @@ mod tests {
     #[test]
     fn an_empty_group_id_cannot_exist() {
         assert!(GroupId::parse(String::new()).is_err());
-        assert_eq!(
-            GroupId::parse("@TGS#2J4SZEAEL".into()).unwrap().as_str(),
-            "@TGS#2J4SZEAEL"
-        );
+        assert_eq!(GroupId::parse("@TGS#2J4SZEAEL".into()).unwrap().as_str(), "@TGS#2J4SZEAEL");
     }
 
     #[test]
@@ -168,14 +163,9 @@ mod tests {
 
     #[test]
     fn event_time_formats_as_rfc3339_and_rejects_what_cannot() {
+        assert_eq!(EventTime::from_millis(1670574414123).unwrap().rfc3339(), "2022-12-09T08:26:54.123Z");
         assert_eq!(
-            EventTime::from_millis(1670574414123).unwrap().rfc3339(),
-            "2022-12-09T08:26:54.123Z"
-        );
-        assert_eq!(
-            EventTime::from_millis(EventTime::MAX_MILLIS)
-                .unwrap()
-                .rfc3339(),
+            EventTime::from_millis(EventTime::MAX_MILLIS).unwrap().rfc3339(),
             "9999-12-31T23:59:59.999Z"
         );
         assert!(EventTime::from_millis(-1).is_err());

@@ -10,8 +10,6 @@ pub async fn healthz() -> HttpResponse {
 /// Any other path: 404 with a FAIL envelope, so a misconfigured callback URL reads clearly in
 /// Tencent's console.
 pub async fn not_found() -> HttpResponse {
-    HttpResponse::NotFound().json(Envelope::fail(
-        60404,
-        "no such path; the webhook path is set by BRIDGE_WEBHOOK_PATH",
-    ))
+    HttpResponse::NotFound()
+        .json(Envelope::fail(60404, "no such path; the webhook path is set by BRIDGE_WEBHOOK_PATH"))
 }

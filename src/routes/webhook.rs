@@ -18,24 +18,17 @@ pub enum Pipeline {
     /// Answer once the event is durable in the local spool (default).
     Spool(Spool),
     /// Answer once Kafka acknowledged the event.
-    Sync {
-        publisher: Arc<Publisher>,
-        timeout: Duration,
-    },
+    Sync { publisher: Arc<Publisher>, timeout: Duration },
 }
 
 impl Pipeline {
     async fn submit(&self, event: &GroupChangeEvent) -> Result<(), WebhookError> {
         match self {
-            Pipeline::Spool(spool) => spool
-                .append(event.to_json())
-                .await
-                .map(drop)
-                .map_err(WebhookError::Spool),
+            Pipeline::Spool(spool) => {
+                spool.append(event.to_json()).await.map(drop).map_err(WebhookError::Spool)
+            }
             Pipeline::Sync { publisher, timeout } => {
-                let pending = publisher
-                    .send(event, &event.to_json())
-                    .map_err(WebhookError::Kafka)?;
+                let pending = publisher.send(event, &event.to_json()).map_err(WebhookError::Kafka)?;
                 match tokio::time::timeout(*timeout, pending).await {
                     Ok(Ok(_)) => Ok(()),
                     Ok(Err(e)) => Err(WebhookError::Kafka(e)),
@@ -100,12 +93,8 @@ impl WebhookError {
             WebhookError::Spool(SpoolError::Full { .. }) => {
                 "spool is full: Kafka is behind; the event was not accepted".to_owned()
             }
-            WebhookError::Spool(_) => {
-                "the event could not be stored; it was not accepted".to_owned()
-            }
-            WebhookError::Kafka(_) => {
-                "Kafka did not take the event; it was not accepted".to_owned()
-            }
+            WebhookError::Spool(_) => "the event could not be stored; it was not accepted".to_owned(),
+            WebhookError::Kafka(_) => "Kafka did not take the event; it was not accepted".to_owned(),
             other => other.to_string(),
         }
     }
@@ -114,15 +103,11 @@ impl WebhookError {
 impl ResponseError for WebhookError {
     fn status_code(&self) -> StatusCode {
         match self {
-            WebhookError::Refused(r) => {
-                StatusCode::from_u16(r.status()).unwrap_or(StatusCode::BAD_REQUEST)
-            }
+            WebhookError::Refused(r) => StatusCode::from_u16(r.status()).unwrap_or(StatusCode::BAD_REQUEST),
             WebhookError::Body(_) => StatusCode::BAD_REQUEST,
             WebhookError::Spool(SpoolError::Full { .. }) => StatusCode::SERVICE_UNAVAILABLE,
             WebhookError::Spool(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            WebhookError::Kafka(_) | WebhookError::KafkaTimeout(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            WebhookError::Kafka(_) | WebhookError::KafkaTimeout(_) => StatusCode::SERVICE_UNAVAILABLE,
             WebhookError::Method => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
@@ -133,9 +118,7 @@ impl ResponseError for WebhookError {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 /// The webhook handler. The query string is checked before the body is read, so a stranger's request
@@ -156,9 +139,8 @@ pub async fn webhook(
             );
         }
         Err(e) => {
-            let app = crate::webhook::CallbackQuery::parse(req.query_string())
-                .ok()
-                .and_then(|q| q.sdk_app_id);
+            let app =
+                crate::webhook::CallbackQuery::parse(req.query_string()).ok().and_then(|q| q.sdk_app_id);
             let status = e.status_code().as_u16();
             if status >= 500 {
                 tracing::warn!(outcome = e.outcome(), status, code = e.code(), sdk_app_id = app.as_deref(), reason = %e, "webhook not accepted");
@@ -176,9 +158,7 @@ async fn accept(
     state: &WebhookState,
     received_at_ms: i64,
 ) -> Result<GroupChangeEvent, WebhookError> {
-    let query = state
-        .verifier
-        .authenticate(req.query_string(), (received_at_ms / 1000) as u64)?;
+    let query = state.verifier.authenticate(req.query_string(), (received_at_ms / 1000) as u64)?;
     let body = read_body(req, body, state.max_body_bytes).await?;
     let event = state.verifier.event(&query, &body, received_at_ms)?;
     state.pipeline.submit(&event).await?;

@@ -49,10 +49,7 @@ pub enum SpoolError {
     #[error("spool is closed")]
     Closed,
     #[error("cannot open spool directory {path}: {source}")]
-    Open {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Open { path: PathBuf, source: std::io::Error },
 }
 
 /// How the spool is set up.
@@ -84,10 +81,7 @@ pub struct SpoolStats {
 }
 
 enum Command {
-    Append {
-        payload: Vec<u8>,
-        reply: oneshot::Sender<Result<u64, SpoolError>>,
-    },
+    Append { payload: Vec<u8>, reply: oneshot::Sender<Result<u64, SpoolError>> },
     Ack(u64),
     Close,
 }
@@ -130,26 +124,14 @@ impl Spool {
             .name("spool-writer".into())
             .spawn(move || w.run(rx))
             .map_err(SpoolError::Io)?;
-        Ok((
-            Spool {
-                tx,
-                committed,
-                stats,
-                dir,
-                max_bytes,
-                start_seq,
-            },
-            SpoolThread(handle),
-        ))
+        Ok((Spool { tx, committed, stats, dir, max_bytes, start_seq }, SpoolThread(handle)))
     }
 
     /// Appends one event and resolves once it is as durable as the fsync mode promises. The returned
     /// sequence number orders it among all events.
     pub async fn append(&self, payload: Vec<u8>) -> Result<u64, SpoolError> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Append { payload, reply })
-            .map_err(|_| SpoolError::Closed)?;
+        self.tx.send(Command::Append { payload, reply }).map_err(|_| SpoolError::Closed)?;
         rx.await.map_err(|_| SpoolError::Closed)?
     }
 

@@ -24,11 +24,7 @@ pub struct SpoolReader {
 
 impl SpoolReader {
     pub(super) fn new(dir: PathBuf, next_seq: u64) -> Self {
-        Self {
-            dir,
-            current: None,
-            next_seq,
-        }
+        Self { dir, current: None, next_seq }
     }
 
     /// The next sequence number [`read`](Self::read) will return (or the first one after it).
@@ -91,17 +87,11 @@ impl SpoolReader {
     /// Opens the segment that holds `next_seq`.
     fn open_segment(&mut self) -> io::Result<bool> {
         let segments = list_segments(&self.dir)?;
-        let pick = segments
-            .iter()
-            .rev()
-            .find(|(first, _)| *first <= self.next_seq)
-            .or_else(|| segments.first());
+        let pick =
+            segments.iter().rev().find(|(first, _)| *first <= self.next_seq).or_else(|| segments.first());
         match pick {
             Some((first, path)) => {
-                self.current = Some((
-                    *first,
-                    BufReader::with_capacity(256 << 10, File::open(path)?),
-                ));
+                self.current = Some((*first, BufReader::with_capacity(256 << 10, File::open(path)?)));
                 Ok(true)
             }
             None => Ok(false),
@@ -109,9 +99,7 @@ impl SpoolReader {
     }
 
     fn open_segment_after(&mut self, first: u64) -> io::Result<bool> {
-        let next = list_segments(&self.dir)?
-            .into_iter()
-            .find(|(f, _)| *f > first);
+        let next = list_segments(&self.dir)?.into_iter().find(|(f, _)| *f > first);
         match next {
             Some((f, path)) => {
                 self.next_seq = self.next_seq.max(f);

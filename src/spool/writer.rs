@@ -86,11 +86,7 @@ pub(super) fn read_next(r: &mut impl Read) -> io::Result<Next> {
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(Next::Corrupt),
         Err(e) => return Err(e),
     }
-    Ok(if header.matches(&payload) {
-        Next::Record(header.seq, payload)
-    } else {
-        Next::Corrupt
-    })
+    Ok(if header.matches(&payload) { Next::Record(header.seq, payload) } else { Next::Corrupt })
 }
 
 /// The acknowledged sequence number, or `None` when the file is missing or damaged.
@@ -117,10 +113,7 @@ fn ack_bytes(seq: u64) -> [u8; 16] {
 /// cut there (one warning says where and how much) and everything before it is kept. Segments that are
 /// fully acknowledged or empty are removed.
 pub(super) fn recover(dir: &Path, stats: &SpoolStats) -> Result<Recovered, SpoolError> {
-    let open_err = |source| SpoolError::Open {
-        path: dir.to_owned(),
-        source,
-    };
+    let open_err = |source| SpoolError::Open { path: dir.to_owned(), source };
     fs::create_dir_all(dir).map_err(open_err)?;
     let acked_file = read_ack(dir);
     let mut segments = VecDeque::new();
@@ -147,13 +140,8 @@ pub(super) fn recover(dir: &Path, stats: &SpoolStats) -> Result<Recovered, Spool
                         kept_records = records,
                         "spool: torn or corrupt record; cutting the segment there and keeping everything before it"
                     );
-                    stats
-                        .corrupt_records_skipped
-                        .fetch_add(1, Ordering::Relaxed);
-                    OpenOptions::new()
-                        .write(true)
-                        .open(&path)?
-                        .set_len(valid_end)?;
+                    stats.corrupt_records_skipped.fetch_add(1, Ordering::Relaxed);
+                    OpenOptions::new().write(true).open(&path)?.set_len(valid_end)?;
                     break;
                 }
             }
@@ -162,11 +150,7 @@ pub(super) fn recover(dir: &Path, stats: &SpoolStats) -> Result<Recovered, Spool
         if records == 0 || seg_last <= acked {
             fs::remove_file(&path)?;
         } else {
-            segments.push_back(Segment {
-                last_seq: seg_last,
-                bytes: valid_end,
-                path,
-            });
+            segments.push_back(Segment { last_seq: seg_last, bytes: valid_end, path });
         }
     }
     let acked = match acked_file {
@@ -174,20 +158,14 @@ pub(super) fn recover(dir: &Path, stats: &SpoolStats) -> Result<Recovered, Spool
         None if segments.is_empty() => 0,
         None => {
             if dir.join(ACK_FILE).exists() {
-                tracing::warn!(
-                    "spool: ack file is damaged; every spooled event will be published again"
-                );
+                tracing::warn!("spool: ack file is damaged; every spooled event will be published again");
             }
             0
         }
     };
     // A fresh spool continues numbering after the acknowledged sequence number.
     let last_seq = last_seq.max(acked);
-    Ok(Recovered {
-        segments,
-        last_seq,
-        acked,
-    })
+    Ok(Recovered { segments, last_seq, acked })
 }
 
 pub(super) struct Writer {
@@ -274,8 +252,7 @@ impl Writer {
             if closing {
                 break;
             }
-            if let (FsyncMode::Interval(every), Some(since)) = (self.config.fsync, self.dirty_since)
-            {
+            if let (FsyncMode::Interval(every), Some(since)) = (self.config.fsync, self.dirty_since) {
                 if since.elapsed() >= every {
                     self.sync();
                 }
@@ -307,10 +284,7 @@ impl Writer {
                     let size = (HEADER_LEN + payload.len()) as u64;
                     if self.disk_bytes + buf.len() as u64 + size > self.config.max_bytes {
                         let bytes = self.disk_bytes + buf.len() as u64;
-                        let _ = reply.send(Err(SpoolError::Full {
-                            bytes,
-                            max_bytes: self.config.max_bytes,
-                        }));
+                        let _ = reply.send(Err(SpoolError::Full { bytes, max_bytes: self.config.max_bytes }));
                         continue;
                     }
                     record::encode(self.next_seq, &payload, &mut buf);
@@ -331,8 +305,7 @@ impl Writer {
                     tracing::error!(error = %e, events = replies.len(), "spool: append failed; answering 503");
                     let kind = e.kind();
                     for (_, reply) in replies {
-                        let _ =
-                            reply.send(Err(SpoolError::Io(io::Error::new(kind, e.to_string()))));
+                        let _ = reply.send(Err(SpoolError::Io(io::Error::new(kind, e.to_string()))));
                     }
                 }
             }
@@ -345,12 +318,7 @@ impl Writer {
 
     /// Writes one batch to the active segment and syncs it as the mode says.
     fn write(&mut self, buf: &[u8], first_seq: u64) -> io::Result<()> {
-        if self.active.is_none()
-            || self
-                .segments
-                .back()
-                .is_some_and(|s| s.bytes >= self.segment_bytes)
-        {
+        if self.active.is_none() || self.segments.back().is_some_and(|s| s.bytes >= self.segment_bytes) {
             self.roll(first_seq)?;
         }
         let file = self.active.as_mut().expect("rolled above");
@@ -391,19 +359,12 @@ impl Writer {
             }
         }
         let path = segment_path(&self.config.dir, first_seq);
-        let file = OpenOptions::new()
-            .create_new(true)
-            .append(true)
-            .open(&path)?;
+        let file = OpenOptions::new().create_new(true).append(true).open(&path)?;
         if self.config.fsync == FsyncMode::Always {
             // The new file's directory entry must be durable too.
             File::open(&self.config.dir)?.sync_all()?;
         }
-        self.segments.push_back(Segment {
-            last_seq: first_seq - 1,
-            bytes: 0,
-            path,
-        });
+        self.segments.push_back(Segment { last_seq: first_seq - 1, bytes: 0, path });
         self.active = Some(file);
         Ok(())
     }
@@ -448,9 +409,7 @@ impl Writer {
 
     fn publish_stats(&self) {
         let committed = *self.committed.borrow();
-        self.stats
-            .pending_events
-            .store(committed.saturating_sub(self.acked), Ordering::Relaxed);
+        self.stats.pending_events.store(committed.saturating_sub(self.acked), Ordering::Relaxed);
         self.stats.bytes.store(self.disk_bytes, Ordering::Relaxed);
     }
 }

@@ -15,19 +15,11 @@ pub struct Envelope {
 
 impl Envelope {
     pub fn ok() -> Self {
-        Self {
-            action_status: "OK".into(),
-            error_info: String::new(),
-            error_code: 0,
-        }
+        Self { action_status: "OK".into(), error_info: String::new(), error_code: 0 }
     }
 
     pub fn fail(code: u32, info: impl Into<String>) -> Self {
-        Self {
-            action_status: "FAIL".into(),
-            error_info: info.into(),
-            error_code: code,
-        }
+        Self { action_status: "FAIL".into(), error_info: info.into(), error_code: code }
     }
 
     pub fn is_ok(&self) -> bool {

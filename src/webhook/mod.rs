@@ -177,12 +177,7 @@ impl Verifier {
     }
 
     /// Both steps at once: what the fuzz target and property tests call.
-    pub fn check(
-        &self,
-        query: &str,
-        body: &[u8],
-        now_ms: i64,
-    ) -> Result<GroupChangeEvent, Refusal> {
+    pub fn check(&self, query: &str, body: &[u8], now_ms: i64) -> Result<GroupChangeEvent, Refusal> {
         let q = self.authenticate(query, (now_ms.max(0) / 1000) as u64)?;
         self.event(&q, body, now_ms)
     }

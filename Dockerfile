@@ -1,0 +1,23 @@
+# Build: the toolchain and librdkafka's build tools, then the release binary.
+FROM rust:1.95-slim-bookworm AS build
+RUN apt-get update && apt-get install -y --no-install-recommends \
+      build-essential cmake pkg-config libssl-dev zlib1g-dev python3 \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+RUN cargo build --release --locked --bin tim-kafka-bridge
+
+# Run: a slim image, an unprivileged user, the spool on a volume.
+FROM debian:bookworm-slim
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates libssl3 zlib1g \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --home-dir /var/lib/tim-kafka-bridge bridge \
+    && mkdir -p /var/lib/tim-kafka-bridge/spool && chown -R bridge /var/lib/tim-kafka-bridge
+COPY --from=build /src/target/release/tim-kafka-bridge /usr/local/bin/tim-kafka-bridge
+USER bridge
+ENV BRIDGE_LISTEN=0.0.0.0:8080 BRIDGE_SPOOL_DIR=/var/lib/tim-kafka-bridge/spool
+EXPOSE 8080
+VOLUME /var/lib/tim-kafka-bridge/spool
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["/usr/local/bin/tim-kafka-bridge"]

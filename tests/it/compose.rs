@@ -1,0 +1,36 @@
+//! No Docker engine runs here, so the dev stack is kept honest by reading it: every `BRIDGE_*`
+//! variable docker-compose.yml sets must be one the bridge reads.
+
+use tim_kafka_bridge::configuration::{RDKAFKA_PREFIX, VARIABLES};
+
+use crate::helpers::repo;
+
+#[test]
+fn every_bridge_variable_in_docker_compose_is_one_the_bridge_knows() {
+    let text = std::fs::read_to_string(repo().join("docker-compose.yml")).unwrap();
+    let doc: serde_norway::Value = serde_norway::from_str(&text).expect("docker-compose.yml is YAML");
+    let services = doc["services"].as_mapping().expect("services");
+    let mut seen = 0;
+    for (name, service) in services {
+        let names: Vec<String> = match &service["environment"] {
+            serde_norway::Value::Mapping(m) => {
+                m.keys().filter_map(|k| k.as_str().map(str::to_owned)).collect()
+            }
+            serde_norway::Value::Sequence(s) => {
+                s.iter().filter_map(|e| e.as_str().map(|e| e.split('=').next().unwrap().to_owned())).collect()
+            }
+            _ => Vec::new(),
+        };
+        for var in names.iter().filter(|n| n.starts_with("BRIDGE_")) {
+            seen += 1;
+            let known = VARIABLES.iter().any(|v| v.name == var) || var.starts_with(RDKAFKA_PREFIX);
+            assert!(known, "service {name:?} sets {var}, which the bridge does not read");
+        }
+    }
+    assert!(seen > 0, "docker-compose.yml configures the bridge");
+    let bridge = &services[&serde_norway::Value::from("bridge")];
+    assert!(
+        bridge["build"].is_mapping() || bridge["build"].is_string(),
+        "the bridge is built from the Dockerfile"
+    );
+}

@@ -1,0 +1,276 @@
+//! Answered OK means in Kafka eventually: through kill -9, broker outages, refusals, damage and
+//! shutdown.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::delivery::assert_valid;
+use crate::helpers::*;
+
+fn names(records: &[Record]) -> HashSet<(String, usize)> {
+    records.iter().map(rename_of).collect()
+}
+
+/// Reads until every `(group, n)` in `expected` is on the topic.
+fn read_all_of(topic: &str, expected: &HashSet<(String, usize)>, timeout: Duration) -> Vec<Record> {
+    read_until(topic, timeout, |r| expected.is_subset(&names(r)))
+}
+
+#[tokio::test]
+async fn every_event_answered_ok_survives_kill_9_mid_stream() {
+    let _up = broker().shared().await;
+    let spool = tempfile::tempdir().unwrap();
+    let bridge = Bridge::spawn(BridgeOptions::new(spool.path())).await;
+    let acked = Arc::new(std::sync::Mutex::new(HashSet::new()));
+
+    // Four steady streams; the bridge is killed while they run.
+    let b = Arc::new(bridge);
+    let mut streams = Vec::new();
+    for s in 0..4 {
+        let (b, acked) = (b.clone(), acked.clone());
+        streams.push(tokio::spawn(async move {
+            let group = format!("@TGS#kill{s}");
+            for n in 0.. {
+                match b.try_send(&Webhook::rename(&group, n)).await {
+                    Some(200) => {
+                        acked.lock().unwrap().insert((group.clone(), n));
+                    }
+                    Some(other) => panic!("unexpected status {other}"),
+                    None => return,
+                }
+            }
+        }));
+    }
+    while acked.lock().unwrap().len() < 400 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    b.kill9();
+    for s in streams {
+        s.await.unwrap();
+    }
+    let mut bridge = Arc::try_unwrap(b).unwrap_or_else(|_| panic!("streams are done"));
+    bridge.restart(&[]).await;
+    assert_eq!(bridge.send(&Webhook::rename("@TGS#after", 0)).await.0, 200);
+    let mut expected = acked.lock().unwrap().clone();
+    expected.insert(("@TGS#after".into(), 0));
+
+    let records = read_all_of(&bridge.topic, &expected, Duration::from_secs(60));
+
+    assert!(expected.is_subset(&names(&records)));
+    assert_per_group_order(&records);
+    assert_valid(&records);
+}
+
+#[tokio::test]
+async fn webhooks_are_answered_ok_while_kafka_is_down_and_all_arrive_in_order_after() {
+    let kafka = broker();
+    let _exclusive = kafka.exclusive().await;
+    let spool = tempfile::tempdir().unwrap();
+    let bridge = Bridge::spawn(BridgeOptions::new(spool.path())).await;
+    assert_eq!(bridge.send(&Webhook::rename("@TGS#warmup", 0)).await.0, 200);
+    read_exactly(&bridge.topic, 1, Duration::from_secs(30));
+
+    kafka.stop();
+    let bridge = Arc::new(bridge);
+    let mut tasks = Vec::new();
+    for g in 0..10 {
+        let bridge = bridge.clone();
+        tasks.push(tokio::spawn(async move {
+            for n in 0..50 {
+                let (status, _) = bridge.send(&Webhook::rename(&format!("@TGS#down{g}"), n)).await;
+                assert_eq!(status, 200, "answered OK while Kafka is down");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let ready = bridge.get("/healthz").await;
+    assert_eq!(ready.status().as_u16(), 200);
+    kafka.start();
+
+    let mut expected: HashSet<(String, usize)> =
+        (0..10).flat_map(|g| (0..50).map(move |n| (format!("@TGS#down{g}"), n))).collect();
+    expected.insert(("@TGS#warmup".into(), 0));
+    let records = read_all_of(&bridge.topic, &expected, Duration::from_secs(90));
+    assert!(expected.is_subset(&names(&records)));
+    assert_per_group_order(&records);
+}
+
+#[tokio::test]
+async fn a_short_librdkafka_message_timeout_loses_nothing_over_a_20_s_outage() {
+    let kafka = broker();
+    let _exclusive = kafka.exclusive().await;
+    let spool = tempfile::tempdir().unwrap();
+    let bridge =
+        Bridge::spawn(BridgeOptions::new(spool.path()).env("BRIDGE_RDKAFKA_MESSAGE_TIMEOUT_MS", 5000)).await;
+    assert_eq!(bridge.send(&Webhook::rename("@TGS#timeout", 0)).await.0, 200);
+    read_exactly(&bridge.topic, 1, Duration::from_secs(30));
+
+    kafka.stop();
+    let down_since = Instant::now();
+    let mut n = 1;
+    while down_since.elapsed() < Duration::from_secs(20) {
+        assert_eq!(bridge.send(&Webhook::rename("@TGS#timeout", n)).await.0, 200);
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    kafka.start();
+
+    let expected: HashSet<(String, usize)> = (0..n).map(|i| ("@TGS#timeout".to_owned(), i)).collect();
+    let records = read_all_of(&bridge.topic, &expected, Duration::from_secs(90));
+    assert!(expected.is_subset(&names(&records)));
+    assert_per_group_order(&records);
+    assert!(bridge.logs().contains("Kafka delivery failed"), "the timeouts were seen and retried");
+}
+
+#[tokio::test]
+async fn an_event_kafka_refuses_goes_to_the_dead_letter_topic_and_the_rest_flow_on() {
+    let kafka = broker();
+    let _up = kafka.shared().await;
+    let spool = tempfile::tempdir().unwrap();
+    let opts = BridgeOptions::new(spool.path());
+    kafka.script(&format!(
+        "topics --create --topic {} --partitions 3 --config max.message.bytes=20000",
+        opts.topic
+    ));
+    let bridge = Bridge::spawn(opts).await;
+    // Hex digits from xorshift: lz4 cannot squeeze 40 000 of them under the topic's 20 000 bytes.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let noise: String = (0..40_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from_digit((x & 0xf) as u32, 16).unwrap()
+        })
+        .collect();
+    let mut big = Webhook::rename("@TGS#dlq", 1);
+    big.0["Introduction"] = serde_json::Value::String(noise);
+
+    assert_eq!(bridge.send(&Webhook::rename("@TGS#dlq", 0)).await.0, 200);
+    assert_eq!(bridge.send(&big).await.0, 200);
+    for n in 2..20 {
+        assert_eq!(bridge.send(&Webhook::rename("@TGS#dlq", n)).await.0, 200);
+    }
+
+    let dlq = read_exactly(&format!("{}.dlq", bridge.topic), 1, Duration::from_secs(60));
+    assert_eq!(rename_of(&dlq[0]), ("@TGS#dlq".to_owned(), 1));
+    let reason = dlq[0].header("bridge_dlq_reason").expect("the reason is in a header");
+    assert!(reason.to_lowercase().contains("too large"), "{reason}");
+    assert_eq!(dlq[0].header("bridge_dlq_topic"), Some(bridge.topic.as_str()));
+    let main = read_exactly(&bridge.topic, 19, Duration::from_secs(60));
+    let expected: HashSet<_> = (0..20).filter(|n| *n != 1).map(|n| ("@TGS#dlq".to_owned(), n)).collect();
+    assert_eq!(names(&main), expected);
+    assert_per_group_order(&main);
+}
+
+#[tokio::test]
+async fn a_full_spool_answers_503_and_every_ok_event_arrives_after_kafka_returns() {
+    let kafka = broker();
+    let _exclusive = kafka.exclusive().await;
+    let spool = tempfile::tempdir().unwrap();
+    let bridge = Bridge::spawn(BridgeOptions::new(spool.path()).env("BRIDGE_SPOOL_MAX_BYTES", 20_000)).await;
+    assert_eq!(bridge.send(&Webhook::rename("@TGS#full", 0)).await.0, 200);
+    read_exactly(&bridge.topic, 1, Duration::from_secs(30));
+
+    kafka.stop();
+    let mut ok = HashSet::from([("@TGS#full".to_owned(), 0)]);
+    let mut refused = 0;
+    for n in 1..200 {
+        let (status, answer) = bridge.send(&Webhook::rename("@TGS#full", n)).await;
+        match status {
+            200 => {
+                assert_eq!(refused, 0, "once full, the spool stays full while Kafka is down");
+                ok.insert(("@TGS#full".to_owned(), n));
+            }
+            503 => {
+                assert_eq!(answer.action_status, "FAIL");
+                refused += 1;
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert!(ok.len() > 10 && refused > 0, "{} accepted, {refused} refused", ok.len());
+    kafka.start();
+
+    let records = read_all_of(&bridge.topic, &ok, Duration::from_secs(90));
+    assert!(ok.is_subset(&names(&records)));
+    // Space is given back once Kafka has the backlog.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, _) = bridge.send(&Webhook::rename("@TGS#full-again", 0)).await;
+        if status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the spool never freed up");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_torn_last_record_is_skipped_with_a_log_line_and_the_rest_is_delivered() {
+    let _up = broker().shared().await;
+    let spool = tempfile::tempdir().unwrap();
+    // First run: Kafka unreachable, so the events stay in the spool.
+    let mut bridge = Bridge::spawn(
+        BridgeOptions::new(spool.path())
+            .env("BRIDGE_KAFKA_BROKERS", "127.0.0.1:1")
+            .env("BRIDGE_SHUTDOWN_GRACE_SECS", 1),
+    )
+    .await;
+    for n in 0..10 {
+        assert_eq!(bridge.send(&Webhook::rename("@TGS#torn", n)).await.0, 200);
+    }
+    assert!(bridge.terminate(Duration::from_secs(20)).success());
+
+    // Cut the last record short, as a crash mid-write would.
+    let mut segments: Vec<_> = std::fs::read_dir(spool.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    segments.sort();
+    let last = segments.last().expect("a segment");
+    let len = std::fs::metadata(last).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(last).unwrap().set_len(len - 7).unwrap();
+
+    let broker_addr = broker().bootstrap();
+    bridge.restart(&[("BRIDGE_KAFKA_BROKERS", broker_addr.as_str())]).await;
+
+    let records = read_exactly(&bridge.topic, 9, Duration::from_secs(60));
+    let expected: HashSet<_> = (0..9).map(|n| ("@TGS#torn".to_owned(), n)).collect();
+    assert_eq!(names(&records), expected);
+    let warnings = bridge.logs().matches("torn or corrupt record").count();
+    assert_eq!(warnings, 1, "{}", bridge.logs());
+}
+
+#[tokio::test]
+async fn sigterm_with_a_backlog_delivers_it_before_exiting_0() {
+    let _up = broker().shared().await;
+    let spool = tempfile::tempdir().unwrap();
+    let mut bridge = Bridge::spawn(
+        BridgeOptions::new(spool.path())
+            .env("BRIDGE_KAFKA_BROKERS", "127.0.0.1:1")
+            .env("BRIDGE_SHUTDOWN_GRACE_SECS", 1),
+    )
+    .await;
+    for n in 0..300 {
+        assert_eq!(bridge.send(&Webhook::rename("@TGS#term", n)).await.0, 200);
+    }
+    // Kafka was unreachable: the grace period runs out and the backlog stays for the next start.
+    assert!(bridge.terminate(Duration::from_secs(20)).success());
+    assert!(bridge.logs().contains("stay in the spool"), "{}", bridge.logs());
+
+    let broker_addr = broker().bootstrap();
+    bridge
+        .restart(&[("BRIDGE_KAFKA_BROKERS", broker_addr.as_str()), ("BRIDGE_SHUTDOWN_GRACE_SECS", "30")])
+        .await;
+    let status = bridge.terminate(Duration::from_secs(40));
+
+    assert!(status.success(), "exit status {status:?}");
+    assert_eq!(topic_len(&bridge.topic), 300, "the whole backlog is in Kafka when the process has exited");
+    let records = read_exactly(&bridge.topic, 300, Duration::from_secs(30));
+    assert_per_group_order(&records);
+}

@@ -1,0 +1,505 @@
+//! The test harness: one real Kafka broker per test run, the bridge as a real process, a signing
+//! webhook client and a topic reader.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use tim_kafka_bridge::webhook::{sign, CallbackToken, Envelope};
+
+pub const APP_ID: &str = "1400000000";
+pub const TOKEN: &str = "it-callback-token-7f3a";
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A name no other test (or earlier run) uses.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64;
+    format!("{prefix}-{:x}-{}", nanos & 0xffff_ffff, N.fetch_add(1, Ordering::Relaxed))
+}
+
+pub fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Kafka
+
+/// The run's broker, started by `scripts/kafka` on its own ports and data directory, and stopped by a
+/// watchdog when the test process exits.
+pub struct Broker {
+    port: u16,
+    data: PathBuf,
+}
+
+static BROKER: OnceLock<Broker> = OnceLock::new();
+/// Tests that stop the broker hold it exclusively; all others share it.
+static AVAILABILITY: RwLock<()> = RwLock::const_new(());
+
+fn free_port_pair() -> u16 {
+    for _ in 0..50 {
+        let a = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = a.local_addr().unwrap().port();
+        if port < 65000 && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free pair of ports for the test broker");
+}
+
+pub fn broker() -> &'static Broker {
+    BROKER.get_or_init(|| {
+        let port = match std::env::var("TEST_KAFKA_PORT") {
+            Ok(p) => p.parse().expect("TEST_KAFKA_PORT is a port"),
+            Err(_) => free_port_pair(),
+        };
+        let data = repo().join("target").join("it-kafka").join(port.to_string());
+        let b = Broker { port, data };
+        b.script("reset");
+        b.script("start");
+        // Stop and wipe the broker once this process is gone, however it ends. The watchdog outlives
+        // this process on purpose, so it is never waited for.
+        let watchdog = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; exec '{script}' reset",
+            pid = std::process::id(),
+            script = repo().join("scripts/kafka").display()
+        );
+        #[allow(clippy::zombie_processes)]
+        Command::new("setsid")
+            .args(["bash", "-c", &watchdog])
+            .envs(b.env())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("watchdog starts");
+        b
+    })
+}
+
+impl Broker {
+    fn env(&self) -> Vec<(&'static str, String)> {
+        vec![("KAFKA_PORT", self.port.to_string()), ("KAFKA_DATA_DIR", self.data.display().to_string())]
+    }
+
+    pub fn script(&self, args: &str) -> String {
+        let out = Command::new(repo().join("scripts/kafka"))
+            .args(args.split_whitespace())
+            .envs(self.env())
+            .output()
+            .expect("scripts/kafka runs");
+        let text =
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "scripts/kafka {args} failed:\n{text}");
+        text
+    }
+
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Shared use: the broker stays up while the guard lives.
+    pub async fn shared(&self) -> RwLockReadGuard<'static, ()> {
+        AVAILABILITY.read().await
+    }
+
+    /// Exclusive use, for tests that stop and start it.
+    pub async fn exclusive(&self) -> RwLockWriteGuard<'static, ()> {
+        AVAILABILITY.write().await
+    }
+
+    pub fn stop(&self) {
+        self.script("stop");
+    }
+
+    pub fn start(&self) {
+        self.script("start");
+    }
+
+    /// Runs `scripts/kafka produce` (Kafka's own Java producer) with one `key\tvalue` line.
+    pub fn java_produce(&self, topic: &str, key: &str, value: &str) {
+        let mut child = Command::new(repo().join("scripts/kafka"))
+            .args(["produce", topic])
+            .envs(self.env())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        writeln!(child.stdin.take().unwrap(), "{key}\t{value}").unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "java producer failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+/// One record read back from Kafka.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub key: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp: Option<i64>,
+    pub headers: HashMap<String, String>,
+    pub value: serde_json::Value,
+}
+
+impl Record {
+    pub fn header(&self, k: &str) -> Option<&str> {
+        self.headers.get(k).map(String::as_str)
+    }
+}
+
+fn consumer(bootstrap: &str) -> BaseConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", unique("it-reader"))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()
+        .expect("consumer")
+}
+
+fn partitions(c: &BaseConsumer, topic: &str, deadline: Instant) -> Vec<i32> {
+    loop {
+        if let Ok(md) = c.fetch_metadata(Some(topic), Duration::from_secs(2)) {
+            if let Some(t) = md.topics().first() {
+                if t.error().is_none() && !t.partitions().is_empty() {
+                    return t.partitions().iter().map(|p| p.id()).collect();
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "topic {topic} never appeared");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// How many records `topic` holds (sum of high watermarks; nothing is deleted during a test).
+pub fn topic_len(topic: &str) -> i64 {
+    let c = consumer(&broker().bootstrap());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    partitions(&c, topic, deadline)
+        .into_iter()
+        .map(|p| c.fetch_watermarks(topic, p, Duration::from_secs(10)).expect("watermarks").1)
+        .sum()
+}
+
+/// Reads `topic` from the beginning until `until` says the records are all there, or panics at
+/// `timeout` with what it has.
+pub fn read_until(topic: &str, timeout: Duration, until: impl Fn(&[Record]) -> bool) -> Vec<Record> {
+    let deadline = Instant::now() + timeout;
+    let c = consumer(&broker().bootstrap());
+    let mut tpl = TopicPartitionList::new();
+    for p in partitions(&c, topic, deadline) {
+        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    while !until(&out) {
+        assert!(Instant::now() < deadline, "timed out reading {topic}: have {} records", out.len());
+        let Some(m) = c.poll(Duration::from_millis(200)) else { continue };
+        let m = match m {
+            Ok(m) => m,
+            Err(_) => continue,
+        };
+        let headers = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| {
+                        (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.push(Record {
+            key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+            partition: m.partition(),
+            offset: m.offset(),
+            timestamp: m.timestamp().to_millis(),
+            headers,
+            value: serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or(serde_json::Value::Null),
+        });
+    }
+    out
+}
+
+/// Reads exactly `n` records and checks the topic holds no more.
+pub fn read_exactly(topic: &str, n: usize, timeout: Duration) -> Vec<Record> {
+    let records = read_until(topic, timeout, |r| r.len() >= n);
+    assert_eq!(topic_len(topic), n as i64, "topic {topic} holds more than the {n} records expected");
+    records
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The bridge
+
+/// The bridge binary, running as a child process with its JSON logs captured.
+pub struct Bridge {
+    child: Child,
+    pub port: u16,
+    pub logs: Arc<Mutex<Vec<String>>>,
+    pub topic: String,
+    pub spool: PathBuf,
+    env: Vec<(String, String)>,
+    http: reqwest::Client,
+}
+
+/// What a test wants different from the defaults.
+pub struct BridgeOptions {
+    pub topic: String,
+    pub spool: PathBuf,
+    pub env: Vec<(String, String)>,
+}
+
+impl BridgeOptions {
+    pub fn new(spool: &Path) -> Self {
+        Self { topic: unique("it-group-change"), spool: spool.to_owned(), env: Vec::new() }
+    }
+
+    pub fn env(mut self, k: &str, v: impl ToString) -> Self {
+        self.env.push((k.to_owned(), v.to_string()));
+        self
+    }
+}
+
+impl Bridge {
+    pub async fn spawn(opts: BridgeOptions) -> Bridge {
+        let mut env: Vec<(String, String)> = vec![
+            ("BRIDGE_SDK_APP_ID".into(), APP_ID.into()),
+            ("BRIDGE_CALLBACK_TOKEN".into(), TOKEN.into()),
+            ("BRIDGE_LISTEN".into(), "127.0.0.1:0".into()),
+            ("BRIDGE_KAFKA_BROKERS".into(), broker().bootstrap()),
+            ("BRIDGE_TOPIC".into(), opts.topic.clone()),
+            ("BRIDGE_SPOOL_DIR".into(), opts.spool.display().to_string()),
+            ("BRIDGE_LOG_FORMAT".into(), "json".into()),
+            ("BRIDGE_SHUTDOWN_GRACE_SECS".into(), "10".into()),
+            ("RUST_LOG".into(), "info".into()),
+        ];
+        for (k, v) in opts.env {
+            env.retain(|(e, _)| *e != k);
+            env.push((k, v));
+        }
+        Self::start(env, opts.topic, opts.spool).await
+    }
+
+    async fn start(env: Vec<(String, String)>, topic: String, spool: PathBuf) -> Bridge {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tim-kafka-bridge"))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("bridge starts");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (port_tx, port_rx) = std::sync::mpsc::channel();
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let logs = logs.clone();
+            let port_tx = port_tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if line.contains("tim-kafka-bridge listening") {
+                        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                            let _ = port_tx.send(v["port"].as_u64().unwrap_or(0) as u16);
+                        }
+                    }
+                    if std::env::var_os("TEST_LOG").is_some() {
+                        eprintln!("bridge: {line}");
+                    }
+                    logs.lock().unwrap().push(line);
+                }
+            });
+        }
+        let port = match port_rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(p) => p,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("bridge did not start:\n{}", logs.lock().unwrap().join("\n"));
+            }
+        };
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .pool_idle_timeout(Duration::from_secs(2))
+            .build()
+            .unwrap();
+        Bridge { child, port, logs, topic, spool, env, http }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    /// POSTs `body` to the webhook path with `query`.
+    pub async fn post(&self, query: &str, body: impl Into<reqwest::Body>) -> (u16, Envelope) {
+        let resp = self
+            .http
+            .post(format!("{}?{}", self.url("/webhook"), query))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("bridge answers");
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.unwrap();
+        let envelope = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            panic!("answer is not an envelope ({e}): {}", String::from_utf8_lossy(&bytes))
+        });
+        (status, envelope)
+    }
+
+    /// POSTs a correctly signed webhook.
+    pub async fn send(&self, hook: &Webhook) -> (u16, Envelope) {
+        self.post(&signed_query(now_secs()), hook.body()).await
+    }
+
+    /// Like [`send`](Self::send) but a connection error is `None` (the process may be gone).
+    pub async fn try_send(&self, hook: &Webhook) -> Option<u16> {
+        let resp = self
+            .http
+            .post(format!("{}?{}", self.url("/webhook"), signed_query(now_secs())))
+            .body(hook.body())
+            .send()
+            .await
+            .ok()?;
+        let status = resp.status().as_u16();
+        resp.bytes().await.ok()?;
+        Some(status)
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http.get(self.url(path)).send().await.expect("bridge answers")
+    }
+
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+
+    /// `kill -9`: no chance to flush or sync anything. The process is reaped on restart or drop.
+    pub fn kill9(&self) {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill").args(["-KILL", &pid]).status().unwrap().success());
+    }
+
+    /// SIGTERM, then waits for the exit.
+    pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "bridge did not exit within {timeout:?} of SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts the bridge again with the same settings and spool (after `kill9` or `terminate`).
+    pub async fn restart(&mut self, changes: &[(&str, &str)]) {
+        let mut env = self.env.clone();
+        for (k, v) in changes {
+            env.retain(|(e, _)| e != k);
+            env.push((k.to_string(), v.to_string()));
+        }
+        let new = Self::start(env, self.topic.clone(), self.spool.clone()).await;
+        let old_logs = std::mem::take(&mut *self.logs.lock().unwrap());
+        new.logs.lock().unwrap().splice(0..0, old_logs);
+        let _ = std::mem::replace(self, new);
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Webhooks
+
+/// The query string Tencent sends, signed now.
+pub fn signed_query(now: u64) -> String {
+    let token = CallbackToken::new(TOKEN.into()).unwrap();
+    let t = now.to_string();
+    format!(
+        "SdkAppid={APP_ID}&CallbackCommand=Group.CallbackAfterGroupInfoChanged&contenttype=json&ClientIP=10.0.0.7&OptPlatform=RESTAPI&RequestTime={t}&Sign={}",
+        sign(&token, &t)
+    )
+}
+
+/// A group-profile change webhook body.
+#[derive(Debug, Clone)]
+pub struct Webhook(pub serde_json::Value);
+
+impl Webhook {
+    /// The sample of Tencent's documentation, without its `//` comments.
+    pub fn sample() -> Self {
+        Self(serde_json::json!({
+            "CallbackCommand": "Group.CallbackAfterGroupInfoChanged",
+            "GroupId" : "@TGS#2J4SZEAEL",
+            "Type": "Public",
+            "Operator_Account": "leckie",
+            "Notification": "NewNotification",
+            "EventTime":"1670574414123"
+        }))
+    }
+
+    /// Change number `n` of `group`: the group's name becomes `"<group> #<n>"`.
+    pub fn rename(group: &str, n: usize) -> Self {
+        Self(serde_json::json!({
+            "CallbackCommand": "Group.CallbackAfterGroupInfoChanged",
+            "GroupId": group,
+            "Type": "Public",
+            "Operator_Account": "admin",
+            "Name": format!("{group} #{n}"),
+            "EventTime": 1_700_000_000_000u64 + n as u64,
+        }))
+    }
+
+    pub fn body(&self) -> String {
+        self.0.to_string()
+    }
+}
+
+/// `(group, n)` of a record produced from [`Webhook::rename`].
+pub fn rename_of(r: &Record) -> (String, usize) {
+    let name = r.value["changes"]["name"].as_str().expect("a rename");
+    let (group, n) = name.rsplit_once(" #").unwrap();
+    (group.to_owned(), n.parse().unwrap())
+}
+
+/// Checks each group's changes appear in the order they were made (first occurrences; a retry may
+/// repeat a record, never reorder it ahead of an earlier one).
+pub fn assert_per_group_order(records: &[Record]) {
+    let mut last: HashMap<String, usize> = HashMap::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut sorted: Vec<&Record> = records.iter().collect();
+    sorted.sort_by_key(|r| (r.partition, r.offset));
+    for r in sorted {
+        let (g, n) = rename_of(r);
+        if !seen.insert((g.clone(), n)) {
+            continue;
+        }
+        if let Some(prev) = last.insert(g.clone(), n) {
+            assert!(n > prev, "group {g}: change {n} arrived after change {prev}");
+        }
+    }
+}

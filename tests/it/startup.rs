@@ -1,0 +1,56 @@
+//! The binary's face: --help, --version, and configuration errors.
+
+use std::process::Command;
+
+use tim_kafka_bridge::configuration::VARIABLES;
+
+fn bridge() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tim-kafka-bridge"));
+    c.env_clear();
+    c
+}
+
+#[test]
+fn help_lists_every_variable_and_version_prints_the_version() {
+    let help = bridge().arg("--help").output().unwrap();
+    assert!(help.status.success());
+    let text = String::from_utf8(help.stdout).unwrap();
+    for v in VARIABLES {
+        assert!(text.contains(v.name), "--help does not mention {}", v.name);
+    }
+    let version = bridge().arg("--version").output().unwrap();
+    assert_eq!(
+        String::from_utf8(version.stdout).unwrap().trim(),
+        format!("tim-kafka-bridge {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn a_missing_or_malformed_variable_stops_the_process_with_one_line_naming_it() {
+    let missing = bridge().output().unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+    let err = String::from_utf8(missing.stderr).unwrap();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("BRIDGE_SDK_APP_ID"), "{err}");
+
+    let bad = bridge().env("BRIDGE_SDK_APP_ID", "1").env("BRIDGE_SPOOL_MAX_BYTES", "1GB").output().unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    let err = String::from_utf8(bad.stderr).unwrap();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("BRIDGE_SPOOL_MAX_BYTES") && err.contains("1GB"), "{err}");
+}
+
+#[test]
+fn an_unknown_librdkafka_property_is_named_at_start() {
+    let spool = tempfile::tempdir().unwrap();
+    let out = bridge()
+        .env("BRIDGE_SDK_APP_ID", "1")
+        .env("BRIDGE_SPOOL_DIR", spool.path())
+        .env("BRIDGE_LISTEN", "127.0.0.1:0")
+        .env("BRIDGE_RDKAFKA_NO_SUCH_PROPERTY", "1")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("BRIDGE_RDKAFKA_NO_SUCH_PROPERTY"), "{err}");
+}
