@@ -13,8 +13,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use tim_kafka_bridge::webhook::{sign, CallbackToken, Envelope};
+use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 pub const APP_ID: &str = "1400000000";
 pub const TOKEN: &str = "it-callback-token-7f3a";
