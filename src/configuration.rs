@@ -66,6 +66,8 @@ pub const VARIABLES: &[Variable] = &[
         "on SIGTERM, how long to keep forwarding the spool to Kafka",
     ),
     var("BRIDGE_LOG_FORMAT", Some("text"), "text | json"),
+    var("BRIDGE_READY_KAFKA_WINDOW_SECS", Some("10"), "/readyz fails when Kafka has not answered a metadata request for this long"),
+    var("BRIDGE_READY_SPOOL_HIGH_WATER", Some("0.9"), "/readyz fails when the spool is this full (fraction of BRIDGE_SPOOL_MAX_BYTES)"),
     var(
         "BRIDGE_RDKAFKA_<PROPERTY>",
         None,
@@ -153,6 +155,8 @@ pub struct Settings {
     pub spool_max_bytes: u64,
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
+    pub ready_kafka_window: Duration,
+    pub ready_spool_high_water: f64,
     pub rdkafka: RdkafkaOverrides,
 }
 
@@ -176,6 +180,8 @@ struct Raw {
     spool_max_bytes: Option<String>,
     shutdown_grace_secs: Option<String>,
     log_format: Option<String>,
+    ready_kafka_window_secs: Option<String>,
+    ready_spool_high_water: Option<String>,
 }
 
 impl Settings {
@@ -235,6 +241,10 @@ impl Settings {
         if !webhook_path.starts_with('/') {
             return Err(bad("BRIDGE_WEBHOOK_PATH", format!("must start with '/', got {webhook_path:?}")));
         }
+        let ready_spool_high_water: f64 = number("BRIDGE_READY_SPOOL_HIGH_WATER", raw.ready_spool_high_water)?;
+        if !(ready_spool_high_water > 0.0 && ready_spool_high_water <= 1.0) {
+            return Err(bad("BRIDGE_READY_SPOOL_HIGH_WATER", "must be a fraction in (0, 1]"));
+        }
         let max_body_bytes = number::<usize>("BRIDGE_MAX_BODY_BYTES", raw.max_body_bytes)?;
         if max_body_bytes == 0 {
             return Err(bad("BRIDGE_MAX_BODY_BYTES", "must be at least 1"));
@@ -261,6 +271,11 @@ impl Settings {
                 "json" => LogFormat::Json,
                 _ => LogFormat::Text,
             },
+            ready_kafka_window: Duration::from_secs(number(
+                "BRIDGE_READY_KAFKA_WINDOW_SECS",
+                raw.ready_kafka_window_secs,
+            )?),
+            ready_spool_high_water,
             rdkafka,
         })
     }

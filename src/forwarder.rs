@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::domain::GroupChangeEvent;
-use crate::publisher::{Pending, PublishError, Publisher};
+use crate::publisher::{error_kind, Pending, PublishError, Publisher};
 use crate::spool::{Spool, SpoolReader, SpooledRecord};
 
 /// Most records in flight to Kafka at once: enough to keep librdkafka's batches full, small enough
@@ -51,6 +51,7 @@ pub struct Forwarder {
 struct InFlight {
     seq: u64,
     received_at_ms: i64,
+    event_time_ms: i64,
 }
 
 impl Forwarder {
@@ -96,6 +97,7 @@ impl Forwarder {
                             meta.push_back(m);
                         }
                         Err((seq, received_at_ms, e)) => {
+                            self.count_error(&e);
                             tracing::warn!(error = %e, seq, "could not enqueue to Kafka; retrying from the spool");
                             stalled_received_ms.get_or_insert(received_at_ms);
                             retry_at = Some(Instant::now() + backoff);
@@ -114,6 +116,11 @@ impl Forwarder {
                     let m = meta.pop_front().expect("one entry per record in flight");
                     match done.result {
                         Ok(()) if retry_at.is_none() => {
+                            let metrics = self.publisher.metrics();
+                            let now = now_ms();
+                            metrics.kafka_delivered.inc();
+                            metrics.kafka_delivery_seconds.observe((now - m.received_at_ms).max(0) as f64 / 1e3);
+                            metrics.event_age_seconds.observe((now - m.event_time_ms).max(0) as f64 / 1e3);
                             acked = m.seq;
                             backoff = MIN_BACKOFF;
                             solo_left = solo_left.saturating_sub(1);
@@ -121,8 +128,9 @@ impl Forwarder {
                         }
                         // Delivered after an earlier failure: it will be published again (in order).
                         Ok(()) => {}
-                        Err(_) if retry_at.is_some() => {}
+                        Err(e) if retry_at.is_some() => self.count_error(&e),
                         Err(PublishError::Permanent(e)) => {
+                            self.publisher.metrics().kafka_errors.with_label_values(&[&error_kind(&e)]).inc();
                             // Kafka refused a whole batch (its size counts against the topic's limit):
                             // send its records alone; the one still refused alone is dead-lettered.
                             let batch = meta.len() + 1;
@@ -133,6 +141,7 @@ impl Forwarder {
                             stalled_received_ms = Some(m.received_at_ms);
                         }
                         Err(e) => {
+                            self.count_error(&e);
                             tracing::warn!(error = %e, seq = m.seq, backoff_ms = backoff.as_millis() as u64,
                                 "Kafka delivery failed; the event stays in the spool and is retried");
                             retry_at = Some(Instant::now() + backoff);
@@ -193,11 +202,12 @@ impl Forwarder {
             Err(e) => {
                 // Checksummed, so written by a bridge whose format this one cannot read.
                 tracing::error!(seq, error = %e, "spooled record is not an event this version reads; skipping it");
-                return Ok((skipped(), InFlight { seq, received_at_ms: now_ms() }));
+                let now = now_ms();
+                return Ok((skipped(), InFlight { seq, received_at_ms: now, event_time_ms: now }));
             }
         };
         let received_at_ms = event.received_at_ms();
-        let m = InFlight { seq, received_at_ms };
+        let m = InFlight { seq, received_at_ms, event_time_ms: event.event_time().as_millis() };
         match self.publisher.send(&event, &record.payload) {
             Ok(p) => Ok((delivered(p, event, record.payload, self.publisher.clone(), solo), m)),
             Err(PublishError::Permanent(e)) => {
@@ -206,6 +216,11 @@ impl Forwarder {
             }
             Err(e) => Err((seq, received_at_ms, e)),
         }
+    }
+
+    fn count_error(&self, e: &PublishError) {
+        let (PublishError::Retriable(k) | PublishError::Permanent(k)) = e;
+        self.publisher.metrics().kafka_errors.with_label_values(&[&error_kind(k)]).inc();
     }
 
     fn report(&self, acked_seq: u64, meta: &VecDeque<InFlight>, stalled: Option<i64>) {
@@ -283,7 +298,10 @@ async fn dead_letter(
         Err(e) => Err(e),
     };
     match sent {
-        Ok(_) => Done { result: Ok(()) },
+        Ok(_) => {
+            publisher.metrics().kafka_dead_lettered.inc();
+            Done { result: Ok(()) }
+        }
         // The dead-letter topic refuses it too: nothing more can be done; say so loudly.
         Err(PublishError::Permanent(e)) => {
             tracing::error!(event_id = event.event_id().as_str(), error = %e,

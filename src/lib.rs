@@ -15,11 +15,14 @@
 //! - [`publisher`]: the Kafka producer and the verdict on each delivery (retry, or dead-letter).
 //!
 //! Around them: [`routes`] (HTTP handlers), [`startup`] (build, run, graceful stop),
-//! [`configuration`] (`BRIDGE_*` variables), [`telemetry`] (logs), [`shutdown`] (signals).
+//! [`configuration`] (`BRIDGE_*` variables), [`metrics`] (the Prometheus catalogue), [`health`]
+//! (readiness and the Kafka probe), [`telemetry`] (logs), [`shutdown`] (signals).
 
 pub mod configuration;
 pub mod domain;
 pub mod forwarder;
+pub mod health;
+pub mod metrics;
 pub mod publisher;
 pub mod routes;
 pub mod shutdown;

@@ -8,6 +8,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -16,10 +17,12 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::future_producer::Delivery;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::statistics::Statistics;
 use rdkafka::ClientContext;
 
 use crate::configuration::{RdkafkaOverrides, Settings, RDKAFKA_PREFIX};
 use crate::domain::KafkaMessage;
+use crate::metrics::Metrics;
 
 /// Why a record is not (yet) in Kafka.
 #[derive(Debug, thiserror::Error)]
@@ -40,8 +43,10 @@ pub struct ProducerConfigError {
     source: KafkaError,
 }
 
-/// Routes librdkafka's own log lines and errors into `tracing`.
-pub struct BridgeContext;
+/// Routes librdkafka's own log lines and errors into `tracing`, its statistics into metrics.
+pub struct BridgeContext {
+    metrics: Arc<Metrics>,
+}
 
 impl ClientContext for BridgeContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
@@ -65,21 +70,43 @@ impl ClientContext for BridgeContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        self.metrics.kafka_errors.with_label_values(&[&error_kind(&error)]).inc();
         tracing::warn!(target: "librdkafka", error = %error, "Kafka client error: {reason}");
+    }
+
+    fn stats(&self, statistics: Statistics) {
+        self.metrics.observe_kafka_statistics(&statistics);
+    }
+}
+
+/// A low-cardinality name for a Kafka error: librdkafka's error code.
+pub fn error_kind(error: &KafkaError) -> String {
+    match error.rdkafka_error_code() {
+        Some(code) => format!("{code:?}"),
+        None => "Other".to_owned(),
     }
 }
 
 pub struct Publisher {
     producer: FutureProducer<BridgeContext>,
+    /// The dead-letter topic's own producer: the same settings, except that it keeps librdkafka's
+    /// default `message.max.bytes`, so a record refused for its size by the main producer (set to
+    /// the topic's limit, see docs/operations.md) can still be dead-lettered whole.
+    dlq_producer: FutureProducer<BridgeContext>,
     topic: String,
     dlq_topic: String,
+    metrics: Arc<Metrics>,
 }
 
 impl Publisher {
     /// Builds the producer. `message_timeout` is librdkafka's `message.timeout.ms`: `None` lets a record
     /// wait for Kafka indefinitely (spool mode, where the spool and not librdkafka decides when to
     /// give up, which is never). A `BRIDGE_RDKAFKA_*` property overrides any default set here.
-    pub fn new(settings: &Settings, message_timeout: Option<Duration>) -> Result<Self, ProducerConfigError> {
+    pub fn new(
+        settings: &Settings,
+        message_timeout: Option<Duration>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, ProducerConfigError> {
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", &settings.kafka_brokers)
@@ -89,21 +116,34 @@ impl Publisher {
             .set("compression.type", "lz4")
             .set("linger.ms", "5")
             .set("partitioner", "murmur2_random")
+            .set("statistics.interval.ms", "5000")
             .set("message.timeout.ms", message_timeout.map_or(0, |t| t.as_millis() as u64).to_string());
         for (k, v) in &settings.rdkafka.0 {
             config.set(k, v);
         }
         config.set_log_level(RDKafkaLogLevel::Warning);
-        let producer = config
-            .create_with_context(BridgeContext)
-            .map_err(|source| ProducerConfigError { variable: blame(&source, &settings.rdkafka), source })?;
-        Ok(Self { producer, topic: settings.topic.clone(), dlq_topic: settings.dlq_topic.clone() })
+        let create = |config: &ClientConfig| {
+            config
+                .create_with_context(BridgeContext { metrics: metrics.clone() })
+                .map_err(|source| ProducerConfigError { variable: blame(&source, &settings.rdkafka), source })
+        };
+        let producer = create(&config)?;
+        config.remove("message.max.bytes");
+        config.set("statistics.interval.ms", "0");
+        let dlq_producer = create(&config)?;
+        Ok(Self {
+            producer,
+            dlq_producer,
+            topic: settings.topic.clone(),
+            dlq_topic: settings.dlq_topic.clone(),
+            metrics,
+        })
     }
 
     /// Enqueues `value` as a record of the main topic. The record is in Kafka once the returned future
     /// resolves `Ok`.
     pub fn send(&self, msg: &impl KafkaMessage, value: &[u8]) -> Result<Pending, PublishError> {
-        self.enqueue(&self.topic, msg.key(), value, Some(msg.timestamp_ms()), headers(msg, None))
+        self.enqueue(&self.producer, &self.topic, msg.key(), value, Some(msg.timestamp_ms()), headers(msg, None))
     }
 
     /// Enqueues a record Kafka refused for good on the dead-letter topic, with the reason in the
@@ -116,11 +156,12 @@ impl Publisher {
         reason: &str,
     ) -> Result<Pending, PublishError> {
         let extra = [("bridge_dlq_reason", reason), ("bridge_dlq_topic", self.topic.as_str())];
-        self.enqueue(&self.dlq_topic, msg.key(), value, None, headers(msg, Some(&extra)))
+        self.enqueue(&self.dlq_producer, &self.dlq_topic, msg.key(), value, None, headers(msg, Some(&extra)))
     }
 
     fn enqueue(
         &self,
+        producer: &FutureProducer<BridgeContext>,
         topic: &str,
         key: &[u8],
         value: &[u8],
@@ -131,12 +172,22 @@ impl Publisher {
         if let Some(ts) = timestamp {
             record = record.timestamp(ts);
         }
-        self.producer.send_result(record).map(Pending).map_err(|(e, _)| classify(e))
+        producer.send_result(record).map(Pending).map_err(|(e, _)| classify(e))
     }
 
     /// Waits until every enqueued record is delivered or `timeout` passes.
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.dlq_producer.flush(timeout / 4)?;
         self.producer.flush(timeout)
+    }
+
+    /// Asks the cluster for the topic's metadata: whether Kafka answers at all. Blocking.
+    pub fn probe(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.producer.client().fetch_metadata(Some(&self.topic), timeout).map(drop)
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     pub fn topic(&self) -> &str {

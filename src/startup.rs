@@ -5,12 +5,14 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::dev::Server;
+use actix_web::dev::{Server, Service};
 use actix_web::{web, App, HttpServer};
 use tokio::sync::watch;
 
 use crate::configuration::{DeliveryMode, Settings};
 use crate::forwarder::{Forwarder, Progress};
+use crate::health::Health;
+use crate::metrics::Metrics;
 use crate::publisher::{ProducerConfigError, Publisher};
 use crate::routes::{self, Pipeline};
 use crate::spool::{Spool, SpoolConfig, SpoolError, SpoolThread};
@@ -42,6 +44,8 @@ pub struct Application {
     server: Server,
     publisher: Arc<Publisher>,
     spooling: Option<Spooling>,
+    /// The Kafka metadata probe behind readiness.
+    probe: tokio::task::JoinHandle<()>,
     grace: Duration,
 }
 
@@ -53,7 +57,8 @@ impl Application {
             DeliveryMode::Spool => None,
             DeliveryMode::Sync { timeout } => Some(timeout),
         };
-        let publisher = Arc::new(Publisher::new(&settings, message_timeout)?);
+        let metrics = Arc::new(Metrics::new());
+        let publisher = Arc::new(Publisher::new(&settings, message_timeout, metrics.clone())?);
 
         let (pipeline, spooling) = match settings.delivery {
             DeliveryMode::Spool => {
@@ -81,12 +86,37 @@ impl Application {
         let listener = TcpListener::bind(settings.listen)
             .map_err(|source| StartupError::Bind { addr: settings.listen.to_string(), source })?;
         let port = listener.local_addr().map_err(StartupError::Server)?.port();
-        let state = web::Data::new(routes::webhook_state(&settings, pipeline));
+        let health = Arc::new(Health::new(
+            metrics.clone(),
+            spooling.as_ref().map(|s| s.spool.clone()),
+            spooling.as_ref().map(|s| s.progress.clone()),
+            settings.ready_kafka_window,
+            settings.ready_spool_high_water,
+        ));
+        let probe = tokio::spawn(health.clone().probe_kafka(publisher.clone()));
+        let health = web::Data::from(health);
+        let state = web::Data::new(routes::webhook_state(&settings, pipeline, metrics.clone()));
         let path = settings.webhook_path.clone();
         let max_body = settings.max_body_bytes;
         let server = HttpServer::new(move || {
+            let metrics = metrics.clone();
             App::new()
+                .wrap_fn(move |req, srv| {
+                    let started = std::time::Instant::now();
+                    let call = srv.call(req);
+                    let metrics = metrics.clone();
+                    async move {
+                        let res = call.await?;
+                        let route = res.request().match_pattern().unwrap_or_else(|| "unmatched".to_owned());
+                        metrics
+                            .http_request_duration_seconds
+                            .with_label_values(&[&route, res.status().as_str()])
+                            .observe(started.elapsed().as_secs_f64());
+                        Ok(res)
+                    }
+                })
                 .app_data(state.clone())
+                .app_data(health.clone())
                 .app_data(web::PayloadConfig::new(max_body))
                 .service(
                     web::resource(path.as_str())
@@ -94,6 +124,8 @@ impl Application {
                         .default_service(web::to(routes::method_not_allowed)),
                 )
                 .route("/healthz", web::get().to(routes::healthz))
+                .route("/readyz", web::get().to(routes::readyz))
+                .route("/metrics", web::get().to(routes::metrics))
                 .default_service(web::to(routes::not_found))
         })
         .disable_signals()
@@ -121,7 +153,7 @@ impl Application {
                 "BRIDGE_CALLBACK_TOKEN is not set: webhooks are not authenticated (Sign is not checked)"
             );
         }
-        Ok(Self { port, server, publisher, spooling, grace: settings.shutdown_grace })
+        Ok(Self { port, server, publisher, spooling, probe, grace: settings.shutdown_grace })
     }
 
     /// The port the HTTP server listens on.
@@ -148,6 +180,7 @@ impl Application {
         );
         handle.stop(true).await;
         let _ = server.await;
+        self.probe.abort();
 
         if let Some(mut s) = self.spooling {
             let committed = *s.spool.committed().borrow();

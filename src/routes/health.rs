@@ -1,6 +1,23 @@
-use actix_web::HttpResponse;
+use actix_web::{web, HttpResponse};
 
+use crate::health::Health;
 use crate::webhook::Envelope;
+
+/// Readiness: 200 when Kafka answers and the spool has room; otherwise 503 naming every reason.
+pub async fn readyz(health: web::Data<Health>) -> HttpResponse {
+    match health.readiness() {
+        Ok(()) => HttpResponse::Ok().json(serde_json::json!({ "status": "ready" })),
+        Err(reasons) => {
+            HttpResponse::ServiceUnavailable().json(serde_json::json!({ "status": "not ready", "reasons": reasons }))
+        }
+    }
+}
+
+/// Prometheus text format.
+pub async fn metrics(health: web::Data<Health>) -> HttpResponse {
+    health.refresh();
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(health.metrics.render())
+}
 
 /// Liveness: 200 while the process serves HTTP.
 pub async fn healthz() -> HttpResponse {

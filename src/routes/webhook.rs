@@ -8,6 +8,7 @@ use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use futures_util::StreamExt;
 
 use crate::domain::GroupChangeEvent;
+use crate::metrics::Metrics;
 use crate::publisher::{PublishError, Publisher};
 use crate::spool::{Spool, SpoolError};
 use crate::webhook::{Envelope, Refusal, Verifier};
@@ -30,7 +31,14 @@ impl Pipeline {
             Pipeline::Sync { publisher, timeout } => {
                 let pending = publisher.send(event, &event.to_json()).map_err(WebhookError::Kafka)?;
                 match tokio::time::timeout(*timeout, pending).await {
-                    Ok(Ok(_)) => Ok(()),
+                    Ok(Ok(_)) => {
+                        let m = publisher.metrics();
+                        let now = now_ms();
+                        m.kafka_delivered.inc();
+                        m.kafka_delivery_seconds.observe((now - event.received_at_ms()).max(0) as f64 / 1e3);
+                        m.event_age_seconds.observe((now - event.event_time().as_millis()).max(0) as f64 / 1e3);
+                        Ok(())
+                    }
                     Ok(Err(e)) => Err(WebhookError::Kafka(e)),
                     Err(_) => Err(WebhookError::KafkaTimeout(*timeout)),
                 }
@@ -42,6 +50,7 @@ impl Pipeline {
 /// Everything the webhook handler shares across requests.
 pub struct WebhookState {
     pub verifier: Verifier,
+    pub metrics: Arc<Metrics>,
     pub max_body_bytes: usize,
     pub pipeline: Pipeline,
 }
@@ -130,6 +139,8 @@ pub async fn webhook(
 ) -> Result<HttpResponse, WebhookError> {
     let received_at_ms = now_ms();
     let result = accept(&req, body, &state, received_at_ms).await;
+    let outcome = result.as_ref().map_or_else(WebhookError::outcome, |_| "accepted");
+    state.metrics.webhooks.with_label_values(&[outcome]).inc();
     match &result {
         Ok(event) => {
             tracing::debug!(

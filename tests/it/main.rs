@@ -6,5 +6,6 @@ mod helpers;
 mod compose;
 mod delivery;
 mod durability;
+mod observability;
 mod refusals;
 mod startup;

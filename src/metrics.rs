@@ -1,0 +1,201 @@
+//! The metric catalogue, exported on `GET /metrics` in Prometheus' text format.
+//!
+//! Every metric the bridge exports is a field of [`Metrics`], registered in [`Metrics::new`] with its
+//! help text; docs/operations.md explains each and what to do when it looks wrong. Gauges that mirror
+//! state owned elsewhere (spool depth, produce lag) are refreshed when scraped, so they cost nothing
+//! between scrapes.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use prometheus::{
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use rdkafka::statistics::Statistics;
+
+/// Latency buckets from 0.5 ms to 60 s: ack latency lives at the bottom, outage recovery at the top.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+pub struct Metrics {
+    registry: Registry,
+    /// Webhooks by outcome: `accepted` or the refusal kind.
+    pub webhooks: IntCounterVec,
+    pub spool_pending_events: IntGauge,
+    pub spool_bytes: IntGauge,
+    pub spool_max_bytes: IntGauge,
+    /// Age of the oldest event Kafka has not acknowledged yet; 0 when none.
+    pub produce_lag_seconds: Gauge,
+    /// Receipt of the webhook → Kafka's acknowledgement.
+    pub kafka_delivery_seconds: Histogram,
+    pub kafka_delivered: IntCounter,
+    pub kafka_dead_lettered: IntCounter,
+    pub kafka_errors: IntCounterVec,
+    /// The webhook's `EventTime` → Kafka's acknowledgement (includes Tencent's own delay).
+    pub event_age_seconds: Histogram,
+    /// 1 while Kafka answers metadata requests.
+    pub kafka_up: IntGauge,
+    pub kafka_broker_up: IntGaugeVec,
+    pub kafka_broker_rtt_seconds: GaugeVec,
+    pub kafka_broker_tx_errors: IntCounterVec,
+    pub kafka_producer_queue_messages: IntGauge,
+    pub http_request_duration_seconds: HistogramVec,
+    /// Last cumulative `txerrs` per broker, to turn librdkafka's totals into counter increments.
+    tx_errors_seen: Mutex<HashMap<String, u64>>,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        macro_rules! reg {
+            ($m:expr) => {{
+                let m = $m.expect("metric definition is valid");
+                registry.register(Box::new(m.clone())).expect("metric names are unique");
+                m
+            }};
+        }
+        let hist = |name: &str, help: &str| HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+        let m = Self {
+            webhooks: reg!(IntCounterVec::new(
+                Opts::new("bridge_webhooks_total", "Webhooks received, by outcome (accepted or why refused)."),
+                &["outcome"]
+            )),
+            spool_pending_events: reg!(IntGauge::new(
+                "bridge_spool_pending_events",
+                "Events in the spool that Kafka has not acknowledged yet."
+            )),
+            spool_bytes: reg!(IntGauge::new("bridge_spool_bytes", "Bytes of spool segment files on disk.")),
+            spool_max_bytes: reg!(IntGauge::new(
+                "bridge_spool_max_bytes",
+                "BRIDGE_SPOOL_MAX_BYTES: spool size at which webhooks get 503."
+            )),
+            produce_lag_seconds: reg!(Gauge::new(
+                "bridge_produce_lag_seconds",
+                "Age of the oldest event not yet acknowledged by Kafka; 0 when none."
+            )),
+            kafka_delivery_seconds: reg!(Histogram::with_opts(hist(
+                "bridge_kafka_delivery_seconds",
+                "From receipt of the webhook to Kafka's acknowledgement."
+            ))),
+            kafka_delivered: reg!(IntCounter::new(
+                "bridge_kafka_delivered_total",
+                "Events acknowledged by Kafka on the main topic."
+            )),
+            kafka_dead_lettered: reg!(IntCounter::new(
+                "bridge_kafka_dead_lettered_total",
+                "Events Kafka refused for good, sent to the dead-letter topic."
+            )),
+            kafka_errors: reg!(IntCounterVec::new(
+                Opts::new("bridge_kafka_errors_total", "Kafka errors, by librdkafka error code."),
+                &["kind"]
+            )),
+            event_age_seconds: reg!(Histogram::with_opts(hist(
+                "bridge_event_age_seconds",
+                "From the webhook's EventTime to Kafka's acknowledgement."
+            ))),
+            kafka_up: reg!(IntGauge::new(
+                "bridge_kafka_up",
+                "1 while Kafka answered a metadata request within the readiness window."
+            )),
+            kafka_broker_up: reg!(IntGaugeVec::new(
+                Opts::new("bridge_kafka_broker_up", "librdkafka's broker connection state: 1 when UP."),
+                &["broker"]
+            )),
+            kafka_broker_rtt_seconds: reg!(GaugeVec::new(
+                Opts::new("bridge_kafka_broker_rtt_seconds", "Broker round-trip time (librdkafka statistics)."),
+                &["broker", "quantile"]
+            )),
+            kafka_broker_tx_errors: reg!(IntCounterVec::new(
+                Opts::new("bridge_kafka_broker_tx_errors_total", "Transmit errors per broker (librdkafka)."),
+                &["broker"]
+            )),
+            kafka_producer_queue_messages: reg!(IntGauge::new(
+                "bridge_kafka_producer_queue_messages",
+                "Messages in librdkafka's producer queue (waiting or in flight)."
+            )),
+            http_request_duration_seconds: reg!(HistogramVec::new(
+                hist("bridge_http_request_duration_seconds", "HTTP request duration, by route and status."),
+                &["route", "status"]
+            )),
+            tx_errors_seen: Mutex::new(HashMap::new()),
+            registry,
+        };
+        // Every outcome is present from the start, so rate() and alerts see zeros rather than nothing.
+        for outcome in OUTCOMES {
+            m.webhooks.with_label_values(&[outcome]);
+        }
+        for kind in COMMON_KAFKA_ERRORS {
+            m.kafka_errors.with_label_values(&[kind]);
+        }
+        m
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding does not fail");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+
+    /// Takes librdkafka's periodic statistics.
+    pub fn observe_kafka_statistics(&self, stats: &Statistics) {
+        self.kafka_producer_queue_messages.set(stats.msg_cnt as i64);
+        let mut seen = self.tx_errors_seen.lock().expect("not poisoned");
+        for b in stats.brokers.values() {
+            // Skip librdkafka's internal pseudo-brokers (bootstrap placeholders have no node id).
+            if b.nodeid < 0 {
+                continue;
+            }
+            let name = b.nodename.as_str();
+            self.kafka_broker_up.with_label_values(&[name]).set(i64::from(b.state == "UP"));
+            if let Some(rtt) = &b.rtt {
+                self.kafka_broker_rtt_seconds.with_label_values(&[name, "avg"]).set(rtt.avg as f64 / 1e6);
+                self.kafka_broker_rtt_seconds.with_label_values(&[name, "p99"]).set(rtt.p99 as f64 / 1e6);
+            }
+            let last = seen.insert(name.to_owned(), b.txerrs).unwrap_or(0);
+            // Created at the first sight of a broker, so it is exported as 0 before any error.
+            let tx_errors = self.kafka_broker_tx_errors.with_label_values(&[name]);
+            if b.txerrs > last {
+                tx_errors.inc_by(b.txerrs - last);
+            }
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Every value of `bridge_webhooks_total{outcome}`.
+pub const OUTCOMES: &[&str] = &[
+    "accepted",
+    "rejected_app",
+    "rejected_sign",
+    "bad_request",
+    "too_large",
+    "spool_full",
+    "spool_error",
+    "kafka_unavailable",
+];
+
+/// Kafka error kinds exported as 0 from the start: the ones an outage or an oversized record causes.
+const COMMON_KAFKA_ERRORS: &[&str] =
+    &["MessageTimedOut", "AllBrokersDown", "BrokerTransportFailure", "MessageSizeTooLarge"];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_outcome_is_exported_from_the_start() {
+        let text = Metrics::new().render();
+        for o in OUTCOMES {
+            assert!(text.contains(&format!("bridge_webhooks_total{{outcome=\"{o}\"}} 0")), "{o}");
+        }
+        assert!(text.contains("bridge_produce_lag_seconds 0"));
+    }
+}
