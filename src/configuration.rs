@@ -66,8 +66,16 @@ pub const VARIABLES: &[Variable] = &[
         "on SIGTERM, how long to keep forwarding the spool to Kafka",
     ),
     var("BRIDGE_LOG_FORMAT", Some("text"), "text | json"),
-    var("BRIDGE_READY_KAFKA_WINDOW_SECS", Some("10"), "/readyz fails when Kafka has not answered a metadata request for this long"),
-    var("BRIDGE_READY_SPOOL_HIGH_WATER", Some("0.9"), "/readyz fails when the spool is this full (fraction of BRIDGE_SPOOL_MAX_BYTES)"),
+    var(
+        "BRIDGE_READY_KAFKA_WINDOW_SECS",
+        Some("10"),
+        "/readyz fails when Kafka has not answered a metadata request for this long",
+    ),
+    var(
+        "BRIDGE_READY_SPOOL_HIGH_WATER",
+        Some("0.9"),
+        "/readyz fails when the spool is this full (fraction of BRIDGE_SPOOL_MAX_BYTES)",
+    ),
     var(
         "BRIDGE_RDKAFKA_<PROPERTY>",
         None,
@@ -241,7 +249,8 @@ impl Settings {
         if !webhook_path.starts_with('/') {
             return Err(bad("BRIDGE_WEBHOOK_PATH", format!("must start with '/', got {webhook_path:?}")));
         }
-        let ready_spool_high_water: f64 = number("BRIDGE_READY_SPOOL_HIGH_WATER", raw.ready_spool_high_water)?;
+        let ready_spool_high_water: f64 =
+            number("BRIDGE_READY_SPOOL_HIGH_WATER", raw.ready_spool_high_water)?;
         if !(ready_spool_high_water > 0.0 && ready_spool_high_water <= 1.0) {
             return Err(bad("BRIDGE_READY_SPOOL_HIGH_WATER", "must be a fraction in (0, 1]"));
         }

@@ -74,7 +74,10 @@ impl Health {
     pub fn readiness(&self) -> Result<(), Vec<String>> {
         let mut reasons = Vec::new();
         if !self.kafka_reachable() {
-            reasons.push(format!("Kafka has not answered a metadata request in the last {} s", self.kafka_window.as_secs()));
+            reasons.push(format!(
+                "Kafka has not answered a metadata request in the last {} s",
+                self.kafka_window.as_secs()
+            ));
         }
         if let Some(spool) = &self.spool {
             let bytes = spool.stats().bytes.load(Ordering::Relaxed) as f64;
@@ -107,7 +110,10 @@ impl Health {
             match (answering, ok) {
                 (Some(false) | None, true) => tracing::info!("Kafka answers metadata requests"),
                 (Some(true) | None, false) => {
-                    let error = result.map_or_else(|e| e.to_string(), |r| r.err().map(|e| e.to_string()).unwrap_or_default());
+                    let error = result.map_or_else(
+                        |e| e.to_string(),
+                        |r| r.err().map(|e| e.to_string()).unwrap_or_default(),
+                    );
                     tracing::warn!(%error, "Kafka does not answer metadata requests")
                 }
                 _ => {}

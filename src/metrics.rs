@@ -15,9 +15,8 @@ use prometheus::{
 use rdkafka::statistics::Statistics;
 
 /// Latency buckets from 0.5 ms to 60 s: ack latency lives at the bottom, outage recovery at the top.
-const LATENCY_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-];
+const LATENCY_BUCKETS: &[f64] =
+    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 
 pub struct Metrics {
     registry: Registry,
@@ -59,7 +58,10 @@ impl Metrics {
         let hist = |name: &str, help: &str| HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
         let m = Self {
             webhooks: reg!(IntCounterVec::new(
-                Opts::new("bridge_webhooks_total", "Webhooks received, by outcome (accepted or why refused)."),
+                Opts::new(
+                    "bridge_webhooks_total",
+                    "Webhooks received, by outcome (accepted or why refused)."
+                ),
                 &["outcome"]
             )),
             spool_pending_events: reg!(IntGauge::new(
@@ -104,7 +106,10 @@ impl Metrics {
                 &["broker"]
             )),
             kafka_broker_rtt_seconds: reg!(GaugeVec::new(
-                Opts::new("bridge_kafka_broker_rtt_seconds", "Broker round-trip time (librdkafka statistics)."),
+                Opts::new(
+                    "bridge_kafka_broker_rtt_seconds",
+                    "Broker round-trip time (librdkafka statistics)."
+                ),
                 &["broker", "quantile"]
             )),
             kafka_broker_tx_errors: reg!(IntCounterVec::new(

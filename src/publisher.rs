@@ -143,7 +143,14 @@ impl Publisher {
     /// Enqueues `value` as a record of the main topic. The record is in Kafka once the returned future
     /// resolves `Ok`.
     pub fn send(&self, msg: &impl KafkaMessage, value: &[u8]) -> Result<Pending, PublishError> {
-        self.enqueue(&self.producer, &self.topic, msg.key(), value, Some(msg.timestamp_ms()), headers(msg, None))
+        self.enqueue(
+            &self.producer,
+            &self.topic,
+            msg.key(),
+            value,
+            Some(msg.timestamp_ms()),
+            headers(msg, None),
+        )
     }
 
     /// Enqueues a record Kafka refused for good on the dead-letter topic, with the reason in the

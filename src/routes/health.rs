@@ -7,9 +7,8 @@ use crate::webhook::Envelope;
 pub async fn readyz(health: web::Data<Health>) -> HttpResponse {
     match health.readiness() {
         Ok(()) => HttpResponse::Ok().json(serde_json::json!({ "status": "ready" })),
-        Err(reasons) => {
-            HttpResponse::ServiceUnavailable().json(serde_json::json!({ "status": "not ready", "reasons": reasons }))
-        }
+        Err(reasons) => HttpResponse::ServiceUnavailable()
+            .json(serde_json::json!({ "status": "not ready", "reasons": reasons })),
     }
 }
 

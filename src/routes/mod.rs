@@ -13,7 +13,11 @@ use crate::metrics::Metrics;
 use crate::webhook::Verifier;
 
 /// The handler's shared state, built from the settings.
-pub fn webhook_state(settings: &Settings, pipeline: Pipeline, metrics: Arc<Metrics>) -> webhook::WebhookState {
+pub fn webhook_state(
+    settings: &Settings,
+    pipeline: Pipeline,
+    metrics: Arc<Metrics>,
+) -> webhook::WebhookState {
     webhook::WebhookState {
         metrics,
         verifier: Verifier {

@@ -36,7 +36,8 @@ impl Pipeline {
                         let now = now_ms();
                         m.kafka_delivered.inc();
                         m.kafka_delivery_seconds.observe((now - event.received_at_ms()).max(0) as f64 / 1e3);
-                        m.event_age_seconds.observe((now - event.event_time().as_millis()).max(0) as f64 / 1e3);
+                        m.event_age_seconds
+                            .observe((now - event.event_time().as_millis()).max(0) as f64 / 1e3);
                         Ok(())
                     }
                     Ok(Err(e)) => Err(WebhookError::Kafka(e)),

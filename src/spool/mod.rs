@@ -10,6 +10,8 @@
 //!   an append-only run of checksummed [records](record). A segment is deleted once every record in it
 //!   is acknowledged.
 //! - `ack`: the highest sequence number Kafka acknowledged (with its own checksum).
+//! - `lock`: locked (`flock`) by the running bridge, so a second one on the same directory refuses to
+//!   start.
 //!
 //! ## Threads
 //! One writer thread owns every file mutation ([`writer`]): appends from all HTTP workers queue on a
@@ -48,6 +50,8 @@ pub enum SpoolError {
     Failed,
     #[error("spool is closed")]
     Closed,
+    #[error("spool directory {path} is in use by another process (one bridge per spool directory)")]
+    Locked { path: PathBuf },
     #[error("cannot open spool directory {path}: {source}")]
     Open { path: PathBuf, source: std::io::Error },
 }

@@ -33,6 +33,8 @@ pub(super) struct Recovered {
     segments: VecDeque<Segment>,
     pub last_seq: u64,
     pub acked: u64,
+    /// Held (locked) for as long as the writer lives.
+    pub lock: File,
 }
 
 pub(super) fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
@@ -115,6 +117,18 @@ fn ack_bytes(seq: u64) -> [u8; 16] {
 pub(super) fn recover(dir: &Path, stats: &SpoolStats) -> Result<Recovered, SpoolError> {
     let open_err = |source| SpoolError::Open { path: dir.to_owned(), source };
     fs::create_dir_all(dir).map_err(open_err)?;
+    // Two bridges appending to one spool would interleave records: the second one refuses to start.
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("lock"))
+        .map_err(open_err)?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => return Err(SpoolError::Locked { path: dir.to_owned() }),
+        Err(fs::TryLockError::Error(e)) => return Err(open_err(e)),
+    }
     let acked_file = read_ack(dir);
     let mut segments = VecDeque::new();
     let mut last_seq = 0u64;
@@ -165,7 +179,7 @@ pub(super) fn recover(dir: &Path, stats: &SpoolStats) -> Result<Recovered, Spool
     };
     // A fresh spool continues numbering after the acknowledged sequence number.
     let last_seq = last_seq.max(acked);
-    Ok(Recovered { segments, last_seq, acked })
+    Ok(Recovered { segments, last_seq, acked, lock })
 }
 
 pub(super) struct Writer {
@@ -188,6 +202,8 @@ pub(super) struct Writer {
     closed: bool,
     committed: watch::Sender<u64>,
     stats: Arc<SpoolStats>,
+    /// The spool directory's lock, released when the writer exits.
+    _lock: File,
 }
 
 impl Writer {
@@ -218,6 +234,7 @@ impl Writer {
             closed: false,
             committed,
             stats,
+            _lock: recovered.lock,
         };
         w.ack_file.write_all_at(&ack_bytes(w.acked), 0)?;
         w.publish_stats();

@@ -18,7 +18,10 @@ fn promtool(args: &[&str], stdin: Option<&str>) -> (bool, String) {
         .expect("promtool is installed (apt-get install prometheus; .ci/run does it)");
     child.stdin.take().unwrap().write_all(stdin.unwrap_or_default().as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    (
+        out.status.success(),
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+    )
 }
 
 async fn scrape(bridge: &Bridge) -> String {
@@ -47,8 +50,13 @@ async fn metrics_count_each_outcome_and_pass_promtool() {
     assert_eq!(sample(&text, "bridge_webhooks_total{outcome=\"accepted\"}"), Some(200.0));
     assert_eq!(sample(&text, "bridge_webhooks_total{outcome=\"rejected_app\"}"), Some(1.0));
     assert!(sample(&text, "bridge_kafka_delivered_total").unwrap() >= 200.0, "{text}");
-    assert_eq!(sample(&text, "bridge_kafka_delivery_seconds_count"), sample(&text, "bridge_kafka_delivered_total"));
-    assert!(text.contains("bridge_http_request_duration_seconds_count{route=\"/webhook\",status=\"200\"} 200"));
+    assert_eq!(
+        sample(&text, "bridge_kafka_delivery_seconds_count"),
+        sample(&text, "bridge_kafka_delivered_total")
+    );
+    assert!(
+        text.contains("bridge_http_request_duration_seconds_count{route=\"/webhook\",status=\"200\"} 200")
+    );
     let (ok, out) = promtool(&["check", "metrics"], Some(&text));
     assert!(ok, "promtool check metrics: {out}");
 }
@@ -117,13 +125,15 @@ fn metric_names(text: &str) -> BTreeSet<String> {
     let mut i = 0;
     while let Some(pos) = text[i..].find("bridge_") {
         let start = i + pos;
-        let preceded_by_word = start > 0 && (bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
+        let preceded_by_word =
+            start > 0 && (bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
         let end = text[start..]
             .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
             .map_or(text.len(), |e| start + e);
         if !preceded_by_word {
             let name = &text[start..end];
-            let base = ["_bucket", "_sum", "_count"].iter().find_map(|s| name.strip_suffix(s)).unwrap_or(name);
+            let base =
+                ["_bucket", "_sum", "_count"].iter().find_map(|s| name.strip_suffix(s)).unwrap_or(name);
             names.insert(base.to_owned());
         }
         i = end;

@@ -54,3 +54,24 @@ fn an_unknown_librdkafka_property_is_named_at_start() {
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("BRIDGE_RDKAFKA_NO_SUCH_PROPERTY"), "{err}");
 }
+
+#[tokio::test]
+async fn a_second_bridge_on_the_same_spool_refuses_to_start() {
+    let spool = tempfile::tempdir().unwrap();
+    let _first = crate::helpers::Bridge::spawn(
+        crate::helpers::BridgeOptions::new(spool.path()).env("BRIDGE_KAFKA_BROKERS", "127.0.0.1:1"),
+    )
+    .await;
+
+    let second = bridge()
+        .env("BRIDGE_SDK_APP_ID", "1")
+        .env("BRIDGE_SPOOL_DIR", spool.path())
+        .env("BRIDGE_LISTEN", "127.0.0.1:0")
+        .env("BRIDGE_KAFKA_BROKERS", "127.0.0.1:1")
+        .output()
+        .unwrap();
+
+    assert!(!second.status.success());
+    let err = String::from_utf8(second.stderr).unwrap();
+    assert!(err.contains("in use by another process"), "{err}");
+}
