@@ -38,6 +38,8 @@ pub const VARIABLES: &[Variable] = &[
     var("BRIDGE_SIGN_MAX_SKEW_SECS", Some("60"), "how far RequestTime may be from now, in seconds"),
     var("BRIDGE_LISTEN", Some("0.0.0.0:8080"), "address and port the HTTP server binds"),
     var("BRIDGE_WEBHOOK_PATH", Some("/webhook"), "path Tencent POSTs the webhook to"),
+    var("BRIDGE_TLS_CERT", None, "PEM certificate chain: with BRIDGE_TLS_KEY, serve HTTPS instead of HTTP"),
+    var("BRIDGE_TLS_KEY", None, "PEM private key of BRIDGE_TLS_CERT"),
     var("BRIDGE_MAX_BODY_BYTES", Some("65536"), "largest webhook body accepted; larger ones get 413"),
     var("BRIDGE_KAFKA_BROKERS", Some("127.0.0.1:9092"), "Kafka bootstrap servers, comma separated"),
     var("BRIDGE_TOPIC", Some("group-change"), "topic the events are published to"),
@@ -150,6 +152,8 @@ impl std::fmt::Debug for RdkafkaOverrides {
 pub struct Settings {
     pub listen: SocketAddr,
     pub webhook_path: String,
+    /// HTTPS: certificate chain and key PEM files.
+    pub tls: Option<TlsFiles>,
     pub app_ids: Vec<SdkAppId>,
     pub callback_token: Option<CallbackToken>,
     pub sign_max_skew_secs: u64,
@@ -168,6 +172,13 @@ pub struct Settings {
     pub rdkafka: RdkafkaOverrides,
 }
 
+/// PEM files for HTTPS termination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
 /// What envy reads: every known variable as text, so that parsing (and its error messages) stays here.
 #[derive(Deserialize, Default)]
 struct Raw {
@@ -176,6 +187,8 @@ struct Raw {
     sign_max_skew_secs: Option<String>,
     listen: Option<String>,
     webhook_path: Option<String>,
+    tls_cert: Option<String>,
+    tls_key: Option<String>,
     max_body_bytes: Option<String>,
     kafka_brokers: Option<String>,
     topic: Option<String>,
@@ -258,9 +271,16 @@ impl Settings {
         if max_body_bytes == 0 {
             return Err(bad("BRIDGE_MAX_BODY_BYTES", "must be at least 1"));
         }
+        let tls = match (raw.tls_cert.filter(|s| !s.is_empty()), raw.tls_key.filter(|s| !s.is_empty())) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert: cert.into(), key: key.into() }),
+            (None, None) => None,
+            (Some(_), None) => return Err(bad("BRIDGE_TLS_KEY", "is required when BRIDGE_TLS_CERT is set")),
+            (None, Some(_)) => return Err(bad("BRIDGE_TLS_CERT", "is required when BRIDGE_TLS_KEY is set")),
+        };
         Ok(Self {
             listen: number("BRIDGE_LISTEN", raw.listen)?,
             webhook_path,
+            tls,
             app_ids,
             callback_token: raw.callback_token.and_then(CallbackToken::new),
             sign_max_skew_secs: number("BRIDGE_SIGN_MAX_SKEW_SECS", raw.sign_max_skew_secs)?,

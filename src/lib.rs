@@ -16,7 +16,7 @@
 //!
 //! Around them: [`routes`] (HTTP handlers), [`startup`] (build, run, graceful stop),
 //! [`configuration`] (`BRIDGE_*` variables), [`metrics`] (the Prometheus catalogue), [`health`]
-//! (readiness and the Kafka probe), [`telemetry`] (logs), [`shutdown`] (signals).
+//! (readiness and the Kafka probe), [`tls`] (HTTPS), [`telemetry`] (logs), [`shutdown`] (signals).
 
 pub mod configuration;
 pub mod domain;
@@ -29,4 +29,5 @@ pub mod shutdown;
 pub mod spool;
 pub mod startup;
 pub mod telemetry;
+pub mod tls;
 pub mod webhook;

@@ -35,12 +35,24 @@ pub enum PublishError {
     Permanent(KafkaError),
 }
 
-/// A producer that cannot be built from the settings.
+/// A producer that cannot be built from the settings. The text never holds a secret's value.
 #[derive(Debug, thiserror::Error)]
-#[error("{variable}: {source}")]
+#[error("{variable}: {problem}")]
 pub struct ProducerConfigError {
     variable: String,
-    source: KafkaError,
+    problem: String,
+}
+
+impl ProducerConfigError {
+    fn new(error: &KafkaError, overrides: &RdkafkaOverrides) -> Self {
+        let mut problem = error.to_string();
+        for (k, v) in &overrides.0 {
+            if RdkafkaOverrides::is_secret(k) && !v.is_empty() {
+                problem = problem.replace(v.as_str(), "[redacted]");
+            }
+        }
+        Self { variable: blame(error, overrides), problem }
+    }
 }
 
 /// Routes librdkafka's own log lines and errors into `tracing`, its statistics into metrics.
@@ -125,7 +137,7 @@ impl Publisher {
         let create = |config: &ClientConfig| {
             config
                 .create_with_context(BridgeContext { metrics: metrics.clone() })
-                .map_err(|source| ProducerConfigError { variable: blame(&source, &settings.rdkafka), source })
+                .map_err(|e| ProducerConfigError::new(&e, &settings.rdkafka))
         };
         let producer = create(&config)?;
         config.remove("message.max.bytes");

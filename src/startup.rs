@@ -28,6 +28,26 @@ pub enum StartupError {
     Bind { addr: String, source: std::io::Error },
     #[error("HTTP server failed: {0}")]
     Server(std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+}
+
+/// Limits of the HTTP server against slow, idle and numerous clients (docs/security.md).
+pub mod limits {
+    use std::time::Duration;
+
+    /// A client must send its request head within this time of connecting (or of its previous request).
+    pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+    /// The whole body must arrive within this time once the head has; slower clients get 408.
+    pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+    /// An idle keep-alive connection is closed after this; long enough for Tencent's persistent
+    /// connections not to race a close.
+    pub const KEEP_ALIVE: Duration = Duration::from_secs(75);
+    /// A TLS handshake must finish within this time.
+    pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+    /// Open connections per HTTP worker (one worker per core); beyond it, new connections wait in the
+    /// listen backlog.
+    pub const MAX_CONNECTIONS_PER_WORKER: usize = 10_000;
 }
 
 /// The spool side of a running bridge (absent with `BRIDGE_DELIVERY=sync`).
@@ -83,6 +103,7 @@ impl Application {
             }
         };
 
+        let tls = settings.tls.as_ref().map(crate::tls::server_config).transpose()?;
         let listener = TcpListener::bind(settings.listen)
             .map_err(|source| StartupError::Bind { addr: settings.listen.to_string(), source })?;
         let port = listener.local_addr().map_err(StartupError::Server)?.port();
@@ -129,11 +150,16 @@ impl Application {
                 .default_service(web::to(routes::not_found))
         })
         .disable_signals()
-        // Tencent keeps connections open; closing idle ones sooner than clients expect races their
-        // reuse of them (a request sent as the server closes is lost).
-        .keep_alive(Duration::from_secs(75))
-        .shutdown_timeout(settings.shutdown_grace.as_secs().max(1))
-        .listen(listener)
+        .keep_alive(limits::KEEP_ALIVE)
+        .client_request_timeout(limits::HEADER_TIMEOUT)
+        .client_disconnect_timeout(Duration::from_secs(1))
+        .tls_handshake_timeout(limits::TLS_HANDSHAKE_TIMEOUT)
+        .max_connections(limits::MAX_CONNECTIONS_PER_WORKER)
+        .shutdown_timeout(settings.shutdown_grace.as_secs().max(1));
+        let server = match tls {
+            Some(config) => server.listen_rustls_0_23(listener, config),
+            None => server.listen(listener),
+        }
         .map_err(StartupError::Server)?
         .run();
 
@@ -146,6 +172,7 @@ impl Application {
             delivery = ?settings.delivery,
             fsync = ?settings.spool_fsync,
             sign_check = settings.callback_token.is_some(),
+            https = settings.tls.is_some(),
             "tim-kafka-bridge listening"
         );
         if settings.callback_token.is_none() {

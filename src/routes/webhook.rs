@@ -11,6 +11,7 @@ use crate::domain::GroupChangeEvent;
 use crate::metrics::Metrics;
 use crate::publisher::{PublishError, Publisher};
 use crate::spool::{Spool, SpoolError};
+use crate::startup::limits::BODY_TIMEOUT;
 use crate::webhook::{Envelope, Refusal, Verifier};
 
 /// Where an accepted event goes before the webhook is answered.
@@ -72,6 +73,8 @@ pub enum WebhookError {
     KafkaTimeout(Duration),
     #[error("method not allowed: the webhook is a POST")]
     Method,
+    #[error("the body did not arrive within {} s", .0.as_secs())]
+    BodyTimeout(Duration),
 }
 
 impl WebhookError {
@@ -83,6 +86,7 @@ impl WebhookError {
             WebhookError::Spool(_) => 60041,
             WebhookError::Kafka(_) | WebhookError::KafkaTimeout(_) => 60042,
             WebhookError::Method => 60405,
+            WebhookError::BodyTimeout(_) => 60408,
         }
     }
 
@@ -90,7 +94,7 @@ impl WebhookError {
     pub fn outcome(&self) -> &'static str {
         match self {
             WebhookError::Refused(r) => r.outcome(),
-            WebhookError::Body(_) | WebhookError::Method => "bad_request",
+            WebhookError::Body(_) | WebhookError::Method | WebhookError::BodyTimeout(_) => "bad_request",
             WebhookError::Spool(SpoolError::Full { .. }) => "spool_full",
             WebhookError::Spool(_) => "spool_error",
             WebhookError::Kafka(_) | WebhookError::KafkaTimeout(_) => "kafka_unavailable",
@@ -119,6 +123,7 @@ impl ResponseError for WebhookError {
             WebhookError::Spool(_) => StatusCode::INTERNAL_SERVER_ERROR,
             WebhookError::Kafka(_) | WebhookError::KafkaTimeout(_) => StatusCode::SERVICE_UNAVAILABLE,
             WebhookError::Method => StatusCode::METHOD_NOT_ALLOWED,
+            WebhookError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -171,7 +176,9 @@ async fn accept(
     received_at_ms: i64,
 ) -> Result<GroupChangeEvent, WebhookError> {
     let query = state.verifier.authenticate(req.query_string(), (received_at_ms / 1000) as u64)?;
-    let body = read_body(req, body, state.max_body_bytes).await?;
+    let body = tokio::time::timeout(BODY_TIMEOUT, read_body(req, body, state.max_body_bytes))
+        .await
+        .map_err(|_| WebhookError::BodyTimeout(BODY_TIMEOUT))??;
     let event = state.verifier.event(&query, &body, received_at_ms)?;
     state.pipeline.submit(&event).await?;
     Ok(event)

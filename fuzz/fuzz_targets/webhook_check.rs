@@ -1,0 +1,9 @@
+//! The whole request check, query string and body to event or refusal, on arbitrary bytes.
+//! Input: the query string, a newline, then the body (see `tim_kafka_bridge::webhook::fuzz_check`).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    tim_kafka_bridge::webhook::fuzz_check(data);
+});
