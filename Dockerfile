@@ -4,8 +4,8 @@ RUN apt-get update && apt-get install -y --no-install-recommends \
       build-essential cmake pkg-config libssl-dev zlib1g-dev python3 \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
-COPY src ./src
+# The manifest names the tests and benches, so the whole tree (minus .dockerignore) is copied.
+COPY . .
 RUN cargo build --release --locked --bin tim-kafka-bridge
 
 # Run: a slim image, an unprivileged user, the spool on a volume.

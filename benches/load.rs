@@ -1,0 +1,533 @@
+//! The load benchmark behind `scripts/bench`: the bridge against a real Kafka, next to a minimal
+//! actix-web server that only answers Tencent's OK envelope (the ceiling), under the same load.
+//!
+//! For each target: a closed loop (64 keep-alive connections, as fast as answers come) gives the
+//! highest sustained rate; open loops at fixed offered rates measure each request from its *scheduled*
+//! send time, so a stall shows up in the percentiles instead of silently slowing the sender. A Kafka
+//! consumer reads the topic meanwhile for end-to-end latency and checks that every webhook answered OK
+//! arrived. Peak RSS and CPU time come from /proc.
+//!
+//! Environment (scripts/bench sets them): `BENCH_KAFKA` (bootstrap servers), `BENCH_SECONDS` (per
+//! phase, default 10), `BENCH_RATES` (default `2000,10000,30000`), `BENCH_TARGETS` (default
+//! `ceiling,always,interval,sync`), `BENCH_OUT` (results directory).
+
+use std::collections::HashSet;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hdrhistogram::Histogram;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use tim_kafka_bridge::webhook::{sign, CallbackToken};
+
+const APP_ID: &str = "1400000000";
+const TOKEN: &str = "bench-callback-token";
+const CONNECTIONS: usize = 64;
+const MAX_IN_FLIGHT: usize = 1024;
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The ceiling: read the body, answer OK, nothing else.
+
+fn run_ceiling(port: u16) {
+    use actix_web::{web, App, HttpResponse, HttpServer};
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    rt.block_on(async move {
+        HttpServer::new(|| {
+            App::new().route(
+                "/webhook",
+                web::post().to(|_body: web::Bytes| async {
+                    HttpResponse::Ok()
+                        .content_type("application/json")
+                        .body(r#"{"ActionStatus":"OK","ErrorInfo":"","ErrorCode":0}"#)
+                }),
+            )
+        })
+        .bind(("127.0.0.1", port))
+        .unwrap()
+        .run()
+        .await
+        .unwrap();
+    });
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Targets
+
+struct Target {
+    child: Child,
+    port: u16,
+    topic: Option<String>,
+    _spool: Option<tempfile::TempDir>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn start(name: &str, kafka: &str) -> Target {
+    let port = free_port();
+    if name == "ceiling" {
+        let child = Command::new(std::env::current_exe().unwrap())
+            .args(["--ceiling-server", &port.to_string()])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        return Target { child, port, topic: None, _spool: None };
+    }
+    let spool = tempfile::tempdir().unwrap();
+    let topic = format!("bench-{name}-{}", now_ns() % 1_000_000_000);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tim-kafka-bridge"));
+    cmd.env_clear()
+        .env("BRIDGE_SDK_APP_ID", APP_ID)
+        .env("BRIDGE_CALLBACK_TOKEN", TOKEN)
+        .env("BRIDGE_LISTEN", format!("127.0.0.1:{port}"))
+        .env("BRIDGE_KAFKA_BROKERS", kafka)
+        .env("BRIDGE_TOPIC", &topic)
+        .env("BRIDGE_SPOOL_DIR", spool.path())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null());
+    match name {
+        "always" => {}
+        "interval" => {
+            cmd.env("BRIDGE_SPOOL_FSYNC", "interval");
+        }
+        "sync" => {
+            cmd.env("BRIDGE_DELIVERY", "sync");
+        }
+        other => panic!("unknown target {other}"),
+    }
+    let child = cmd.spawn().unwrap();
+    Target { child, port, topic: Some(topic), _spool: Some(spool) }
+}
+
+impl Target {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// utime + stime of the process, in seconds.
+    fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        let after_comm = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<&str> = after_comm.split_whitespace().collect();
+        let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+            + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        ticks / clock_ticks()
+    }
+
+    /// Peak resident set size, in MiB.
+    fn peak_rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    }
+
+    fn stop(mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn clock_ticks() -> f64 {
+    let out = Command::new("getconf").arg("CLK_TCK").output().ok();
+    out.and_then(|o| String::from_utf8(o.stdout).ok()).and_then(|s| s.trim().parse().ok()).unwrap_or(100.0)
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Load
+
+fn webhook(phase: &str, id: u64, sent_ns: u64) -> (String, String) {
+    let t = (sent_ns / 1_000_000_000).to_string();
+    let token = CallbackToken::new(TOKEN.into()).unwrap();
+    let query = format!(
+        "SdkAppid={APP_ID}&CallbackCommand=Group.CallbackAfterGroupInfoChanged&contenttype=json&ClientIP=10.1.2.3&OptPlatform=Android&RequestTime={t}&Sign={}",
+        sign(&token, &t)
+    );
+    // Distinct content and many groups: no two webhooks are alike, nothing can be deduplicated.
+    let body = format!(
+        r#"{{"CallbackCommand":"Group.CallbackAfterGroupInfoChanged","GroupId":"@TGS#bench{}","Type":"Public","Operator_Account":"admin","Name":"{phase} {id} {sent_ns}","EventTime":{}}}"#,
+        id % 5000,
+        sent_ns / 1_000_000
+    );
+    (query, body)
+}
+
+struct PhaseResult {
+    offered: Option<u64>,
+    achieved_per_sec: f64,
+    ok: u64,
+    failed: u64,
+    ack: Option<Histogram<u64>>,
+    e2e: Option<Histogram<u64>>,
+    lost: Option<u64>,
+    cpu_per_10k: f64,
+}
+
+fn hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 120_000_000, 3).unwrap()
+}
+
+/// Sends one webhook; `Some(latency µs)` for a 200.
+async fn send(
+    client: &reqwest::Client,
+    port: u16,
+    phase: &str,
+    id: u64,
+    scheduled: Instant,
+    sent_ns: u64,
+) -> Option<u64> {
+    let (query, body) = webhook(phase, id, sent_ns);
+    let resp =
+        client.post(format!("http://127.0.0.1:{port}/webhook?{query}")).body(body).send().await.ok()?;
+    let ok = resp.status() == 200;
+    resp.bytes().await.ok()?;
+    ok.then(|| scheduled.elapsed().as_micros() as u64)
+}
+
+async fn closed_loop(
+    client: &reqwest::Client,
+    port: u16,
+    seconds: u64,
+    phase: &str,
+) -> (Vec<u64>, Histogram<u64>, u64) {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let (client, next, phase) = (client.clone(), next.clone(), phase.to_owned());
+        tasks.push(tokio::spawn(async move {
+            let (mut ok, mut h, mut failed) = (Vec::new(), hist(), 0u64);
+            while Instant::now() < deadline {
+                let id = next.fetch_add(1, Ordering::Relaxed);
+                match send(&client, port, &phase, id, Instant::now(), now_ns()).await {
+                    Some(us) => {
+                        h.record(us.max(1)).unwrap();
+                        ok.push(id);
+                    }
+                    None => failed += 1,
+                }
+            }
+            (ok, h, failed)
+        }));
+    }
+    let (mut ok, mut h, mut failed) = (Vec::new(), hist(), 0);
+    for t in tasks {
+        let (o, th, f) = t.await.unwrap();
+        ok.extend(o);
+        h.add(th).unwrap();
+        failed += f;
+    }
+    (ok, h, failed)
+}
+
+async fn open_loop(
+    client: &reqwest::Client,
+    port: u16,
+    rate: u64,
+    seconds: u64,
+    phase: &str,
+) -> (Vec<u64>, Histogram<u64>, u64) {
+    let total = rate * seconds;
+    let start = Instant::now() + Duration::from_millis(50);
+    let limit = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
+    let results = Arc::new(Mutex::new((Vec::new(), hist(), 0u64)));
+    let mut tasks = Vec::with_capacity(total as usize);
+    for id in 0..total {
+        let scheduled = start + Duration::from_nanos(id * 1_000_000_000 / rate);
+        tokio::time::sleep_until(scheduled.into()).await;
+        let sent_ns = now_ns();
+        let (client, limit, results, phase) =
+            (client.clone(), limit.clone(), results.clone(), phase.to_owned());
+        tasks.push(tokio::spawn(async move {
+            let _permit = limit.acquire_owned().await.unwrap();
+            let r = send(&client, port, &phase, id, scheduled, sent_ns).await;
+            let mut g = results.lock().unwrap();
+            match r {
+                Some(us) => {
+                    g.1.record(us.max(1)).unwrap();
+                    g.0.push(id);
+                }
+                None => g.2 += 1,
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut g = results.lock().unwrap();
+    (std::mem::take(&mut g.0), std::mem::replace(&mut g.1, hist()), g.2)
+}
+
+// ---------------------------------------------------------------------------------------------------
+// End to end: a consumer that notes when each record becomes visible.
+
+struct Watcher {
+    seen: Arc<Mutex<Vec<(String, u64, u64)>>>,
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+fn watch(kafka: &str, topic: &str) -> Watcher {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka)
+        .set("group.id", format!("bench-{}", now_ns()))
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "5")
+        .create()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let partitions = loop {
+        let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(5)).unwrap();
+        let t = &md.topics()[0];
+        if t.error().is_none() && !t.partitions().is_empty() {
+            break t.partitions().iter().map(|p| p.id()).collect::<Vec<_>>();
+        }
+        assert!(Instant::now() < deadline, "topic {topic} never appeared");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut tpl = TopicPartitionList::new();
+    for p in partitions {
+        tpl.add_partition_offset(topic, p, Offset::End).unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (s, st) = (seen.clone(), stop.clone());
+    let thread = std::thread::spawn(move || {
+        while !st.load(Ordering::Relaxed) {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(50)) {
+                let now = now_ns();
+                let v: serde_json::Value =
+                    serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or_default();
+                let name = v["changes"]["name"].as_str().unwrap_or_default();
+                let mut parts = name.split(' ');
+                if let (Some(phase), Some(id), Some(sent)) = (parts.next(), parts.next(), parts.next()) {
+                    if let (Ok(id), Ok(sent)) = (id.parse(), sent.parse::<u64>()) {
+                        s.lock().unwrap().push((phase.to_owned(), id, now.saturating_sub(sent)));
+                    }
+                }
+            }
+        }
+    });
+    Watcher { seen, stop, thread }
+}
+
+impl Watcher {
+    /// Waits until every id in `ok` of `phase` was seen (at most 60 s); returns (lost, e2e histogram).
+    fn settle(&self, phase: &str, ok: &[u64]) -> (u64, Histogram<u64>) {
+        let want: HashSet<u64> = ok.iter().copied().collect();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (got, h) = {
+                let seen = self.seen.lock().unwrap();
+                let mut h = hist();
+                let mut got = HashSet::new();
+                for (p, id, ns) in seen.iter().filter(|(p, _, _)| p == phase) {
+                    let _ = p;
+                    if got.insert(*id) {
+                        h.record((ns / 1000).max(1)).unwrap();
+                    }
+                }
+                (got, h)
+            };
+            let lost = want.difference(&got).count() as u64;
+            if lost == 0 || Instant::now() > deadline {
+                return (lost, h);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+
+fn ms(h: &Option<Histogram<u64>>, q: f64) -> String {
+    h.as_ref()
+        .filter(|h| !h.is_empty())
+        .map_or("–".into(), |h| format!("{:.2}", h.value_at_quantile(q) as f64 / 1000.0))
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines().find_map(|l| {
+                l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
+        })
+        .unwrap_or_default();
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").parse::<f64>().unwrap_or(0.0) / 1048576.0)
+        })
+        .unwrap_or(0.0);
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{cores} cores ({cpu}), {mem:.0} GiB, Linux {}", kernel.trim())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--ceiling-server") {
+        run_ceiling(args[i + 1].parse().unwrap());
+        return;
+    }
+    let Ok(kafka) = std::env::var("BENCH_KAFKA") else {
+        eprintln!("load: set BENCH_KAFKA (scripts/bench does); skipping");
+        return;
+    };
+    let seconds: u64 = env_or("BENCH_SECONDS", "10").parse().unwrap();
+    let rates: Vec<u64> =
+        env_or("BENCH_RATES", "2000,10000,30000").split(',').map(|r| r.trim().parse().unwrap()).collect();
+    let targets: Vec<String> =
+        env_or("BENCH_TARGETS", "ceiling,always,interval,sync").split(',').map(str::to_owned).collect();
+    let out = std::path::PathBuf::from(env_or("BENCH_OUT", "bench/results"));
+    std::fs::create_dir_all(&out).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+
+    let mut rows = Vec::new(); // (target, phase, result, rss)
+    for name in &targets {
+        eprintln!("load: {name}");
+        let target = start(name, &kafka);
+        let client = reqwest::Client::builder().pool_max_idle_per_host(MAX_IN_FLIGHT).build().unwrap();
+        // Ready, and (for the bridge) the topic exists, with a short warm-up.
+        let warm = rt.block_on(async {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if send(&client, target.port, "warmup", 0, Instant::now(), now_ns()).await.is_some() {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "{name} did not come up");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            closed_loop(&client, target.port, 2, "warmup").await
+        });
+        let watcher = target.topic.as_ref().map(|t| watch(&kafka, t));
+        let _ = warm;
+
+        let mut phases: Vec<(String, Option<u64>)> = vec![("closed".into(), None)];
+        phases.extend(rates.iter().map(|r| (format!("open{r}"), Some(*r))));
+        for (phase, rate) in phases {
+            let cpu0 = target.cpu_seconds();
+            let started = Instant::now();
+            let (ok, ack, failed) = rt.block_on(async {
+                match rate {
+                    None => closed_loop(&client, target.port, seconds, &phase).await,
+                    Some(r) => open_loop(&client, target.port, r, seconds, &phase).await,
+                }
+            });
+            let elapsed = started.elapsed().as_secs_f64();
+            let (lost, e2e) = match &watcher {
+                Some(w) => {
+                    let (lost, h) = w.settle(&phase, &ok);
+                    (Some(lost), Some(h))
+                }
+                None => (None, None),
+            };
+            let cpu = target.cpu_seconds() - cpu0;
+            let r = PhaseResult {
+                offered: rate,
+                achieved_per_sec: ok.len() as f64 / elapsed.min(seconds as f64).max(0.001),
+                ok: ok.len() as u64,
+                failed,
+                ack: Some(ack),
+                e2e,
+                lost,
+                cpu_per_10k: if ok.is_empty() { 0.0 } else { cpu / ok.len() as f64 * 10_000.0 },
+            };
+            eprintln!(
+                "load: {name} {phase}: {:.0}/s ok={} failed={} ack p99={} ms e2e p99={} ms lost={:?}",
+                r.achieved_per_sec,
+                r.ok,
+                r.failed,
+                ms(&r.ack, 0.99),
+                ms(&r.e2e, 0.99),
+                r.lost
+            );
+            rows.push((name.clone(), phase, r));
+        }
+        if let Some(w) = watcher {
+            w.stop();
+        }
+        let rss = target.peak_rss_mib();
+        for row in rows.iter_mut().filter(|r| &r.0 == name) {
+            row.1 = format!("{}|{rss:.1}", row.1);
+        }
+        target.stop();
+    }
+
+    // The table.
+    let ceiling =
+        rows.iter().find(|r| r.0 == "ceiling" && r.1.starts_with("closed")).map(|r| r.2.achieved_per_sec);
+    let mut md = format!("# Load benchmark\n\nMachine: {}. {seconds} s per phase; load generator, bridge and Kafka share the machine.\n\n", machine());
+    md.push_str("| target | load | OK/s | failed | ack p50 ms | ack p99 ms | ack p99.9 ms | e2e p50 ms | e2e p99 ms | lost | CPU s / 10k | peak RSS MiB |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    let mut csv = String::from("target,offered,achieved,p50_ms,p99_ms,p999_ms\n");
+    for (name, phase, r) in &rows {
+        let (phase, rss) = phase.split_once('|').unwrap_or((phase, ""));
+        let load = r.offered.map_or("closed loop".to_owned(), |o| format!("{o}/s offered"));
+        md.push_str(&format!(
+            "| {name} | {load} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {rss} |\n",
+            r.achieved_per_sec,
+            r.failed,
+            ms(&r.ack, 0.5),
+            ms(&r.ack, 0.99),
+            ms(&r.ack, 0.999),
+            ms(&r.e2e, 0.5),
+            ms(&r.e2e, 0.99),
+            r.lost.map_or("–".into(), |l| l.to_string()),
+            r.cpu_per_10k
+        ));
+        if let Some(o) = r.offered {
+            csv.push_str(&format!(
+                "{name},{o},{:.0},{},{},{}\n",
+                r.achieved_per_sec,
+                ms(&r.ack, 0.5),
+                ms(&r.ack, 0.99),
+                ms(&r.ack, 0.999)
+            ));
+        }
+        let _ = phase;
+    }
+    if let Some(c) = ceiling {
+        md.push_str("\nClosed-loop throughput relative to the ceiling (same run):\n\n");
+        for (name, phase, r) in rows.iter().filter(|r| r.0 != "ceiling" && r.1.starts_with("closed")) {
+            let _ = phase;
+            md.push_str(&format!(
+                "- {name}: {:.0}/s = {:.0} % of the ceiling's {c:.0}/s\n",
+                r.achieved_per_sec,
+                100.0 * r.achieved_per_sec / c
+            ));
+        }
+    }
+    println!("{md}");
+    std::fs::write(out.join("latest.md"), &md).unwrap();
+    std::fs::write(out.join("latest.csv"), &csv).unwrap();
+}

@@ -1,0 +1,89 @@
+//! Micro-benchmarks: the per-webhook CPU cost of the check (parse + validate + normalize, and the
+//! JSON the spool stores), and one spool append through the writer thread in each fsync mode.
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use tim_kafka_bridge::configuration::FsyncMode;
+use tim_kafka_bridge::domain::SdkAppId;
+use tim_kafka_bridge::spool::{Spool, SpoolConfig};
+use tim_kafka_bridge::webhook::{sign, CallbackToken, Verifier};
+
+const NOW_MS: i64 = 1_670_574_420_000;
+
+fn check(c: &mut Criterion) {
+    let token = CallbackToken::new("bench-token".into()).unwrap();
+    let t = (NOW_MS / 1000).to_string();
+    let query = format!(
+        "SdkAppid=1400000000&CallbackCommand=Group.CallbackAfterGroupInfoChanged&contenttype=json&ClientIP=127.0.0.1&OptPlatform=RESTAPI&RequestTime={t}&Sign={}",
+        sign(&token, &t)
+    );
+    let body = br#"{"CallbackCommand":"Group.CallbackAfterGroupInfoChanged","GroupId":"@TGS#2J4SZEAEL","Type":"Public","Operator_Account":"leckie","Notification":"NewNotification","EventTime":"1670574414123"}"#;
+    let verifier = Verifier {
+        app_ids: vec![SdkAppId::parse("1400000000").unwrap()],
+        token: Some(token),
+        max_skew_secs: 60,
+    };
+    let mut g = c.benchmark_group("webhook");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("check (parse + validate + normalize)", |b| {
+        b.iter(|| verifier.check(black_box(&query), black_box(body), NOW_MS).unwrap())
+    });
+    g.bench_function("check + to_json (what the spool stores)", |b| {
+        b.iter(|| verifier.check(black_box(&query), black_box(body), NOW_MS).unwrap().to_json())
+    });
+    g.finish();
+}
+
+fn spool_append(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let payload = vec![b'x'; 400];
+    let mut g = c.benchmark_group("spool append (400 B, one at a time)");
+    g.throughput(Throughput::Elements(1));
+    for (name, fsync) in [
+        ("fsync=never", FsyncMode::Never),
+        ("fsync=interval", FsyncMode::Interval(std::time::Duration::from_millis(50))),
+        ("fsync=always", FsyncMode::Always),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, thread) =
+            Spool::open(SpoolConfig { dir: dir.path().to_owned(), fsync, max_bytes: 1 << 40 }).unwrap();
+        g.bench_function(name, |b| {
+            b.iter_batched(
+                || payload.clone(),
+                |p| rt.block_on(spool.append(p)).unwrap(),
+                BatchSize::SmallInput,
+            )
+        });
+        spool.close();
+        drop(spool);
+        thread.join();
+    }
+    g.finish();
+
+    // Group commit: 64 appends in flight at once share the fsyncs.
+    let mut g = c.benchmark_group("spool append (400 B, 64 concurrent)");
+    g.throughput(Throughput::Elements(64));
+    for (name, fsync) in [("fsync=never", FsyncMode::Never), ("fsync=always", FsyncMode::Always)] {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, thread) =
+            Spool::open(SpoolConfig { dir: dir.path().to_owned(), fsync, max_bytes: 1 << 40 }).unwrap();
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                rt.block_on(async {
+                    let appends = (0..64).map(|_| spool.append(payload.clone()));
+                    for r in futures_util::future::join_all(appends).await {
+                        r.unwrap();
+                    }
+                })
+            })
+        });
+        spool.close();
+        drop(spool);
+        thread.join();
+    }
+    g.finish();
+}
+
+criterion_group!(benches, check, spool_append);
+criterion_main!(benches);
