@@ -175,3 +175,87 @@ impl Spool {
         &self.dir
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &Path, max_bytes: u64) -> (Spool, SpoolThread) {
+        Spool::open(SpoolConfig { dir: dir.to_owned(), fsync: FsyncMode::Never, max_bytes }).unwrap()
+    }
+
+    fn close((spool, thread): (Spool, SpoolThread)) {
+        spool.close();
+        drop(spool);
+        thread.join();
+    }
+
+    #[tokio::test]
+    async fn appended_events_read_back_in_order_and_acknowledged_space_is_reclaimed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, thread) = open(dir.path(), 64 << 10);
+        for i in 0..100u32 {
+            assert_eq!(spool.append(format!("event {i}").into_bytes()).await.unwrap(), u64::from(i) + 1);
+        }
+        let mut reader = spool.reader();
+        let records = reader.read(*spool.committed().borrow(), 1000, 1 << 20).unwrap();
+        assert_eq!(records.len(), 100);
+        assert_eq!(records[41].payload, b"event 41");
+        assert!(spool.stats().bytes.load(Ordering::Relaxed) > 0);
+
+        spool.ack(100);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while spool.stats().bytes.load(Ordering::Relaxed) > 0 || spool.pending_events() > 0 {
+            assert!(std::time::Instant::now() < deadline, "the acknowledged segment was never deleted");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert_eq!(spool.append(b"one more".to_vec()).await.unwrap(), 101);
+        close((spool, thread));
+    }
+
+    #[tokio::test]
+    async fn a_full_spool_refuses_and_accepts_again_once_kafka_caught_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, thread) = open(dir.path(), 8 << 10);
+        let mut accepted = 0;
+        loop {
+            match spool.append(vec![b'x'; 400]).await {
+                Ok(seq) => accepted = seq,
+                Err(SpoolError::Full { .. }) => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(accepted >= 15, "{accepted}");
+        spool.ack(accepted);
+        assert!(spool.append(vec![b'x'; 400]).await.is_ok());
+        close((spool, thread));
+    }
+
+    #[tokio::test]
+    async fn a_reopened_spool_starts_after_what_was_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = open(dir.path(), 1 << 20);
+        for i in 0..10u8 {
+            first.0.append(vec![i]).await.unwrap();
+        }
+        first.0.ack(6);
+        close(first);
+
+        let (spool, thread) = open(dir.path(), 1 << 20);
+        let mut reader = spool.reader();
+        let records = reader.read(*spool.committed().borrow(), 100, 1 << 20).unwrap();
+        let seqs: Vec<u64> = records.iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, vec![7, 8, 9, 10]);
+        assert_eq!(spool.append(vec![42]).await.unwrap(), 11);
+        // A second bridge on the same directory is refused.
+        assert!(matches!(
+            Spool::open(SpoolConfig {
+                dir: dir.path().to_owned(),
+                fsync: FsyncMode::Never,
+                max_bytes: 1 << 20
+            }),
+            Err(SpoolError::Locked { .. })
+        ));
+        close((spool, thread));
+    }
+}

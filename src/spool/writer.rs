@@ -281,13 +281,18 @@ impl Writer {
     }
 
     fn commit(&mut self, batch: &mut Vec<Command>) {
+        // Acknowledgements first: the space they free is there for the appends of the same batch.
+        let ack =
+            batch.iter().filter_map(|c| if let Command::Ack(seq) = c { Some(*seq) } else { None }).max();
+        if let Some(seq) = ack {
+            self.acknowledge(seq);
+        }
         let mut buf = Vec::new();
         let mut replies = Vec::new();
-        let mut ack = None;
         let first_seq = self.next_seq;
         for cmd in batch.drain(..) {
             match cmd {
-                Command::Ack(seq) => ack = ack.max(Some(seq)),
+                Command::Ack(_) => {}
                 Command::Close => self.closed = true,
                 Command::Append { payload, reply } => {
                     if self.closed {
@@ -326,9 +331,6 @@ impl Writer {
                     }
                 }
             }
-        }
-        if let Some(seq) = ack {
-            self.acknowledge(seq);
         }
         self.publish_stats();
     }
