@@ -108,7 +108,8 @@ impl Health {
                 self.kafka_ok_at_ms.store(now_ms(), Ordering::Relaxed);
             }
             match (answering, ok) {
-                (Some(false) | None, true) => tracing::info!("Kafka answers metadata requests"),
+                (None, true) => tracing::info!("Kafka answers metadata requests"),
+                (Some(false), true) => tracing::warn!("Kafka answers metadata requests again"),
                 (Some(true) | None, false) => {
                     let error = result.map_or_else(
                         |e| e.to_string(),

@@ -144,7 +144,8 @@ pub async fn webhook(
     state: web::Data<WebhookState>,
 ) -> Result<HttpResponse, WebhookError> {
     let received_at_ms = now_ms();
-    let result = accept(&req, body, &state, received_at_ms).await;
+    let mut group_id = None;
+    let result = accept(&req, body, &state, received_at_ms, &mut group_id).await;
     let outcome = result.as_ref().map_or_else(WebhookError::outcome, |_| "accepted");
     state.metrics.webhooks.with_label_values(&[outcome]).inc();
     match &result {
@@ -158,11 +159,12 @@ pub async fn webhook(
         Err(e) => {
             let app =
                 crate::webhook::CallbackQuery::parse(req.query_string()).ok().and_then(|q| q.sdk_app_id);
+            let (app, group_id) = (app.as_deref(), group_id.as_deref());
             let status = e.status_code().as_u16();
             if status >= 500 {
-                tracing::warn!(outcome = e.outcome(), status, code = e.code(), sdk_app_id = app.as_deref(), reason = %e, "webhook not accepted");
+                tracing::warn!(outcome = e.outcome(), status, code = e.code(), sdk_app_id = app, group_id, reason = %e, "webhook not accepted");
             } else {
-                tracing::info!(outcome = e.outcome(), status, code = e.code(), sdk_app_id = app.as_deref(), reason = %e, "webhook refused");
+                tracing::info!(outcome = e.outcome(), status, code = e.code(), sdk_app_id = app, group_id, reason = %e, "webhook refused");
             }
         }
     }
@@ -174,12 +176,22 @@ async fn accept(
     body: web::Payload,
     state: &WebhookState,
     received_at_ms: i64,
+    group_id: &mut Option<String>,
 ) -> Result<GroupChangeEvent, WebhookError> {
     let query = state.verifier.authenticate(req.query_string(), (received_at_ms / 1000) as u64)?;
     let body = tokio::time::timeout(BODY_TIMEOUT, read_body(req, body, state.max_body_bytes))
         .await
         .map_err(|_| WebhookError::BodyTimeout(BODY_TIMEOUT))??;
-    let event = state.verifier.event(&query, &body, received_at_ms)?;
+    let event = state.verifier.event(&query, &body, received_at_ms).inspect_err(|_| {
+        // For the refusal's log line: the GroupId, if the body has a readable one.
+        #[derive(serde::Deserialize)]
+        struct JustGroup {
+            #[serde(rename = "GroupId")]
+            group_id: String,
+        }
+        *group_id = serde_json::from_slice::<JustGroup>(&body).ok().map(|g| g.group_id.chars().take(64).collect());
+    })?;
+    *group_id = Some(event.group_id().as_str().to_owned());
     state.pipeline.submit(&event).await?;
     Ok(event)
 }
