@@ -46,8 +46,13 @@ fn spool_append(c: &mut Criterion) {
         ("fsync=always", FsyncMode::Always),
     ] {
         let dir = tempfile::tempdir().unwrap();
-        let (spool, thread) =
-            Spool::open(SpoolConfig { dir: dir.path().to_owned(), fsync, max_bytes: 1 << 40 }).unwrap();
+        let (spool, thread) = Spool::open(SpoolConfig {
+            dir: dir.path().to_owned(),
+            fsync,
+            max_bytes: 1 << 40,
+            observer: None,
+        })
+        .unwrap();
         g.bench_function(name, |b| {
             b.iter_batched(
                 || payload.clone(),
@@ -66,8 +71,13 @@ fn spool_append(c: &mut Criterion) {
     g.throughput(Throughput::Elements(64));
     for (name, fsync) in [("fsync=never", FsyncMode::Never), ("fsync=always", FsyncMode::Always)] {
         let dir = tempfile::tempdir().unwrap();
-        let (spool, thread) =
-            Spool::open(SpoolConfig { dir: dir.path().to_owned(), fsync, max_bytes: 1 << 40 }).unwrap();
+        let (spool, thread) = Spool::open(SpoolConfig {
+            dir: dir.path().to_owned(),
+            fsync,
+            max_bytes: 1 << 40,
+            observer: None,
+        })
+        .unwrap();
         g.bench_function(name, |b| {
             b.iter(|| {
                 rt.block_on(async {

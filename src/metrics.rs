@@ -41,6 +41,10 @@ pub struct Metrics {
     pub kafka_broker_tx_errors: IntCounterVec,
     pub kafka_producer_queue_messages: IntGauge,
     pub http_request_duration_seconds: HistogramVec,
+    /// How long each spool fsync took.
+    pub spool_fsync_seconds: Histogram,
+    /// Events per group commit (one write, at most one fsync).
+    pub spool_commit_events: Histogram,
     /// Last cumulative `txerrs` per broker, to turn librdkafka's totals into counter increments.
     tx_errors_seen: Mutex<HashMap<String, u64>>,
 }
@@ -124,6 +128,14 @@ impl Metrics {
                 hist("bridge_http_request_duration_seconds", "HTTP request duration, by route and status."),
                 &["route", "status"]
             )),
+            spool_fsync_seconds: reg!(Histogram::with_opts(hist(
+                "bridge_spool_fsync_seconds",
+                "Duration of each spool fdatasync (BRIDGE_SPOOL_FSYNC=always: one per group commit)."
+            ))),
+            spool_commit_events: reg!(Histogram::with_opts(
+                HistogramOpts::new("bridge_spool_commit_events", "Events written per spool group commit.")
+                    .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0])
+            )),
             tx_errors_seen: Mutex::new(HashMap::new()),
             registry,
         };
@@ -165,6 +177,17 @@ impl Metrics {
             if b.txerrs > last {
                 tx_errors.inc_by(b.txerrs - last);
             }
+        }
+    }
+}
+
+impl crate::spool::SpoolObserver for Metrics {
+    fn committed(&self, events: usize, fsync: Option<std::time::Duration>) {
+        if events > 0 {
+            self.spool_commit_events.observe(events as f64);
+        }
+        if let Some(d) = fsync {
+            self.spool_fsync_seconds.observe(d.as_secs_f64());
         }
     }
 }

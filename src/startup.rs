@@ -86,6 +86,7 @@ impl Application {
                     dir: settings.spool_dir.clone(),
                     fsync: settings.spool_fsync,
                     max_bytes: settings.spool_max_bytes,
+                    observer: Some(metrics.clone()),
                 };
                 let (spool, thread) = tokio::task::spawn_blocking(move || Spool::open(config))
                     .await

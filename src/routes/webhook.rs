@@ -189,7 +189,8 @@ async fn accept(
             #[serde(rename = "GroupId")]
             group_id: String,
         }
-        *group_id = serde_json::from_slice::<JustGroup>(&body).ok().map(|g| g.group_id.chars().take(64).collect());
+        *group_id =
+            serde_json::from_slice::<JustGroup>(&body).ok().map(|g| g.group_id.chars().take(64).collect());
     })?;
     *group_id = Some(event.group_id().as_str().to_owned());
     state.pipeline.submit(&event).await?;

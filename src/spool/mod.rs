@@ -57,12 +57,20 @@ pub enum SpoolError {
 }
 
 /// How the spool is set up.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SpoolConfig {
     pub dir: PathBuf,
     pub fsync: FsyncMode,
     /// At this many bytes on disk, appends are refused ([`SpoolError::Full`]).
     pub max_bytes: u64,
+    /// Told about every group commit (the metrics implement it); the spool knows no metric names.
+    pub observer: Option<Arc<dyn SpoolObserver>>,
+}
+
+/// Receives what each group commit did, for metrics.
+pub trait SpoolObserver: Send + Sync {
+    /// `events` were written in one `write`; `fsync` is how long the `fdatasync` took, if one ran.
+    fn committed(&self, events: usize, fsync: Option<std::time::Duration>);
 }
 
 impl SpoolConfig {
@@ -181,7 +189,8 @@ mod tests {
     use super::*;
 
     fn open(dir: &Path, max_bytes: u64) -> (Spool, SpoolThread) {
-        Spool::open(SpoolConfig { dir: dir.to_owned(), fsync: FsyncMode::Never, max_bytes }).unwrap()
+        Spool::open(SpoolConfig { dir: dir.to_owned(), fsync: FsyncMode::Never, max_bytes, observer: None })
+            .unwrap()
     }
 
     fn close((spool, thread): (Spool, SpoolThread)) {
@@ -252,7 +261,8 @@ mod tests {
             Spool::open(SpoolConfig {
                 dir: dir.path().to_owned(),
                 fsync: FsyncMode::Never,
-                max_bytes: 1 << 20
+                max_bytes: 1 << 20,
+                observer: None,
             }),
             Err(SpoolError::Locked { .. })
         ));

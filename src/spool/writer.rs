@@ -317,7 +317,10 @@ impl Writer {
         }
         if !buf.is_empty() {
             match self.write(&buf, first_seq) {
-                Ok(()) => {
+                Ok(fsync) => {
+                    if let Some(o) = &self.config.observer {
+                        o.committed(replies.len(), fsync);
+                    }
                     self.committed.send_replace(self.next_seq - 1);
                     for (seq, reply) in replies {
                         let _ = reply.send(Ok(seq));
@@ -335,8 +338,9 @@ impl Writer {
         self.publish_stats();
     }
 
-    /// Writes one batch to the active segment and syncs it as the mode says.
-    fn write(&mut self, buf: &[u8], first_seq: u64) -> io::Result<()> {
+    /// Writes one batch to the active segment and syncs it as the mode says; returns how long the
+    /// fsync took, if one ran.
+    fn write(&mut self, buf: &[u8], first_seq: u64) -> io::Result<Option<std::time::Duration>> {
         if self.active.is_none() || self.segments.back().is_some_and(|s| s.bytes >= self.segment_bytes) {
             self.roll(first_seq)?;
         }
@@ -356,19 +360,21 @@ impl Writer {
         self.disk_bytes += buf.len() as u64;
         match self.config.fsync {
             FsyncMode::Always => {
+                let started = Instant::now();
                 if let Err(e) = file.sync_data() {
                     // After a failed fsync the kernel may have dropped the dirty pages: nothing written
                     // since can be trusted to be durable.
                     self.failed = true;
                     return Err(e);
                 }
+                Ok(Some(started.elapsed()))
             }
             FsyncMode::Interval(_) => {
                 self.dirty_since.get_or_insert_with(Instant::now);
+                Ok(None)
             }
-            FsyncMode::Never => {}
+            FsyncMode::Never => Ok(None),
         }
-        Ok(())
     }
 
     fn roll(&mut self, first_seq: u64) -> io::Result<()> {
@@ -390,9 +396,12 @@ impl Writer {
 
     fn sync(&mut self) {
         if let Some(f) = &self.active {
+            let started = Instant::now();
             if let Err(e) = f.sync_data() {
                 tracing::error!(error = %e, "spool: fsync failed; refusing new events");
                 self.failed = true;
+            } else if let Some(o) = &self.config.observer {
+                o.committed(0, Some(started.elapsed()));
             }
         }
         self.dirty_since = None;
