@@ -372,6 +372,30 @@ fn ms(h: &Option<Histogram<u64>>, q: f64) -> String {
         .map_or("–".into(), |h| format!("{:.2}", h.value_at_quantile(q) as f64 / 1000.0))
 }
 
+/// "fsync p50 ≤ …, p99 ≤ …, … events per commit" from a /metrics scrape (bucket upper bounds).
+fn spool_summary(metrics: &str) -> Option<String> {
+    let value = |name: &str| {
+        metrics.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+    };
+    let buckets: Vec<(f64, f64)> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("bridge_spool_fsync_seconds_bucket{le=\""))
+        .filter_map(|l| {
+            let (le, rest) = l.split_once("\"} ")?;
+            Some((le.parse::<f64>().unwrap_or(f64::INFINITY), rest.trim().parse::<f64>().ok()?))
+        })
+        .collect();
+    let commits = value("bridge_spool_commit_events_count")?;
+    let events = value("bridge_spool_commit_events_sum")?;
+    let mut line = format!("{:.1} events per group commit ({commits:.0} commits)", events / commits.max(1.0));
+    let total = buckets.last().map_or(0.0, |b| b.1);
+    if total > 0.0 {
+        let q = |q: f64| buckets.iter().find(|b| b.1 >= q * total).map_or(f64::INFINITY, |b| b.0 * 1000.0);
+        line.push_str(&format!("; {total:.0} fsyncs, p50 ≤ {} ms, p99 ≤ {} ms", q(0.5), q(0.99)));
+    }
+    Some(line)
+}
+
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -414,6 +438,7 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
 
     let mut rows = Vec::new(); // (target, phase, result, rss)
+    let mut notes = Vec::new(); // spool commit statistics per bridge target
     for name in &targets {
         eprintln!("load: {name}");
         let target = start(name, &kafka);
@@ -477,6 +502,21 @@ fn main() {
         if let Some(w) = watcher {
             w.stop();
         }
+        if target.topic.is_some() {
+            let text = rt.block_on(async {
+                client
+                    .get(format!("http://127.0.0.1:{}/metrics", target.port))
+                    .send()
+                    .await
+                    .ok()?
+                    .text()
+                    .await
+                    .ok()
+            });
+            if let Some(line) = text.as_deref().and_then(spool_summary) {
+                notes.push(format!("- {name}: {line}"));
+            }
+        }
         let rss = target.peak_rss_mib();
         for row in rows.iter_mut().filter(|r| &r.0 == name) {
             row.1 = format!("{}|{rss:.1}", row.1);
@@ -526,6 +566,11 @@ fn main() {
                 100.0 * r.achieved_per_sec / c
             ));
         }
+    }
+    if !notes.is_empty() {
+        md.push_str("\nSpool group commits over each bridge run (from its /metrics):\n\n");
+        md.push_str(&notes.join("\n"));
+        md.push('\n');
     }
     println!("{md}");
     std::fs::write(out.join("latest.md"), &md).unwrap();
