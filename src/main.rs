@@ -1,10 +1,5 @@
 use std::process::ExitCode;
 
-/// mimalloc instead of glibc's malloc: the request path allocates small, short-lived buffers on several
-/// threads, where glibc's arenas showed up at about 14 % of the bridge's CPU under load.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use tim_kafka_bridge::configuration::{help, Settings};
 use tim_kafka_bridge::startup::Application;
 use tim_kafka_bridge::{shutdown, telemetry};
