@@ -305,9 +305,12 @@ fn watch(kafka: &str, topic: &str) -> Watcher {
         assert!(Instant::now() < deadline, "topic {topic} never appeared");
         std::thread::sleep(Duration::from_millis(100));
     };
+    // Start at the current end, resolved now: `Offset::End` would be resolved at the first fetch,
+    // after records of the first phase may already be there, and those would look lost.
     let mut tpl = TopicPartitionList::new();
     for p in partitions {
-        tpl.add_partition_offset(topic, p, Offset::End).unwrap();
+        let (_, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap();
+        tpl.add_partition_offset(topic, p, Offset::Offset(high)).unwrap();
     }
     consumer.assign(&tpl).unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -361,6 +364,24 @@ impl Watcher {
     fn stop(self) {
         self.stop.store(true, Ordering::Relaxed);
         let _ = self.thread.join();
+    }
+}
+
+/// Records on `topic` (sum of high watermarks), waiting up to 60 s for at least `ok` of them.
+fn topic_total(kafka: &str, topic: &str, ok: u64) -> (u64, u64) {
+    let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", kafka).create().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+        let total: i64 = md.topics()[0]
+            .partitions()
+            .iter()
+            .map(|p| consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10)).map_or(0, |w| w.1))
+            .sum();
+        if total as u64 >= ok || Instant::now() > deadline {
+            return (total as u64, ok);
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
@@ -456,7 +477,8 @@ fn main() {
             closed_loop(&client, target.port, 2, "warmup").await
         });
         let watcher = target.topic.as_ref().map(|t| watch(&kafka, t));
-        let _ = warm;
+        // Every webhook answered OK, warm-up included, for the whole-topic check at the end.
+        let mut ok_total = 1 + warm.0.len() as u64;
 
         let mut phases: Vec<(String, Option<u64>)> = vec![("closed".into(), None)];
         phases.extend(rates.iter().map(|r| (format!("open{r}"), Some(*r))));
@@ -477,6 +499,7 @@ fn main() {
                 }
                 None => (None, None),
             };
+            ok_total += ok.len() as u64;
             let cpu = target.cpu_seconds() - cpu0;
             let r = PhaseResult {
                 offered: rate,
@@ -501,6 +524,13 @@ fn main() {
         }
         if let Some(w) = watcher {
             w.stop();
+        }
+        if let Some(topic) = &target.topic {
+            let (records, ok) = topic_total(&kafka, topic, ok_total);
+            notes.push(format!(
+                "- {name}: {records} records on the topic for {ok} webhooks answered OK{}",
+                if records >= ok { "" } else { " — MISSING RECORDS" }
+            ));
         }
         if target.topic.is_some() {
             let text = rt.block_on(async {
@@ -568,7 +598,9 @@ fn main() {
         }
     }
     if !notes.is_empty() {
-        md.push_str("\nSpool group commits over each bridge run (from its /metrics):\n\n");
+        md.push_str(
+            "\nEvery webhook answered OK on the topic, and the spool's group commits (from /metrics):\n\n",
+        );
         md.push_str(&notes.join("\n"));
         md.push('\n');
     }
