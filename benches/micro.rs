@@ -11,6 +11,17 @@ use tim_kafka_bridge::webhook::{sign, CallbackToken, Verifier};
 
 const NOW_MS: i64 = 1_670_574_420_000;
 
+/// Runs `bench` against a fresh spool in a temporary directory, then closes it.
+fn with_spool(fsync: FsyncMode, bench: impl FnOnce(&Spool)) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = SpoolConfig { dir: dir.path().to_owned(), fsync, max_bytes: 1 << 40, observer: None };
+    let (spool, thread) = Spool::open(config).unwrap();
+    bench(&spool);
+    spool.close();
+    drop(spool);
+    thread.join();
+}
+
 fn check(c: &mut Criterion) {
     let token = CallbackToken::new("bench-token".into()).unwrap();
     let t = (NOW_MS / 1000).to_string();
@@ -45,24 +56,15 @@ fn spool_append(c: &mut Criterion) {
         ("fsync=interval", FsyncMode::Interval(std::time::Duration::from_millis(50))),
         ("fsync=always", FsyncMode::Always),
     ] {
-        let dir = tempfile::tempdir().unwrap();
-        let (spool, thread) = Spool::open(SpoolConfig {
-            dir: dir.path().to_owned(),
-            fsync,
-            max_bytes: 1 << 40,
-            observer: None,
-        })
-        .unwrap();
-        g.bench_function(name, |b| {
-            b.iter_batched(
-                || payload.clone(),
-                |p| rt.block_on(spool.append(p)).unwrap(),
-                BatchSize::SmallInput,
-            )
+        with_spool(fsync, |spool| {
+            g.bench_function(name, |b| {
+                b.iter_batched(
+                    || payload.clone(),
+                    |p| rt.block_on(spool.append(p)).unwrap(),
+                    BatchSize::SmallInput,
+                )
+            });
         });
-        spool.close();
-        drop(spool);
-        thread.join();
     }
     g.finish();
 
@@ -70,27 +72,18 @@ fn spool_append(c: &mut Criterion) {
     let mut g = c.benchmark_group("spool append (400 B, 64 concurrent)");
     g.throughput(Throughput::Elements(64));
     for (name, fsync) in [("fsync=never", FsyncMode::Never), ("fsync=always", FsyncMode::Always)] {
-        let dir = tempfile::tempdir().unwrap();
-        let (spool, thread) = Spool::open(SpoolConfig {
-            dir: dir.path().to_owned(),
-            fsync,
-            max_bytes: 1 << 40,
-            observer: None,
-        })
-        .unwrap();
-        g.bench_function(name, |b| {
-            b.iter(|| {
-                rt.block_on(async {
-                    let appends = (0..64).map(|_| spool.append(payload.clone()));
-                    for r in futures_util::future::join_all(appends).await {
-                        r.unwrap();
-                    }
+        with_spool(fsync, |spool| {
+            g.bench_function(name, |b| {
+                b.iter(|| {
+                    rt.block_on(async {
+                        let appends = (0..64).map(|_| spool.append(payload.clone()));
+                        for r in futures_util::future::join_all(appends).await {
+                            r.unwrap();
+                        }
+                    })
                 })
-            })
+            });
         });
-        spool.close();
-        drop(spool);
-        thread.join();
     }
     g.finish();
 }

@@ -12,6 +12,22 @@ fn names(records: &[Record]) -> HashSet<(String, usize)> {
     records.iter().map(rename_of).collect()
 }
 
+/// A bridge that accepted `n` changes of `group` while Kafka was unreachable, then was stopped with
+/// SIGTERM (exit 0): the spool in `dir` holds all `n`. Restart it to deliver them.
+async fn spooled_backlog(dir: &std::path::Path, group: &str, n: usize) -> Bridge {
+    let mut bridge = Bridge::spawn(
+        BridgeOptions::new(dir)
+            .env("BRIDGE_KAFKA_BROKERS", "127.0.0.1:1")
+            .env("BRIDGE_SHUTDOWN_GRACE_SECS", 1),
+    )
+    .await;
+    for i in 0..n {
+        assert_eq!(bridge.send(&Webhook::rename(group, i)).await.0, 200);
+    }
+    assert!(bridge.terminate(Duration::from_secs(20)).success());
+    bridge
+}
+
 /// Reads until every `(group, n)` in `expected` is on the topic.
 fn read_all_of(topic: &str, expected: &HashSet<(String, usize)>, timeout: Duration) -> Vec<Record> {
     read_until(topic, timeout, |r| expected.is_subset(&names(r)))
@@ -213,17 +229,7 @@ async fn a_full_spool_answers_503_and_every_ok_event_arrives_after_kafka_returns
 async fn a_torn_last_record_is_skipped_with_a_log_line_and_the_rest_is_delivered() {
     let _up = broker().shared().await;
     let spool = tempfile::tempdir().unwrap();
-    // First run: Kafka unreachable, so the events stay in the spool.
-    let mut bridge = Bridge::spawn(
-        BridgeOptions::new(spool.path())
-            .env("BRIDGE_KAFKA_BROKERS", "127.0.0.1:1")
-            .env("BRIDGE_SHUTDOWN_GRACE_SECS", 1),
-    )
-    .await;
-    for n in 0..10 {
-        assert_eq!(bridge.send(&Webhook::rename("@TGS#torn", n)).await.0, 200);
-    }
-    assert!(bridge.terminate(Duration::from_secs(20)).success());
+    let mut bridge = spooled_backlog(spool.path(), "@TGS#torn", 10).await;
 
     // Cut the last record short, as a crash mid-write would.
     let mut segments: Vec<_> = std::fs::read_dir(spool.path())
@@ -236,8 +242,7 @@ async fn a_torn_last_record_is_skipped_with_a_log_line_and_the_rest_is_delivered
     let len = std::fs::metadata(last).unwrap().len();
     std::fs::OpenOptions::new().write(true).open(last).unwrap().set_len(len - 7).unwrap();
 
-    let broker_addr = broker().bootstrap();
-    bridge.restart(&[("BRIDGE_KAFKA_BROKERS", broker_addr.as_str())]).await;
+    bridge.restart(&[("BRIDGE_KAFKA_BROKERS", broker().bootstrap().as_str())]).await;
 
     let records = read_exactly(&bridge.topic, 9, Duration::from_secs(60));
     let expected: HashSet<_> = (0..9).map(|n| ("@TGS#torn".to_owned(), n)).collect();
@@ -250,22 +255,15 @@ async fn a_torn_last_record_is_skipped_with_a_log_line_and_the_rest_is_delivered
 async fn sigterm_with_a_backlog_delivers_it_before_exiting_0() {
     let _up = broker().shared().await;
     let spool = tempfile::tempdir().unwrap();
-    let mut bridge = Bridge::spawn(
-        BridgeOptions::new(spool.path())
-            .env("BRIDGE_KAFKA_BROKERS", "127.0.0.1:1")
-            .env("BRIDGE_SHUTDOWN_GRACE_SECS", 1),
-    )
-    .await;
-    for n in 0..300 {
-        assert_eq!(bridge.send(&Webhook::rename("@TGS#term", n)).await.0, 200);
-    }
-    // Kafka was unreachable: the grace period runs out and the backlog stays for the next start.
-    assert!(bridge.terminate(Duration::from_secs(20)).success());
+    let mut bridge = spooled_backlog(spool.path(), "@TGS#term", 300).await;
+    // Kafka was unreachable: the grace period ran out and the backlog stayed for the next start.
     assert!(bridge.logs().contains("stay in the spool"), "{}", bridge.logs());
 
-    let broker_addr = broker().bootstrap();
     bridge
-        .restart(&[("BRIDGE_KAFKA_BROKERS", broker_addr.as_str()), ("BRIDGE_SHUTDOWN_GRACE_SECS", "30")])
+        .restart(&[
+            ("BRIDGE_KAFKA_BROKERS", broker().bootstrap().as_str()),
+            ("BRIDGE_SHUTDOWN_GRACE_SECS", "30"),
+        ])
         .await;
     let status = bridge.terminate(Duration::from_secs(40));
 
