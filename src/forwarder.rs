@@ -187,10 +187,10 @@ impl Forwarder {
         })
     }
 
-    /// Enqueues one record; a record Kafka refuses outright is dead-lettered here.
+    /// Enqueues one record; a record Kafka refuses outright is dead-lettered here. A `solo` record is
+    /// one Kafka may have refused only for its neighbours: refused alone, it is dead-lettered; refused
+    /// in a batch, the failure goes back to the loop.
     #[allow(clippy::result_large_err)]
-    /// A `solo` record is one Kafka may have refused only for its neighbours: refused alone, it is
-    /// dead-lettered; refused in a batch, the failure goes back to the loop.
     fn dispatch(
         &self,
         record: SpooledRecord,
