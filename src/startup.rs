@@ -77,6 +77,11 @@ impl Application {
             DeliveryMode::Spool => None,
             DeliveryMode::Sync { timeout } => Some(timeout),
         };
+        // What can fail without side effects first: the certificate and the port.
+        let tls = settings.tls.as_ref().map(crate::tls::server_config).transpose()?;
+        let listener = TcpListener::bind(settings.listen)
+            .map_err(|source| StartupError::Bind { addr: settings.listen.to_string(), source })?;
+        let port = listener.local_addr().map_err(StartupError::Server)?.port();
         let metrics = Arc::new(Metrics::new());
         let publisher = Arc::new(Publisher::new(&settings, message_timeout, metrics.clone())?);
 
@@ -104,10 +109,6 @@ impl Application {
             }
         };
 
-        let tls = settings.tls.as_ref().map(crate::tls::server_config).transpose()?;
-        let listener = TcpListener::bind(settings.listen)
-            .map_err(|source| StartupError::Bind { addr: settings.listen.to_string(), source })?;
-        let port = listener.local_addr().map_err(StartupError::Server)?.port();
         let health = Arc::new(Health::new(
             metrics.clone(),
             spooling.as_ref().map(|s| s.spool.clone()),
@@ -119,7 +120,6 @@ impl Application {
         let health = web::Data::from(health);
         let state = web::Data::new(routes::webhook_state(&settings, pipeline, metrics.clone()));
         let path = settings.webhook_path.clone();
-        let max_body = settings.max_body_bytes;
         let server = HttpServer::new(move || {
             let metrics = metrics.clone();
             App::new()
@@ -139,7 +139,6 @@ impl Application {
                 })
                 .app_data(state.clone())
                 .app_data(health.clone())
-                .app_data(web::PayloadConfig::new(max_body))
                 .service(
                     web::resource(path.as_str())
                         .route(web::post().to(routes::webhook))
