@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use crate::helpers::*;
 
-fn schema() -> jsonschema::Validator {
+/// The validator for docs/group-change.schema.json.
+pub fn schema() -> jsonschema::Validator {
     let text = std::fs::read_to_string(repo().join("docs/group-change.schema.json")).unwrap();
     jsonschema::validator_for(&serde_json::from_str(&text).unwrap()).expect("the schema is valid JSON Schema")
 }

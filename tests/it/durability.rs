@@ -84,8 +84,7 @@ async fn webhooks_are_answered_ok_while_kafka_is_down_and_all_arrive_in_order_af
     let _exclusive = kafka.exclusive().await;
     let spool = tempfile::tempdir().unwrap();
     let bridge = Bridge::spawn(BridgeOptions::new(spool.path())).await;
-    assert_eq!(bridge.send(&Webhook::rename("@TGS#warmup", 0)).await.0, 200);
-    read_exactly(&bridge.topic, 1, Duration::from_secs(30));
+    bridge.warm_up("@TGS#warmup").await;
 
     kafka.stop();
     let bridge = Arc::new(bridge);
@@ -121,8 +120,7 @@ async fn a_short_librdkafka_message_timeout_loses_nothing_over_a_20_s_outage() {
     let spool = tempfile::tempdir().unwrap();
     let bridge =
         Bridge::spawn(BridgeOptions::new(spool.path()).env("BRIDGE_RDKAFKA_MESSAGE_TIMEOUT_MS", 5000)).await;
-    assert_eq!(bridge.send(&Webhook::rename("@TGS#timeout", 0)).await.0, 200);
-    read_exactly(&bridge.topic, 1, Duration::from_secs(30));
+    bridge.warm_up("@TGS#timeout").await;
 
     kafka.stop();
     let down_since = Instant::now();
@@ -188,8 +186,7 @@ async fn a_full_spool_answers_503_and_every_ok_event_arrives_after_kafka_returns
     let _exclusive = kafka.exclusive().await;
     let spool = tempfile::tempdir().unwrap();
     let bridge = Bridge::spawn(BridgeOptions::new(spool.path()).env("BRIDGE_SPOOL_MAX_BYTES", 20_000)).await;
-    assert_eq!(bridge.send(&Webhook::rename("@TGS#full", 0)).await.0, 200);
-    read_exactly(&bridge.topic, 1, Duration::from_secs(30));
+    bridge.warm_up("@TGS#full").await;
 
     kafka.stop();
     let mut ok = HashSet::from([("@TGS#full".to_owned(), 0)]);

@@ -383,6 +383,13 @@ impl Bridge {
         Some(status)
     }
 
+    /// Sends change 0 of `group` and waits until it is on the topic: the producer is connected and
+    /// the topic exists (what an outage test needs before it stops the broker).
+    pub async fn warm_up(&self, group: &str) {
+        assert_eq!(self.send(&Webhook::rename(group, 0)).await.0, 200);
+        read_exactly(&self.topic, 1, Duration::from_secs(30));
+    }
+
     pub async fn get(&self, path: &str) -> reqwest::Response {
         self.http.get(self.url(path)).send().await.expect("bridge answers")
     }

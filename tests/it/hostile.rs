@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 use tim_kafka_bridge::webhook::{fuzz_check, sign, CallbackToken, Verifier, FUZZ_NOW_MS, FUZZ_TOKEN};
 
-use crate::delivery::assert_valid;
+use crate::delivery::{assert_valid, schema};
 use crate::helpers::*;
 
 #[test]
@@ -48,11 +48,6 @@ fn query() -> String {
     let t = (FUZZ_NOW_MS / 1000).to_string();
     let s = sign(&CallbackToken::new(FUZZ_TOKEN.into()).unwrap(), &t);
     format!("SdkAppid=1400000000&CallbackCommand=Group.CallbackAfterGroupInfoChanged&ClientIP=1.2.3.4&OptPlatform=Android&RequestTime={t}&Sign={s}")
-}
-
-fn schema() -> jsonschema::Validator {
-    let text = std::fs::read_to_string(repo().join("docs/group-change.schema.json")).unwrap();
-    jsonschema::validator_for(&serde_json::from_str(&text).unwrap()).unwrap()
 }
 
 /// Any string, including empty, unicode, control characters and long ones.

@@ -67,8 +67,7 @@ async fn produce_lag_and_readiness_follow_a_kafka_outage() {
     let _exclusive = kafka.exclusive().await;
     let spool = tempfile::tempdir().unwrap();
     let bridge = Bridge::spawn(BridgeOptions::new(spool.path())).await;
-    assert_eq!(bridge.send(&Webhook::rename("@TGS#lag", 0)).await.0, 200);
-    read_exactly(&bridge.topic, 1, Duration::from_secs(30));
+    bridge.warm_up("@TGS#lag").await;
     wait_for("ready before the outage", Duration::from_secs(15), || async {
         bridge.get("/readyz").await.status() == 200
     })
