@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::domain::SdkAppId;
+pub use crate::spool::FsyncMode;
 use crate::webhook::CallbackToken;
 
 /// One environment variable the bridge reads.
@@ -101,15 +102,6 @@ fn bad(name: &str, problem: impl Into<String>) -> ConfigError {
     ConfigError { name: name.to_owned(), problem: problem.into() }
 }
 
-/// When the spool is flushed to stable storage. Every mode survives `kill -9` (the bytes are in the
-/// kernel before the answer goes out); only `always` also survives power loss.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FsyncMode {
-    Always,
-    Interval(Duration),
-    Never,
-}
-
 /// When the webhook is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeliveryMode {
@@ -117,6 +109,16 @@ pub enum DeliveryMode {
     Spool,
     /// After Kafka acknowledged it, waiting at most the given time.
     Sync { timeout: Duration },
+}
+
+impl std::fmt::Display for DeliveryMode {
+    /// As `BRIDGE_DELIVERY` spells it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DeliveryMode::Spool => "spool",
+            DeliveryMode::Sync { .. } => "sync",
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,6 +137,62 @@ impl RdkafkaOverrides {
         ["password", "secret", "sasl", "key", "token", "credential"].iter().any(|w| property.contains(w))
             && property != "sasl.mechanisms"
             && property != "sasl.mechanism"
+    }
+}
+
+/// librdkafka properties whose override would void what the bridge promises, and why. `allowed` says
+/// which values keep the promise (`None`: no override is allowed at all).
+struct Guarded {
+    properties: &'static [&'static str],
+    allowed: fn(&str, DeliveryMode) -> bool,
+    why: &'static str,
+}
+
+const GUARDED: &[Guarded] = &[
+    Guarded {
+        properties: &["enable.idempotence"],
+        allowed: |v, _| v.eq_ignore_ascii_case("true"),
+        why: "without the idempotent producer a retry can write a record twice or out of order",
+    },
+    Guarded {
+        properties: &["acks", "request.required.acks"],
+        allowed: |v, _| v == "all" || v == "-1",
+        why: "an event counts as delivered only once every in-sync replica has it (acks=all)",
+    },
+    Guarded {
+        properties: &["max.in.flight.requests.per.connection", "max.in.flight"],
+        allowed: |v, _| v.parse::<u32>().is_ok_and(|n| (1..=5).contains(&n)),
+        why: "the idempotent producer keeps order only with at most 5 requests in flight",
+    },
+    Guarded {
+        properties: &["retries", "message.send.max.retries"],
+        allowed: |_, _| false,
+        why: "a record that runs out of retries fails while the ones behind it are written: they overtake it",
+    },
+    Guarded {
+        properties: &["enable.gapless.guarantee"],
+        allowed: |_, _| false,
+        why: "the bridge keeps order itself; gapless mode turns every gap into a fatal producer error",
+    },
+    Guarded {
+        properties: &["message.timeout.ms", "delivery.timeout.ms"],
+        allowed: |v, mode| matches!(mode, DeliveryMode::Sync { .. }) || v == "0",
+        why: "in spool mode the bridge owns retries: a record librdkafka expires is overtaken by the ones behind it (use BRIDGE_SYNC_TIMEOUT_MS in sync mode)",
+    },
+];
+
+impl RdkafkaOverrides {
+    /// Refuses an override that would break order or durability, naming the variable.
+    pub fn check(&self, delivery: DeliveryMode) -> Result<(), ConfigError> {
+        for (property, value) in &self.0 {
+            if let Some(g) = GUARDED.iter().find(|g| g.properties.contains(&property.as_str())) {
+                if !(g.allowed)(value.trim(), delivery) {
+                    let name = format!("{RDKAFKA_PREFIX}{}", property.replace('.', "_").to_ascii_uppercase());
+                    return Err(bad(&name, format!("{property}={value} is refused: {}", g.why)));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -277,6 +335,7 @@ impl Settings {
             (Some(_), None) => return Err(bad("BRIDGE_TLS_KEY", "is required when BRIDGE_TLS_CERT is set")),
             (None, Some(_)) => return Err(bad("BRIDGE_TLS_CERT", "is required when BRIDGE_TLS_KEY is set")),
         };
+        rdkafka.check(delivery)?;
         Ok(Self {
             listen: number("BRIDGE_LISTEN", raw.listen)?,
             webhook_path,
@@ -430,6 +489,53 @@ mod tests {
         assert_eq!(s.rdkafka.0.get("sasl.password").map(String::as_str), Some("hunter2"));
         let debug = format!("{s:?}");
         assert!(!debug.contains("hunter2") && !debug.contains("s3cret-token"), "{debug}");
+    }
+
+    #[test]
+    fn overrides_that_void_order_or_durability_are_refused_naming_the_variable() {
+        let refused = [
+            ("BRIDGE_RDKAFKA_ENABLE_IDEMPOTENCE", "false"),
+            ("BRIDGE_RDKAFKA_ACKS", "1"),
+            ("BRIDGE_RDKAFKA_REQUEST_REQUIRED_ACKS", "0"),
+            ("BRIDGE_RDKAFKA_MAX_IN_FLIGHT_REQUESTS_PER_CONNECTION", "10"),
+            ("BRIDGE_RDKAFKA_RETRIES", "3"),
+            ("BRIDGE_RDKAFKA_ENABLE_GAPLESS_GUARANTEE", "true"),
+            ("BRIDGE_RDKAFKA_MESSAGE_TIMEOUT_MS", "5000"),
+            ("BRIDGE_RDKAFKA_DELIVERY_TIMEOUT_MS", "5000"),
+        ];
+        for (name, value) in refused {
+            let e = Settings::from_vars(vars(&[("BRIDGE_SDK_APP_ID", "1"), (name, value)])).unwrap_err();
+            assert!(e.to_string().starts_with(&format!("{name}: ")), "{name}={value}: {e}");
+            assert!(e.to_string().contains("refused"), "{e}");
+        }
+        let kept = [
+            ("BRIDGE_RDKAFKA_ENABLE_IDEMPOTENCE", "true"),
+            ("BRIDGE_RDKAFKA_ACKS", "all"),
+            ("BRIDGE_RDKAFKA_MAX_IN_FLIGHT_REQUESTS_PER_CONNECTION", "5"),
+            ("BRIDGE_RDKAFKA_MESSAGE_TIMEOUT_MS", "0"),
+            ("BRIDGE_RDKAFKA_LINGER_MS", "20"),
+        ];
+        for (name, value) in kept {
+            assert!(
+                Settings::from_vars(vars(&[("BRIDGE_SDK_APP_ID", "1"), (name, value)])).is_ok(),
+                "{name}"
+            );
+        }
+        // In sync mode the answer waits for Kafka, so a delivery timeout is the user's to choose.
+        let sync = vars(&[
+            ("BRIDGE_SDK_APP_ID", "1"),
+            ("BRIDGE_DELIVERY", "sync"),
+            ("BRIDGE_RDKAFKA_MESSAGE_TIMEOUT_MS", "5000"),
+        ]);
+        assert!(Settings::from_vars(sync).is_ok());
+    }
+
+    #[test]
+    fn settings_display_as_the_variables_spell_them() {
+        assert_eq!(FsyncMode::Always.to_string(), "always");
+        assert_eq!(FsyncMode::Interval(Duration::from_millis(5)).to_string(), "interval");
+        assert_eq!(DeliveryMode::Sync { timeout: Duration::from_secs(1) }.to_string(), "sync");
+        assert_eq!(DeliveryMode::Spool.to_string(), "spool");
     }
 
     #[test]

@@ -1,16 +1,26 @@
-//! Spool → Kafka: publishes spooled events in order and acknowledges the spool only after delivery.
+//! Spool → Kafka: publishes spooled records in order and acknowledges the spool only after delivery.
 //!
-//! Up to [`WINDOW`] records are in flight at once, and their reports are taken in the order they were
-//! sent (`FuturesOrdered`), so the acknowledged position is always a clean prefix of the spool.
+//! Up to [`WINDOW`] records (and [`WINDOW_BYTES`]) are in flight at once, and their reports are taken
+//! in the order they were sent (`FuturesOrdered`), so the acknowledged position is always a clean
+//! prefix of the spool. The loop is a small state machine ([`State`]):
 //!
-//! - **Retriable failure** (Kafka down, timeout): nothing after the failed record is acknowledged. The
-//!   forwarder stops sending, lets what is in flight settle, waits (exponential backoff up to
-//!   [`MAX_BACKOFF`]) and publishes again from the first unacknowledged record, one record at a time
-//!   until one gets through. Records in flight at the failure may reach Kafka twice; the `event_id`
-//!   lets consumers drop the copy. No record is ever dropped for being late.
-//! - **Permanent refusal** (record too large, invalid): Kafka judges a whole batch, so the records of
-//!   a refused batch are sent again one at a time; the one refused alone goes to the dead-letter topic
-//!   with the reason, and the records behind it carry on.
+//! - **Delivering**: records go out as they are committed.
+//! - **Recovering** after a failure: nothing new is sent. Reports of records before the failed one
+//!   still count; the ones after it do not (they will be sent again, in order). Once everything in
+//!   flight has settled and the backoff (100 ms doubling to [`MAX_BACKOFF`]) has passed, publishing
+//!   starts again from the first unacknowledged record. After a fatal producer error a new producer is
+//!   built first; after [`MAX_FATAL_RESTARTS`] in a row without a delivery the forwarder gives up with
+//!   an error (the process exits non-zero so an orchestrator restarts it).
+//! - **Isolating**: one record at a time: to probe a Kafka that failed, or to find, among the records
+//!   of a batch Kafka refused for good, the one it refuses alone (that one goes to the dead-letter
+//!   topic with the reason; the rest flow on).
+//! - **Draining** at shutdown: nothing new is sent; what is in flight settles, the final position is
+//!   acknowledged to the spool, and the forwarder returns.
+//!
+//! Records in flight at a failure may reach Kafka twice (the `event_id` lets consumers drop the
+//! copy); none is ever dropped or reordered. In spool mode librdkafka never expires a record (the
+//! configuration refuses a `message.timeout.ms`), so a retriable failure is rare: Kafka refusing a
+//! record for good or a fatal producer error.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -21,16 +31,23 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::domain::GroupChangeEvent;
+use crate::message::Message;
 use crate::publisher::{error_kind, Pending, PublishError, Publisher};
-use crate::spool::{Spool, SpoolReader, SpooledRecord};
+use crate::spool::{Committed, Spool, SpoolReader, SpooledRecord};
 
 /// Most records in flight to Kafka at once: enough to keep librdkafka's batches full, small enough
 /// that a retry republishes little.
 pub const WINDOW: usize = 4096;
+/// Most payload bytes in flight at once (each record is held by the forwarder and by librdkafka).
+pub const WINDOW_BYTES: usize = 16 << 20;
 /// Most bytes read from the spool in one step.
 const READ_BYTES: usize = 4 << 20;
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Fatal producer errors in a row, each followed by a new producer, before the forwarder gives up.
+pub const MAX_FATAL_RESTARTS: u32 = 5;
+/// Acknowledge the spool at least every this many records.
+const ACK_EVERY: u64 = 256;
 
 /// What the forwarder reports while it runs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -41,6 +58,62 @@ pub struct Progress {
     pub oldest_pending_received_ms: Option<i64>,
 }
 
+/// Why the forwarder stopped before it was told to.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwarderError {
+    #[error("the Kafka producer failed for good {restarts} times in a row without delivering anything; last: {last}")]
+    ProducerKeepsFailing { restarts: u32, last: String },
+    #[error("cannot build a new Kafka producer: {0}")]
+    Rebuild(#[from] crate::publisher::ProducerConfigError),
+}
+
+/// What the loop is doing; see the module docs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum State {
+    Delivering,
+    Recovering {
+        /// The first record that failed: reports of records before it still count.
+        failed_seq: u64,
+        /// When to publish again (once nothing is in flight).
+        until: Instant,
+        /// A new producer is needed first.
+        fatal: bool,
+        /// How many records to send one at a time afterwards.
+        isolate: usize,
+    },
+    Isolating {
+        left: usize,
+    },
+    Draining {
+        /// A failure while draining: reports from this record on do not count.
+        failed_seq: Option<u64>,
+    },
+}
+
+impl State {
+    /// Whether a successful report of record `seq` moves the acknowledged position.
+    fn counts(&self, seq: u64) -> bool {
+        match self {
+            State::Recovering { failed_seq, .. } | State::Draining { failed_seq: Some(failed_seq) } => {
+                seq < *failed_seq
+            }
+            _ => true,
+        }
+    }
+
+    fn window(&self) -> usize {
+        match self {
+            State::Delivering => WINDOW,
+            State::Isolating { .. } => 1,
+            State::Recovering { .. } | State::Draining { .. } => 0,
+        }
+    }
+}
+
+/// Tells the forwarder to wind down: `Some(deadline)` means publish what is committed, then stop,
+/// and stop sending anything new at the deadline in any case.
+pub type StopSignal = watch::Receiver<Option<Instant>>;
+
 pub struct Forwarder {
     spool: Spool,
     publisher: Arc<Publisher>,
@@ -48,10 +121,26 @@ pub struct Forwarder {
     progress: watch::Sender<Progress>,
 }
 
+/// One record in flight: what the loop needs once its report arrives.
 struct InFlight {
     seq: u64,
+    bytes: usize,
     received_at_ms: i64,
     event_time_ms: i64,
+}
+
+/// The loop's bookkeeping, apart from its state.
+struct Books {
+    acked: u64,
+    acked_sent: u64,
+    inflight: FuturesOrdered<Tagged>,
+    meta: VecDeque<InFlight>,
+    inflight_bytes: usize,
+    backoff: Duration,
+    /// Fatal producer errors since the last delivery.
+    fatal_in_a_row: u32,
+    /// The oldest record a failure left pending (for the produce-lag gauge).
+    stalled_received_ms: Option<i64>,
 }
 
 impl Forwarder {
@@ -63,119 +152,220 @@ impl Forwarder {
         (Self { spool, publisher, reader: Some(reader), progress }, rx)
     }
 
-    /// Runs until the task is dropped. Cancel-safe: whatever was not acknowledged stays in the spool.
-    pub async fn run(mut self) {
+    /// Runs until stopped through `stop` (then returns `Ok` once the final position is acknowledged)
+    /// or until it cannot go on. Whatever was not acknowledged stays in the spool.
+    pub async fn run(mut self, mut stop: StopSignal) -> Result<(), ForwarderError> {
         let mut committed = self.spool.committed();
-        let mut acked = self.progress.borrow().acked_seq;
-        let mut acked_sent = acked;
-        let mut inflight: FuturesOrdered<Tagged> = FuturesOrdered::new();
-        let mut meta: VecDeque<InFlight> = VecDeque::new();
-        // Set by a failure: when to publish again from the first unacknowledged record.
-        let mut retry_at: Option<Instant> = None;
-        // The oldest record a failure left pending (for the produce-lag gauge).
-        let mut stalled_received_ms: Option<i64> = None;
-        let mut backoff = MIN_BACKOFF;
-        // How many records to send one at a time after a failure: one to probe a Kafka that was
-        // down, or every record of a batch Kafka refused, to find the one it refuses.
-        let mut solo_left = 0usize;
-
+        let acked = self.progress.borrow().acked_seq;
+        let mut b = Books {
+            acked,
+            acked_sent: acked,
+            inflight: FuturesOrdered::new(),
+            meta: VecDeque::new(),
+            inflight_bytes: 0,
+            backoff: MIN_BACKOFF,
+            fatal_in_a_row: 0,
+            stalled_received_ms: None,
+        };
+        let mut state = State::Delivering;
+        let mut stopping: Option<Stopping> = None;
         loop {
-            let window = if solo_left > 0 { 1 } else { WINDOW };
-            let position = self.reader.as_ref().map_or(u64::MAX, SpoolReader::position);
             let upto = *committed.borrow_and_update();
-            let have_more = position <= upto;
-            if retry_at.is_none() && have_more && inflight.len() < window {
-                let batch = self.read(upto, window - inflight.len()).await;
+            let deadline = *stop.borrow_and_update();
+            let position = self.reader.as_ref().map_or(u64::MAX, SpoolReader::position);
+            let have_more = position <= upto.seq;
+            if let (Some(deadline), None) = (deadline, &stopping) {
+                stopping = Some(Stopping::new(deadline));
+            }
+            if let Some(s) = &stopping {
+                let now = Instant::now();
+                let done = b.inflight.is_empty()
+                    && match state {
+                        State::Draining { .. } => true,
+                        // Everything committed was sent and every report counted.
+                        State::Delivering | State::Isolating { .. } => !have_more,
+                        State::Recovering { .. } => false,
+                    };
+                if done || now >= s.give_up_at {
+                    if !b.inflight.is_empty() {
+                        tracing::warn!(in_flight = b.inflight.len(), "stopping with deliveries not yet confirmed; they will be published again at the next start");
+                    }
+                    self.finish(&b);
+                    return Ok(());
+                }
+                if !matches!(state, State::Draining { .. }) && now >= s.stop_sending_at {
+                    state = State::Draining { failed_seq: None };
+                }
+            }
+            let room = state.window().saturating_sub(b.inflight.len());
+            if have_more && room > 0 && b.inflight_bytes < WINDOW_BYTES {
+                let batch = self.read(upto, room, WINDOW_BYTES - b.inflight_bytes).await;
                 if batch.is_empty() {
-                    // Committed but not readable yet (a read error was logged): do not spin.
+                    // Committed but not readable now (the error was logged): do not spin.
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 for record in batch {
-                    match self.dispatch(record, solo_left > 0) {
+                    let seq = record.seq;
+                    match self.dispatch(record, matches!(state, State::Isolating { .. })) {
                         Ok((tagged, m)) => {
-                            inflight.push_back(tagged);
-                            meta.push_back(m);
+                            b.inflight_bytes += m.bytes;
+                            b.inflight.push_back(tagged);
+                            b.meta.push_back(m);
                         }
-                        Err((seq, received_at_ms, e)) => {
+                        Err((received_at_ms, e)) => {
+                            // Not enqueued (e.g. librdkafka's queue is full): what is in flight is
+                            // all before it and still counts; publish again from this one.
                             self.count_error(&e);
                             tracing::warn!(error = %e, seq, "could not enqueue to Kafka; retrying from the spool");
-                            stalled_received_ms.get_or_insert(received_at_ms);
-                            retry_at = Some(Instant::now() + backoff);
-                            backoff = (backoff * 2).min(MAX_BACKOFF);
-                            solo_left = solo_left.max(1);
+                            b.stalled_received_ms.get_or_insert(received_at_ms);
+                            state = self.failed(state, seq, &e, &mut b);
                             break;
                         }
                     }
                 }
-                self.report(acked, &meta, stalled_received_ms);
+                self.report(&b, upto);
                 continue;
             }
 
+            let recovering_until = match state {
+                // After a fatal error the old producer may never report again: its records are
+                // abandoned with it (and published again).
+                State::Recovering { until, fatal: true, .. } => Some(until),
+                State::Recovering { until, .. } if b.inflight.is_empty() => Some(until),
+                _ => None,
+            };
+            let wait_for_commit = !have_more && deadline.is_none();
             tokio::select! {
-                Some(done) = inflight.next(), if !inflight.is_empty() => {
-                    let m = meta.pop_front().expect("one entry per record in flight");
-                    match done.result {
-                        Ok(()) if retry_at.is_none() => {
-                            let metrics = self.publisher.metrics();
-                            let now = now_ms();
-                            metrics.kafka_delivered.inc();
-                            metrics.kafka_delivery_seconds.observe((now - m.received_at_ms).max(0) as f64 / 1e3);
-                            metrics.event_age_seconds.observe((now - m.event_time_ms).max(0) as f64 / 1e3);
-                            acked = m.seq;
-                            backoff = MIN_BACKOFF;
-                            solo_left = solo_left.saturating_sub(1);
-                            stalled_received_ms = None;
-                        }
-                        // Delivered after an earlier failure: it will be published again (in order).
-                        Ok(()) => {}
-                        Err(e) if retry_at.is_some() => self.count_error(&e),
-                        Err(PublishError::Permanent(e)) => {
-                            self.publisher.metrics().kafka_errors.with_label_values(&[&error_kind(&e)]).inc();
-                            // Kafka refused a whole batch (its size counts against the topic's limit):
-                            // send its records alone; the one still refused alone is dead-lettered.
-                            let batch = meta.len() + 1;
-                            tracing::info!(error = %e, seq = m.seq, records = batch,
-                                "Kafka refused a batch; publishing its records one at a time");
-                            retry_at = Some(Instant::now());
-                            solo_left = batch;
-                            stalled_received_ms = Some(m.received_at_ms);
-                        }
-                        Err(e) => {
-                            self.count_error(&e);
-                            tracing::warn!(error = %e, seq = m.seq, backoff_ms = backoff.as_millis() as u64,
-                                "Kafka delivery failed; the event stays in the spool and is retried");
-                            retry_at = Some(Instant::now() + backoff);
-                            backoff = (backoff * 2).min(MAX_BACKOFF);
-                            solo_left = solo_left.max(1);
-                            stalled_received_ms = Some(m.received_at_ms);
-                        }
+                Some(done) = b.inflight.next(), if !b.inflight.is_empty() => {
+                    let m = b.meta.pop_front().expect("one entry per record in flight");
+                    b.inflight_bytes -= m.bytes;
+                    state = self.settled(state, m, done.result, &mut b);
+                    if b.acked != b.acked_sent && (b.inflight.is_empty() || b.acked - b.acked_sent >= ACK_EVERY) {
+                        self.spool.ack(b.acked);
+                        b.acked_sent = b.acked;
                     }
-                    if acked != acked_sent && (inflight.is_empty() || acked - acked_sent >= 256) {
-                        self.spool.ack(acked);
-                        acked_sent = acked;
-                    }
-                    self.report(acked, &meta, stalled_received_ms);
+                    self.report(&b, upto);
                 }
-                _ = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() && inflight.is_empty() => {
-                    retry_at = None;
-                    if let Some(r) = self.reader.as_mut() {
-                        r.seek(acked + 1);
-                    }
+                _ = tokio::time::sleep_until(recovering_until.unwrap_or_else(Instant::now)), if recovering_until.is_some() => {
+                    state = self.resume(state, &mut b)?;
                 }
-                changed = committed.changed(), if !have_more => {
+                changed = committed.changed(), if wait_for_commit => {
                     if changed.is_err() {
-                        return;
+                        // The spool is gone: nothing more will be committed.
+                        self.finish(&b);
+                        return Ok(());
                     }
                 }
+                _ = stop.changed(), if deadline.is_none() => {}
+                // While stopping, look at the clock every 100 ms.
+                _ = tokio::time::sleep(Duration::from_millis(100)), if stopping.is_some() => {}
             }
         }
     }
 
+    /// A record's report arrived (in send order).
+    fn settled(&self, state: State, m: InFlight, result: Result<(), PublishError>, b: &mut Books) -> State {
+        match result {
+            Ok(()) if state.counts(m.seq) => {
+                let metrics = self.publisher.metrics();
+                let now = crate::now_ms();
+                metrics.kafka_delivered.inc();
+                metrics.kafka_delivery_seconds.observe((now - m.received_at_ms).max(0) as f64 / 1e3);
+                metrics.event_age_seconds.observe((now - m.event_time_ms).max(0) as f64 / 1e3);
+                b.acked = m.seq;
+                b.backoff = MIN_BACKOFF;
+                b.fatal_in_a_row = 0;
+                b.stalled_received_ms = None;
+                match state {
+                    State::Isolating { left } if left <= 1 => State::Delivering,
+                    State::Isolating { left } => State::Isolating { left: left - 1 },
+                    other => other,
+                }
+            }
+            // Delivered after an earlier record failed: it will be published again, after that one.
+            Ok(()) => state,
+            Err(e) if !state.counts(m.seq) => {
+                self.count_error(&e);
+                state
+            }
+            Err(e) => {
+                b.stalled_received_ms = Some(m.received_at_ms);
+                self.count_error(&e);
+                self.failed(state, m.seq, &e, b)
+            }
+        }
+    }
+
+    /// The state after record `seq` failed with `e`.
+    fn failed(&self, state: State, seq: u64, e: &PublishError, b: &mut Books) -> State {
+        if let State::Draining { failed_seq } = state {
+            return State::Draining { failed_seq: Some(failed_seq.map_or(seq, |f| f.min(seq))) };
+        }
+        let fatal = matches!(e, PublishError::Fatal(_)) || self.publisher.fatal_error().is_some();
+        let now = Instant::now();
+        match e {
+            PublishError::Permanent(_) if !fatal => {
+                // Kafka refused a whole batch (its size counts against the topic's limit): send its
+                // records alone; the one still refused alone is dead-lettered.
+                let isolate = b.meta.len() + 1;
+                tracing::info!(error = %e, seq, records = isolate, "Kafka refused a batch; publishing its records one at a time");
+                State::Recovering { failed_seq: seq, until: now, fatal: false, isolate }
+            }
+            _ => {
+                if fatal {
+                    tracing::error!(error = %e, seq, reason = self.publisher.fatal_error().unwrap_or_default(),
+                        "the Kafka producer failed for good; a new one will publish again from the first unacknowledged event");
+                } else {
+                    tracing::warn!(error = %e, seq, backoff_ms = b.backoff.as_millis() as u64,
+                        "Kafka delivery failed; the event stays in the spool and is retried");
+                }
+                let until = now + b.backoff;
+                b.backoff = (b.backoff * 2).min(MAX_BACKOFF);
+                State::Recovering { failed_seq: seq, until, fatal, isolate: 1 }
+            }
+        }
+    }
+
+    /// Everything in flight has settled after a failure and the backoff has passed: publish again
+    /// from the first unacknowledged record (with a new producer after a fatal error).
+    fn resume(&mut self, state: State, b: &mut Books) -> Result<State, ForwarderError> {
+        let State::Recovering { fatal, isolate, .. } = state else { return Ok(state) };
+        b.inflight = FuturesOrdered::new();
+        b.meta.clear();
+        b.inflight_bytes = 0;
+        if fatal {
+            b.fatal_in_a_row += 1;
+            if b.fatal_in_a_row > MAX_FATAL_RESTARTS {
+                let last = self.publisher.fatal_error().unwrap_or_else(|| "unknown".into());
+                self.finish(b);
+                return Err(ForwarderError::ProducerKeepsFailing { restarts: MAX_FATAL_RESTARTS, last });
+            }
+            self.publisher.rebuild()?;
+            self.publisher.metrics().kafka_producer_restarts.inc();
+            tracing::warn!(
+                from_seq = b.acked + 1,
+                "built a new Kafka producer; publishing again from the first unacknowledged event"
+            );
+        }
+        if let Some(r) = self.reader.as_mut() {
+            r.seek(b.acked + 1);
+        }
+        Ok(State::Isolating { left: isolate.max(1) })
+    }
+
+    /// Acknowledges the final position to the spool (the spool writes it before it closes).
+    fn finish(&self, b: &Books) {
+        if b.acked != b.acked_sent {
+            self.spool.ack(b.acked);
+        }
+        self.report(b, *self.spool.committed().borrow());
+    }
+
     /// Reads the next records on the blocking pool (file I/O never runs on the async workers).
-    async fn read(&mut self, committed: u64, max: usize) -> Vec<SpooledRecord> {
+    async fn read(&mut self, committed: Committed, max: usize, max_bytes: usize) -> Vec<SpooledRecord> {
         let mut reader = self.reader.take().expect("reader is put back after every read");
         let (reader, batch) = tokio::task::spawn_blocking(move || {
-            let batch = reader.read(committed, max, READ_BYTES);
+            let batch = reader.read(committed, max, max_bytes.min(READ_BYTES));
             (reader, batch)
         })
         .await
@@ -187,48 +377,64 @@ impl Forwarder {
         })
     }
 
-    /// Enqueues one record; a record Kafka refuses outright is dead-lettered here. A `solo` record is
-    /// one Kafka may have refused only for its neighbours: refused alone, it is dead-lettered; refused
-    /// in a batch, the failure goes back to the loop.
+    /// Enqueues one record; a record Kafka refuses outright, or one this version cannot read, is
+    /// dead-lettered here. A `solo` record is one Kafka may have refused only for its neighbours:
+    /// refused alone, it is dead-lettered; refused in a batch, the failure goes back to the loop.
     #[allow(clippy::result_large_err)]
-    fn dispatch(
-        &self,
-        record: SpooledRecord,
-        solo: bool,
-    ) -> Result<(Tagged, InFlight), (u64, i64, PublishError)> {
+    fn dispatch(&self, record: SpooledRecord, solo: bool) -> Result<(Tagged, InFlight), (i64, PublishError)> {
         let seq = record.seq;
-        let event = match GroupChangeEvent::from_json(&record.payload) {
-            Ok(e) => e,
-            Err(e) => {
-                // Checksummed, so written by a bridge whose format this one cannot read.
-                tracing::error!(seq, error = %e, "spooled record is not an event this version reads; skipping it");
-                let now = now_ms();
-                return Ok((skipped(), InFlight { seq, received_at_ms: now, event_time_ms: now }));
+        let bytes = record.payload.len();
+        failpoint!("forwarder::dispatch");
+        let message = match Message::decode(record.payload, GroupChangeEvent::message_from_v1_spool) {
+            Ok(m) => m,
+            Err((e, payload)) => {
+                // Checksummed, so written by a bridge whose format this one cannot read (a newer
+                // version, rolled back): never drop it silently; the dead-letter topic keeps it whole.
+                let now = crate::now_ms();
+                tracing::error!(seq, error = %e, dlq_topic = self.publisher.dlq_topic(),
+                    "spooled record is not one this version reads; sending it to the dead-letter topic as it is");
+                let raw = Message {
+                    key: Vec::new(),
+                    timestamp_ms: now,
+                    headers: Vec::new(),
+                    value: payload,
+                    received_at_ms: now,
+                    event_time_ms: now,
+                };
+                let m = InFlight { seq, bytes, received_at_ms: now, event_time_ms: now };
+                return Ok((
+                    dead_lettered(format!("unreadable spool record: {e}"), raw, self.publisher.clone()),
+                    m,
+                ));
             }
         };
-        let received_at_ms = event.received_at_ms();
-        let m = InFlight { seq, received_at_ms, event_time_ms: event.event_time().as_millis() };
-        match self.publisher.send(&event, &record.payload) {
-            Ok(p) => Ok((delivered(p, event, record.payload, self.publisher.clone(), solo), m)),
+        let m = InFlight {
+            seq,
+            bytes,
+            received_at_ms: message.received_at_ms,
+            event_time_ms: message.event_time_ms,
+        };
+        match self.publisher.send(&message) {
+            Ok(p) => Ok((delivered(p, message, self.publisher.clone(), solo), m)),
             Err(PublishError::Permanent(e)) => {
-                let p = dead_lettered(e.to_string(), event, record.payload, self.publisher.clone());
-                Ok((p, m))
+                Ok((dead_lettered(e.to_string(), message, self.publisher.clone()), m))
             }
-            Err(e) => Err((seq, received_at_ms, e)),
+            Err(e) => Err((m.received_at_ms, e)),
         }
     }
 
     fn count_error(&self, e: &PublishError) {
-        let (PublishError::Retriable(k) | PublishError::Permanent(k)) = e;
-        self.publisher.metrics().kafka_errors.with_label_values(&[&error_kind(k)]).inc();
+        self.publisher.metrics().kafka_errors.with_label_values(&[&error_kind(e.kafka_error())]).inc();
     }
 
-    fn report(&self, acked_seq: u64, meta: &VecDeque<InFlight>, stalled: Option<i64>) {
-        let oldest = stalled.or_else(|| meta.front().map(|m| m.received_at_ms));
-        let pending = *self.spool.committed().borrow() > acked_seq;
+    fn report(&self, b: &Books, committed: Committed) {
+        let oldest = b.stalled_received_ms.or_else(|| b.meta.front().map(|m| m.received_at_ms));
+        let pending = committed.seq > b.acked;
         self.progress.send_if_modified(|p| {
-            let next =
-                Progress { acked_seq, oldest_pending_received_ms: if pending { oldest } else { None } };
+            let next = Progress {
+                acked_seq: b.acked,
+                oldest_pending_received_ms: if pending { oldest } else { None },
+            };
             let changed = *p != next;
             *p = next;
             changed
@@ -236,8 +442,26 @@ impl Forwarder {
     }
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+/// After the stop signal, the time left for deliveries already sent to be confirmed, beyond the
+/// grace period: confirmations take milliseconds when Kafka is up, and each one not taken is an event
+/// published twice.
+pub const SETTLE_TIME: Duration = Duration::from_secs(2);
+
+/// When a stopping forwarder stops sending and when it stops waiting.
+struct Stopping {
+    stop_sending_at: Instant,
+    give_up_at: Instant,
+}
+
+impl Stopping {
+    /// Sending goes on until a quarter of the time left before `deadline` (at most 2 s) remains;
+    /// confirmations are awaited until [`SETTLE_TIME`] after the deadline (or after now, when the
+    /// signal came late).
+    fn new(deadline: Instant) -> Self {
+        let now = Instant::now();
+        let reserve = (deadline.saturating_duration_since(now) / 4).min(Duration::from_secs(2));
+        Self { stop_sending_at: deadline - reserve, give_up_at: deadline.max(now) + SETTLE_TIME }
+    }
 }
 
 /// The outcome of one record, once Kafka (or the dead-letter topic) has answered.
@@ -249,51 +473,28 @@ struct Done {
 /// loop sees one result per record, in order.
 type Tagged = std::pin::Pin<Box<dyn std::future::Future<Output = Done> + Send>>;
 
-fn skipped() -> Tagged {
-    Box::pin(async { Done { result: Ok(()) } })
-}
-
-fn delivered(
-    p: Pending,
-    event: GroupChangeEvent,
-    payload: Vec<u8>,
-    publisher: Arc<Publisher>,
-    solo: bool,
-) -> Tagged {
+fn delivered(p: Pending, message: Message, publisher: Arc<Publisher>, solo: bool) -> Tagged {
     Box::pin(async move {
         match p.await {
             Ok(_) => Done { result: Ok(()) },
-            Err(PublishError::Permanent(e)) if solo => {
-                dead_letter(e.to_string(), &event, &payload, &publisher).await
-            }
+            Err(PublishError::Permanent(e)) if solo => dead_letter(e.to_string(), &message, &publisher).await,
             Err(e) => Done { result: Err(e) },
         }
     })
 }
 
-fn dead_lettered(
-    reason: String,
-    event: GroupChangeEvent,
-    payload: Vec<u8>,
-    publisher: Arc<Publisher>,
-) -> Tagged {
-    Box::pin(async move { dead_letter(reason, &event, &payload, &publisher).await })
+fn dead_lettered(reason: String, message: Message, publisher: Arc<Publisher>) -> Tagged {
+    Box::pin(async move { dead_letter(reason, &message, &publisher).await })
 }
 
-async fn dead_letter(
-    reason: String,
-    event: &GroupChangeEvent,
-    payload: &[u8],
-    publisher: &Publisher,
-) -> Done {
+async fn dead_letter(reason: String, message: &Message, publisher: &Publisher) -> Done {
     tracing::error!(
-        event_id = event.event_id().as_str(),
-        group_id = event.group_id().as_str(),
+        key = %String::from_utf8_lossy(&message.key),
         reason = %reason,
         dlq_topic = publisher.dlq_topic(),
         "Kafka refused the event for good; sending it to the dead-letter topic"
     );
-    let sent = match publisher.send_dead_letter(event, payload, &reason) {
+    let sent = match publisher.send_dead_letter(message, &reason) {
         Ok(p) => p.await,
         Err(e) => Err(e),
     };
@@ -304,7 +505,7 @@ async fn dead_letter(
         }
         // The dead-letter topic refuses it too: nothing more can be done; say so loudly.
         Err(PublishError::Permanent(e)) => {
-            tracing::error!(event_id = event.event_id().as_str(), error = %e,
+            tracing::error!(error = %e, key = %String::from_utf8_lossy(&message.key),
                 "the dead-letter topic refused the event too; it is dropped");
             Done { result: Ok(()) }
         }

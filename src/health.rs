@@ -2,12 +2,13 @@
 //!
 //! Readiness answers one question for a load balancer or an orchestrator: should webhooks be sent
 //! here now? Not when Kafka has not answered for a while (the spool would only grow), and not when the
-//! spool is near its cap (webhooks would soon get 503). Liveness (`/healthz`) stays "the process
-//! serves HTTP": restarting a bridge because Kafka is down would help nothing.
+//! spool is near its cap (webhooks would soon get 503). Liveness (`/healthz`) asks whether a restart
+//! would help: yes when the spool has failed for good (a failed fsync, `EIO`) or its writer thread or
+//! the forwarder has died; never because Kafka is down (a restart would help nothing).
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::watch;
 
@@ -24,6 +25,8 @@ pub struct Health {
     pub metrics: Arc<Metrics>,
     spool: Option<Spool>,
     progress: Option<watch::Receiver<Progress>>,
+    /// True while the forwarder task runs (cleared when it ends, a panic included).
+    forwarder_running: Option<Arc<AtomicBool>>,
     /// When Kafka last answered a metadata request (ms since epoch; 0 = never).
     kafka_ok_at_ms: AtomicI64,
     /// Kafka counts as reachable if it answered within this window.
@@ -32,22 +35,45 @@ pub struct Health {
     spool_high_water: f64,
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
+use crate::now_ms;
 
 impl Health {
     pub fn new(
         metrics: Arc<Metrics>,
         spool: Option<Spool>,
-        progress: Option<watch::Receiver<Progress>>,
+        forwarder: Option<(watch::Receiver<Progress>, Arc<AtomicBool>)>,
         kafka_window: Duration,
         spool_high_water: f64,
     ) -> Self {
         if let Some(s) = &spool {
             metrics.spool_max_bytes.set(s.max_bytes() as i64);
         }
-        Self { metrics, spool, progress, kafka_ok_at_ms: AtomicI64::new(0), kafka_window, spool_high_water }
+        let (progress, forwarder_running) = forwarder.unzip();
+        Self {
+            metrics,
+            spool,
+            progress,
+            forwarder_running,
+            kafka_ok_at_ms: AtomicI64::new(0),
+            kafka_window,
+            spool_high_water,
+        }
+    }
+
+    /// `Ok` while a restart would not help; else every reason one would.
+    pub fn liveness(&self) -> Result<(), Vec<String>> {
+        let mut reasons = Vec::new();
+        if let Some(Err(reason)) = self.spool.as_ref().map(Spool::health) {
+            reasons.push(reason);
+        }
+        if self.forwarder_running.as_ref().is_some_and(|r| !r.load(Ordering::Relaxed)) {
+            reasons.push("the forwarder (spool → Kafka) has stopped".to_owned());
+        }
+        if reasons.is_empty() {
+            Ok(())
+        } else {
+            Err(reasons)
+        }
     }
 
     fn kafka_reachable(&self) -> bool {
@@ -61,6 +87,11 @@ impl Health {
         if let Some(spool) = &self.spool {
             m.spool_pending_events.set(spool.pending_events() as i64);
             m.spool_bytes.set(spool.stats().bytes.load(Ordering::Relaxed) as i64);
+            let corrupt = spool.stats().corrupt_records.load(Ordering::Relaxed);
+            let seen = m.spool_corrupt_records.get();
+            if corrupt > seen {
+                m.spool_corrupt_records.inc_by(corrupt - seen);
+            }
         }
         let lag = self
             .progress
@@ -72,7 +103,7 @@ impl Health {
 
     /// `Ok` when ready, else every reason it is not.
     pub fn readiness(&self) -> Result<(), Vec<String>> {
-        let mut reasons = Vec::new();
+        let mut reasons = self.liveness().err().unwrap_or_default();
         if !self.kafka_reachable() {
             reasons.push(format!(
                 "Kafka has not answered a metadata request in the last {} s",

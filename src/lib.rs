@@ -9,6 +9,7 @@
 //! - [`webhook`]: Tencent's wire protocol: query string, `Sign`, body, answer envelope. Pure functions.
 //! - [`domain`]: the normalized [`GroupChangeEvent`](domain::GroupChangeEvent) and its newtypes; how it
 //!   becomes a Kafka record.
+//! - [`message`]: the Kafka record (key, timestamp, headers, value) as it is spooled and sent.
 //! - [`spool`]: the durable, checksummed on-disk log an event is written to before the webhook is
 //!   answered.
 //! - [`forwarder`]: spool → Kafka, in order, acknowledging the spool only after Kafka acknowledged.
@@ -18,10 +19,20 @@
 //! [`configuration`] (`BRIDGE_*` variables), [`metrics`] (the Prometheus catalogue), [`health`]
 //! (readiness and the Kafka probe), [`tls`] (HTTPS), [`telemetry`] (logs), [`shutdown`] (signals).
 
+/// `fail::fail_point!` when built with the `failpoints` feature (the test suite turns it on), nothing
+/// otherwise: the release build carries no failpoint.
+macro_rules! failpoint {
+    ($($arg:tt)*) => {
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!($($arg)*);
+    };
+}
+
 pub mod configuration;
 pub mod domain;
 pub mod forwarder;
 pub mod health;
+pub mod message;
 pub mod metrics;
 pub mod publisher;
 pub mod routes;
@@ -31,3 +42,8 @@ pub mod startup;
 pub mod telemetry;
 pub mod tls;
 pub mod webhook;
+
+/// Milliseconds since the Unix epoch, by the system clock.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}

@@ -27,7 +27,20 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init(settings.log_format, std::io::stdout);
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
+    #[cfg(not(feature = "failpoints"))]
+    if std::env::var_os("FAILPOINTS").is_some() {
+        eprintln!(
+            "{}: FAILPOINTS is set, but this build has no failpoints (build with --features failpoints)",
+            env!("CARGO_PKG_NAME")
+        );
+        return ExitCode::from(2);
+    }
+    // Log lines go through a buffer drained by their own thread: a slow or blocked stdout never
+    // stalls a request (lines beyond the buffer are dropped and counted, not waited for).
+    let (writer, _flush_on_exit) = tracing_appender::non_blocking(std::io::stdout());
+    telemetry::init(settings.log_format, writer);
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime starts");
     let result = runtime.block_on(async {

@@ -45,6 +45,10 @@ pub struct Metrics {
     pub spool_fsync_seconds: Histogram,
     /// Events per group commit (one write, at most one fsync).
     pub spool_commit_events: Histogram,
+    /// Spooled events lost to damage (bit rot, a torn write), found at start or while forwarding.
+    pub spool_corrupt_records: IntCounter,
+    /// New producers built after librdkafka's fatal error.
+    pub kafka_producer_restarts: IntCounter,
     /// Last cumulative `txerrs` per broker, to turn librdkafka's totals into counter increments.
     tx_errors_seen: Mutex<HashMap<String, u64>>,
 }
@@ -135,6 +139,14 @@ impl Metrics {
             spool_commit_events: reg!(Histogram::with_opts(
                 HistogramOpts::new("bridge_spool_commit_events", "Events written per spool group commit.")
                     .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0])
+            )),
+            spool_corrupt_records: reg!(IntCounter::new(
+                "bridge_spool_corrupt_records_total",
+                "Spooled events lost to damage (bit rot, a torn write): they cannot be read back."
+            )),
+            kafka_producer_restarts: reg!(IntCounter::new(
+                "bridge_kafka_producer_restarts_total",
+                "New Kafka producers built after a fatal producer error (events republished, none lost)."
             )),
             tx_errors_seen: Mutex::new(HashMap::new()),
             registry,

@@ -1,17 +1,28 @@
-//! The Kafka producer: turns a [`KafkaMessage`] into a record, and a delivery report into a verdict.
+//! The Kafka producer: turns a [`Message`] into a record, and a delivery report into a verdict.
 //!
 //! One `FutureProducer` is created at start and shared. Enqueued is not delivered: a record counts only
 //! when its [`Pending`] future resolves `Ok`, which with `acks=all` means every in-sync replica has it.
 //! The publisher never decides to drop anything; it only says whether a failure is worth retrying
-//! ([`PublishError::Retriable`]) or final ([`PublishError::Permanent`]: Kafka will refuse this record
-//! whatever we do), and the [forwarder](crate::forwarder) acts on that.
+//! ([`PublishError::Retriable`]), final for this record ([`PublishError::Permanent`]: Kafka will refuse
+//! it whatever we do), or final for the producer ([`PublishError::Fatal`]: librdkafka's idempotent
+//! producer can no longer guarantee order, and only a new producer can go on), and the
+//! [forwarder](crate::forwarder) acts on that.
+//!
+//! Kafka refuses some records for good: larger than the topic's `max.message.bytes`, or with a
+//! timestamp outside its `message.timestamp.*` window (Kafka 4 refuses anything more than an hour
+//! ahead by default). A refused record is a record the bridge said OK to and cannot deliver in
+//! order, so [`TopicLimits`] reads those settings from the cluster and the bridge stops such records
+//! before they are answered (413) or gives them a timestamp Kafka takes (the receive time).
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -21,7 +32,7 @@ use rdkafka::statistics::Statistics;
 use rdkafka::ClientContext;
 
 use crate::configuration::{RdkafkaOverrides, Settings, RDKAFKA_PREFIX};
-use crate::domain::KafkaMessage;
+use crate::message::Message;
 use crate::metrics::Metrics;
 
 /// Why a record is not (yet) in Kafka.
@@ -33,6 +44,17 @@ pub enum PublishError {
     /// Kafka refuses this record for good (too large, invalid): retrying cannot help.
     #[error("Kafka refused the record: {0}")]
     Permanent(KafkaError),
+    /// The producer is in librdkafka's fatal state (e.g. the idempotent producer lost sequence): it
+    /// takes nothing more, and must be replaced.
+    #[error("the Kafka producer failed for good: {0}")]
+    Fatal(KafkaError),
+}
+
+impl PublishError {
+    pub fn kafka_error(&self) -> &KafkaError {
+        let (PublishError::Retriable(e) | PublishError::Permanent(e) | PublishError::Fatal(e)) = self;
+        e
+    }
 }
 
 /// A producer that cannot be built from the settings. The text never holds a secret's value.
@@ -99,24 +121,121 @@ pub fn error_kind(error: &KafkaError) -> String {
     }
 }
 
+/// What the topic accepts, as read from the cluster (Kafka's defaults until then).
+#[derive(Debug)]
+pub struct TopicLimits {
+    /// `max.message.bytes`: the largest record batch the topic takes.
+    max_message_bytes: AtomicU64,
+    /// `message.timestamp.before.max.ms`: how far in the past a record's timestamp may be.
+    before_max_ms: AtomicI64,
+    /// `message.timestamp.after.max.ms`: how far in the future (Kafka 4: one hour by default).
+    after_max_ms: AtomicI64,
+    /// `message.timestamp.type=LogAppendTime`: the broker stamps records itself.
+    log_append_time: AtomicBool,
+    /// Whether the values came from the cluster.
+    known: AtomicBool,
+}
+
+/// Kafka's `max.message.bytes` default (1 MiB + the batch overhead).
+const DEFAULT_MAX_MESSAGE_BYTES: u64 = 1_048_588;
+/// Kafka 4's `message.timestamp.after.max.ms` default.
+const DEFAULT_AFTER_MAX_MS: i64 = 3_600_000;
+/// Room for the difference between the bridge's clock and the broker's.
+const CLOCK_MARGIN_MS: i64 = 60_000;
+/// librdkafka's default `batch.size`.
+const DEFAULT_BATCH_SIZE: u64 = 1_000_000;
+
+impl Default for TopicLimits {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: AtomicU64::new(DEFAULT_MAX_MESSAGE_BYTES),
+            before_max_ms: AtomicI64::new(i64::MAX),
+            after_max_ms: AtomicI64::new(DEFAULT_AFTER_MAX_MS),
+            log_append_time: AtomicBool::new(false),
+            known: AtomicBool::new(false),
+        }
+    }
+}
+
+impl TopicLimits {
+    pub fn max_message_bytes(&self) -> u64 {
+        self.max_message_bytes.load(Ordering::Relaxed)
+    }
+
+    /// `Err((size, limit))` when Kafka would refuse the record for its size alone.
+    pub fn check_size(&self, message: &Message) -> Result<(), (usize, u64)> {
+        let (size, limit) = (message.kafka_size(), self.max_message_bytes());
+        if size as u64 > limit {
+            Err((size, limit))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The timestamp to send `message` with at `now_ms`: its own when the topic takes it, else the
+    /// receive time, else now. (The value keeps the event's own time in `event_time_ms`.)
+    pub fn timestamp_for(&self, message: &Message, now_ms: i64) -> i64 {
+        if self.log_append_time.load(Ordering::Relaxed) {
+            return message.timestamp_ms;
+        }
+        let before = self.before_max_ms.load(Ordering::Relaxed);
+        let after = self.after_max_ms.load(Ordering::Relaxed);
+        let takes = |t: i64| {
+            t.saturating_sub(now_ms) < after.saturating_sub(CLOCK_MARGIN_MS)
+                && now_ms.saturating_sub(t) < before.saturating_sub(CLOCK_MARGIN_MS)
+        };
+        [message.timestamp_ms, message.received_at_ms].into_iter().find(|t| takes(*t)).unwrap_or(now_ms)
+    }
+
+    /// Takes the settings of a `describe_configs` answer (topic or broker names).
+    fn update(&self, entries: &[(String, Option<String>)]) {
+        let get = |names: &[&str]| {
+            entries.iter().find(|(n, _)| names.contains(&n.as_str())).and_then(|(_, v)| v.clone())
+        };
+        if let Some(v) = get(&["max.message.bytes", "message.max.bytes"]).and_then(|v| v.parse().ok()) {
+            self.max_message_bytes.store(v, Ordering::Relaxed);
+        }
+        let ms = |names: &[&str]| get(names).and_then(|v| v.parse::<i64>().ok());
+        if let Some(v) = ms(&["message.timestamp.before.max.ms", "log.message.timestamp.before.max.ms"]) {
+            self.before_max_ms.store(v, Ordering::Relaxed);
+        }
+        if let Some(v) = ms(&["message.timestamp.after.max.ms", "log.message.timestamp.after.max.ms"]) {
+            self.after_max_ms.store(v, Ordering::Relaxed);
+        }
+        if let Some(v) = get(&["message.timestamp.type", "log.message.timestamp.type"]) {
+            self.log_append_time.store(v == "LogAppendTime", Ordering::Relaxed);
+        }
+        self.known.store(true, Ordering::Relaxed);
+    }
+}
+
 pub struct Publisher {
-    producer: FutureProducer<BridgeContext>,
+    /// The main producer; replaced by a new one after a fatal error (see [`Publisher::rebuild`]).
+    producer: RwLock<FutureProducer<BridgeContext>>,
+    /// The settings the main producer is built from, for rebuilding it.
+    config: ClientConfig,
     /// The dead-letter topic's own producer: the same settings, except that it keeps librdkafka's
-    /// default `message.max.bytes`, so a record refused for its size by the main producer (set to
-    /// the topic's limit, see docs/operations.md) can still be dead-lettered whole.
+    /// default `message.max.bytes`, so a record refused for its size by the main producer can still
+    /// be dead-lettered whole.
     dlq_producer: FutureProducer<BridgeContext>,
+    /// Reads the topic's settings (`describe_configs`).
+    admin: AdminClient<DefaultClientContext>,
     topic: String,
     dlq_topic: String,
+    limits: TopicLimits,
     metrics: Arc<Metrics>,
+    overrides: RdkafkaOverrides,
 }
 
 impl Publisher {
     /// Builds the producer. `message_timeout` is librdkafka's `message.timeout.ms`: `None` lets a record
     /// wait for Kafka indefinitely (spool mode, where the spool and not librdkafka decides when to
-    /// give up, which is never). A `BRIDGE_RDKAFKA_*` property overrides any default set here.
+    /// give up, which is never). `linger` is `linger.ms`. A `BRIDGE_RDKAFKA_*` property overrides any
+    /// default set here (those that would void the guarantees are refused by the configuration).
     pub fn new(
         settings: &Settings,
         message_timeout: Option<Duration>,
+        linger: Duration,
         metrics: Arc<Metrics>,
     ) -> Result<Self, ProducerConfigError> {
         let mut config = ClientConfig::new();
@@ -126,7 +245,7 @@ impl Publisher {
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("compression.type", "lz4")
-            .set("linger.ms", "5")
+            .set("linger.ms", linger.as_millis().to_string())
             .set("partitioner", "murmur2_random")
             .set("statistics.interval.ms", "5000")
             .set("message.timeout.ms", message_timeout.map_or(0, |t| t.as_millis() as u64).to_string());
@@ -134,75 +253,175 @@ impl Publisher {
             config.set(k, v);
         }
         config.set_log_level(RDKafkaLogLevel::Warning);
-        let create = |config: &ClientConfig| {
-            config
-                .create_with_context(BridgeContext { metrics: metrics.clone() })
-                .map_err(|e| ProducerConfigError::new(&e, &settings.rdkafka))
-        };
-        let producer = create(&config)?;
-        config.remove("message.max.bytes");
-        config.set("statistics.interval.ms", "0");
-        let dlq_producer = create(&config)?;
+        let overrides = settings.rdkafka.clone();
+        let producer = create(&config, &metrics, &overrides)?;
+        let mut dlq = config.clone();
+        dlq.remove("message.max.bytes");
+        dlq.set("statistics.interval.ms", "0");
+        let dlq_producer = create(&dlq, &metrics, &overrides)?;
+        // librdkafka's admin client is a producer handle underneath: the same settings apply.
+        let mut admin = config.clone();
+        admin.remove("statistics.interval.ms");
+        admin.set("client.id", concat!(env!("CARGO_PKG_NAME"), "-admin"));
+        admin.set_log_level(RDKafkaLogLevel::Error);
+        let admin = admin.create().map_err(|e| ProducerConfigError::new(&e, &overrides))?;
         Ok(Self {
-            producer,
+            producer: RwLock::new(producer),
+            config,
             dlq_producer,
+            admin,
             topic: settings.topic.clone(),
             dlq_topic: settings.dlq_topic.clone(),
+            limits: TopicLimits::default(),
             metrics,
+            overrides,
         })
     }
 
-    /// Enqueues `value` as a record of the main topic. The record is in Kafka once the returned future
-    /// resolves `Ok`.
-    pub fn send(&self, msg: &impl KafkaMessage, value: &[u8]) -> Result<Pending, PublishError> {
-        self.enqueue(
-            &self.producer,
-            &self.topic,
-            msg.key(),
-            value,
-            Some(msg.timestamp_ms()),
-            headers(msg, None),
-        )
+    fn producer(&self) -> FutureProducer<BridgeContext> {
+        self.producer.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Enqueues a record Kafka refused for good on the dead-letter topic, with the reason in the
-    /// `bridge_dlq_reason` header and the original topic in `bridge_dlq_topic`. Its timestamp is now,
-    /// not the event's (an invalid timestamp may be why it is here).
-    pub fn send_dead_letter(
-        &self,
-        msg: &impl KafkaMessage,
-        value: &[u8],
-        reason: &str,
-    ) -> Result<Pending, PublishError> {
-        let extra = [("bridge_dlq_reason", reason), ("bridge_dlq_topic", self.topic.as_str())];
-        self.enqueue(&self.dlq_producer, &self.dlq_topic, msg.key(), value, None, headers(msg, Some(&extra)))
+    /// Replaces the main producer with a new one (after a fatal error). Records in flight in the old
+    /// one are abandoned: the caller publishes them again. The new producer's batches fit the topic's
+    /// `max.message.bytes` as last read.
+    pub fn rebuild(&self) -> Result<(), ProducerConfigError> {
+        let mut config = self.config.clone();
+        self.fit_batches(&mut config);
+        let fresh = create(&config, &self.metrics, &self.overrides)?;
+        let old = std::mem::replace(&mut *self.producer.write().unwrap_or_else(|e| e.into_inner()), fresh);
+        // Dropping purges what the old producer still held (nobody waits for it any more) and
+        // blocks for up to half a second: not on the caller's thread.
+        std::thread::spawn(move || drop(old));
+        Ok(())
     }
 
-    fn enqueue(
-        &self,
-        producer: &FutureProducer<BridgeContext>,
-        topic: &str,
-        key: &[u8],
-        value: &[u8],
-        timestamp: Option<i64>,
-        headers: OwnedHeaders,
-    ) -> Result<Pending, PublishError> {
-        let mut record = FutureRecord::to(topic).key(key).payload(value).headers(headers);
-        if let Some(ts) = timestamp {
-            record = record.timestamp(ts);
+    /// Batches no larger than the topic takes (librdkafka's default 1 MB is under Kafka's default).
+    fn fit_batches(&self, config: &mut ClientConfig) {
+        let max = self.limits.max_message_bytes();
+        if max < DEFAULT_BATCH_SIZE && !self.overrides.0.contains_key("batch.size") {
+            config.set("batch.size", max.saturating_sub(1024).max(1024).to_string());
         }
-        producer.send_result(record).map(Pending).map_err(|(e, _)| classify(e))
+    }
+
+    /// Reads the topic's size and timestamp settings from the cluster (the broker's defaults while
+    /// the topic does not exist yet, as it will be created with them). `Ok(true)` when the producer
+    /// should be rebuilt to fit smaller batches.
+    pub async fn refresh_limits(&self, timeout: Duration) -> Result<bool, KafkaError> {
+        let opts = AdminOptions::new().request_timeout(Some(timeout));
+        let topic = self.admin.describe_configs([&ResourceSpecifier::Topic(&self.topic)], &opts).await?;
+        let entries = match topic.into_iter().next() {
+            Some(Ok(resource)) => resource.entries,
+            _ => {
+                let producer = self.producer();
+                let broker = tokio::task::spawn_blocking(move || {
+                    producer.client().fetch_metadata(None, Duration::from_secs(2))
+                })
+                .await
+                .map_err(|_| KafkaError::Canceled)??
+                .brokers()
+                .first()
+                .map(|b| b.id())
+                .ok_or(KafkaError::MetadataFetch(RDKafkaErrorCode::BrokerNotAvailable))?;
+                let answer = self.admin.describe_configs([&ResourceSpecifier::Broker(broker)], &opts).await?;
+                match answer.into_iter().next() {
+                    Some(Ok(resource)) => resource.entries,
+                    Some(Err(code)) => return Err(KafkaError::AdminOp(code)),
+                    None => return Err(KafkaError::AdminOp(RDKafkaErrorCode::Unknown)),
+                }
+            }
+        };
+        let before = self.limits.max_message_bytes();
+        let first = !self.limits.known.load(Ordering::Relaxed);
+        self.limits.update(&entries.into_iter().map(|e| (e.name, e.value)).collect::<Vec<_>>());
+        let after = self.limits.max_message_bytes();
+        if first || before != after {
+            tracing::info!(
+                topic = %self.topic,
+                max_message_bytes = after,
+                timestamp_after_max_ms = self.limits.after_max_ms.load(Ordering::Relaxed),
+                "read the topic's limits"
+            );
+        }
+        Ok(after < DEFAULT_BATCH_SIZE && after != before)
+    }
+
+    /// Keeps the topic's limits current: every minute, every 5 s while they have not been read yet.
+    pub async fn watch_limits(self: Arc<Self>) {
+        loop {
+            let known = self.limits.known.load(Ordering::Relaxed);
+            tokio::time::sleep(if known { Duration::from_secs(60) } else { Duration::from_secs(5) }).await;
+            match self.refresh_limits(Duration::from_secs(5)).await {
+                Ok(true) => tracing::warn!(
+                    max_message_bytes = self.limits.max_message_bytes(),
+                    "the topic's max.message.bytes shrank below the producer's batch size; the next new producer (a restart) will fit it"
+                ),
+                Ok(false) => {}
+                Err(e) => tracing::debug!(error = %e, "could not read the topic's limits"),
+            }
+        }
+    }
+
+    pub fn limits(&self) -> &TopicLimits {
+        &self.limits
+    }
+
+    /// Enqueues `message` on the main topic, with a timestamp the topic takes. The record is in Kafka
+    /// once the returned future resolves `Ok`.
+    pub fn send(&self, message: &Message) -> Result<Pending, PublishError> {
+        #[cfg(feature = "failpoints")]
+        fail::eval("publisher::fatal", |_| self.inject_fatal_error());
+        let timestamp = self.limits.timestamp_for(message, crate::now_ms());
+        let record = FutureRecord::to(&self.topic)
+            .key(&message.key)
+            .payload(&message.value)
+            .headers(headers(message, &[]))
+            .timestamp(timestamp);
+        self.producer().send_result(record).map(Pending).map_err(|(e, _)| classify(e))
+    }
+
+    /// Enqueues a record Kafka refused for good (or one the bridge cannot read) on the dead-letter
+    /// topic, with the reason in the `bridge_dlq_reason` header and the original topic in
+    /// `bridge_dlq_topic`. Its timestamp is now, not the event's (an invalid timestamp may be why it is
+    /// here).
+    pub fn send_dead_letter(&self, message: &Message, reason: &str) -> Result<Pending, PublishError> {
+        let extra = [("bridge_dlq_reason", reason), ("bridge_dlq_topic", self.topic.as_str())];
+        let record = FutureRecord::to(&self.dlq_topic)
+            .key(&message.key)
+            .payload(&message.value)
+            .headers(headers(message, &extra));
+        self.dlq_producer.send_result(record).map(Pending).map_err(|(e, _)| classify(e))
+    }
+
+    /// librdkafka's fatal error, if the main producer is in that state.
+    pub fn fatal_error(&self) -> Option<String> {
+        self.producer().client().fatal_error().map(|(code, reason)| format!("{code:?}: {reason}"))
+    }
+
+    /// Puts the producer in librdkafka's fatal state, as a broker that fenced it would (tests only).
+    #[cfg(feature = "failpoints")]
+    fn inject_fatal_error(&self) {
+        let producer = self.producer();
+        let reason = std::ffi::CString::new("injected by the publisher::fatal failpoint").unwrap();
+        // SAFETY: the pointer is the live client of `producer`, which outlives the call.
+        unsafe {
+            rdkafka::bindings::rd_kafka_test_fatal_error(
+                producer.client().native_ptr(),
+                rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+                reason.as_ptr(),
+            );
+        }
     }
 
     /// Waits until every enqueued record is delivered or `timeout` passes.
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
         self.dlq_producer.flush(timeout / 4)?;
-        self.producer.flush(timeout)
+        self.producer().flush(timeout)
     }
 
     /// Asks the cluster for the topic's metadata: whether Kafka answers at all. Blocking.
     pub fn probe(&self, timeout: Duration) -> Result<(), KafkaError> {
-        self.producer.client().fetch_metadata(Some(&self.topic), timeout).map(drop)
+        self.producer().client().fetch_metadata(Some(&self.topic), timeout).map(drop)
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -218,12 +437,22 @@ impl Publisher {
     }
 }
 
-fn headers(msg: &impl KafkaMessage, extra: Option<&[(&str, &str)]>) -> OwnedHeaders {
-    let mut h = OwnedHeaders::new_with_capacity(9);
-    for (key, value) in msg.headers() {
+fn create(
+    config: &ClientConfig,
+    metrics: &Arc<Metrics>,
+    overrides: &RdkafkaOverrides,
+) -> Result<FutureProducer<BridgeContext>, ProducerConfigError> {
+    config
+        .create_with_context(BridgeContext { metrics: metrics.clone() })
+        .map_err(|e| ProducerConfigError::new(&e, overrides))
+}
+
+fn headers(message: &Message, extra: &[(&str, &str)]) -> OwnedHeaders {
+    let mut h = OwnedHeaders::new_with_capacity(message.headers.len() + extra.len());
+    for (key, value) in &message.headers {
         h = h.insert(Header { key, value: Some(value.as_bytes()) });
     }
-    for (key, value) in extra.unwrap_or_default() {
+    for (key, value) in extra {
         h = h.insert(Header { key, value: Some(value.as_bytes()) });
     }
     h
@@ -240,7 +469,7 @@ fn blame(error: &KafkaError, overrides: &RdkafkaOverrides) -> String {
         .unwrap_or_else(|| "BRIDGE_KAFKA_BROKERS / BRIDGE_RDKAFKA_*".to_owned())
 }
 
-/// Whether Kafka will ever take this record.
+/// Whether Kafka will ever take this record, and whether this producer can still send anything.
 pub fn classify(error: KafkaError) -> PublishError {
     use RDKafkaErrorCode::*;
     let code = match &error {
@@ -252,6 +481,9 @@ pub fn classify(error: KafkaError) -> PublishError {
             MessageSizeTooLarge | InvalidMessageSize | InvalidMessage | InvalidRecord | MessageBatchTooLarge
             | InvalidTimestamp,
         ) => PublishError::Permanent(error),
+        Some(
+            Fatal | OutOfOrderSequenceNumber | ProducerFenced | InvalidProducerEpoch | UnknownProducerId,
+        ) => PublishError::Fatal(error),
         _ => PublishError::Retriable(error),
     }
 }
@@ -276,12 +508,58 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_record_too_large_is_final_and_a_timeout_is_not() {
+    fn a_record_too_large_is_final_a_timeout_is_not_and_a_fenced_producer_is_fatal() {
         let big = classify(KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge));
         assert!(matches!(big, PublishError::Permanent(_)));
         let late = classify(KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut));
         assert!(matches!(late, PublishError::Retriable(_)));
         let down = classify(KafkaError::MessageProduction(RDKafkaErrorCode::AllBrokersDown));
         assert!(matches!(down, PublishError::Retriable(_)));
+        for code in [
+            RDKafkaErrorCode::Fatal,
+            RDKafkaErrorCode::OutOfOrderSequenceNumber,
+            RDKafkaErrorCode::ProducerFenced,
+        ] {
+            assert!(
+                matches!(classify(KafkaError::MessageProduction(code)), PublishError::Fatal(_)),
+                "{code:?}"
+            );
+        }
+    }
+
+    fn message(timestamp_ms: i64, received_at_ms: i64) -> Message {
+        Message {
+            key: b"g".to_vec(),
+            timestamp_ms,
+            headers: vec![],
+            value: vec![b'x'; 100],
+            received_at_ms,
+            event_time_ms: timestamp_ms,
+        }
+    }
+
+    #[test]
+    fn a_timestamp_the_topic_would_refuse_is_replaced_by_the_receive_time() {
+        let limits = TopicLimits::default();
+        let now = 1_800_000_000_000;
+        assert_eq!(limits.timestamp_for(&message(now - 5_000, now), now), now - 5_000);
+        // Two hours ahead: Kafka 4 refuses anything more than one hour ahead by default.
+        assert_eq!(limits.timestamp_for(&message(now + 7_200_000, now - 10), now), now - 10);
+        // Far in the past is fine by default (no before-limit) ...
+        assert_eq!(limits.timestamp_for(&message(1, now), now), 1);
+        // ... but not once the topic sets one; and a receive time too old falls back to now.
+        limits.update(&[("message.timestamp.before.max.ms".into(), Some("86400000".into()))]);
+        assert_eq!(limits.timestamp_for(&message(1, now - 10), now), now - 10);
+        assert_eq!(limits.timestamp_for(&message(1, now - 172_800_000), now), now);
+        limits.update(&[("message.timestamp.type".into(), Some("LogAppendTime".into()))]);
+        assert_eq!(limits.timestamp_for(&message(1, 2), now), 1, "the broker stamps it anyway");
+    }
+
+    #[test]
+    fn the_size_check_follows_the_topic_setting() {
+        let limits = TopicLimits::default();
+        assert!(limits.check_size(&message(1, 1)).is_ok());
+        limits.update(&[("max.message.bytes".into(), Some("150".into()))]);
+        assert!(matches!(limits.check_size(&message(1, 1)), Err((_, 150))));
     }
 }

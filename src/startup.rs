@@ -10,7 +10,7 @@ use actix_web::{web, App, HttpServer};
 use tokio::sync::watch;
 
 use crate::configuration::{DeliveryMode, Settings};
-use crate::forwarder::{Forwarder, Progress};
+use crate::forwarder::{Forwarder, ForwarderError, Progress, SETTLE_TIME};
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::publisher::{ProducerConfigError, Publisher};
@@ -30,6 +30,8 @@ pub enum StartupError {
     Server(std::io::Error),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error("forwarding to Kafka stopped: {0}")]
+    Forwarder(#[from] ForwarderError),
 }
 
 /// Limits of the HTTP server against slow, idle and numerous clients (docs/security.md).
@@ -50,12 +52,27 @@ pub mod limits {
     pub const MAX_CONNECTIONS_PER_WORKER: usize = 10_000;
 }
 
+/// `linger.ms` in spool mode: the answer does not wait for Kafka, so a few ms of batching cost nothing.
+/// In sync mode the answer waits for it, so the producer does not linger.
+const SPOOL_LINGER: Duration = Duration::from_millis(5);
+
 /// The spool side of a running bridge (absent with `BRIDGE_DELIVERY=sync`).
 struct Spooling {
     spool: Spool,
     thread: SpoolThread,
-    forwarder: tokio::task::JoinHandle<()>,
+    forwarder: tokio::task::JoinHandle<Result<(), ForwarderError>>,
+    /// Tells the forwarder to wind down by a deadline.
+    stop: watch::Sender<Option<tokio::time::Instant>>,
     progress: watch::Receiver<Progress>,
+}
+
+/// Clears a flag when dropped: the task holding it has ended, normally or by a panic.
+struct Running(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// A built bridge: listening, forwarding, not yet serving until [`run_until_stopped`](Self::run_until_stopped).
@@ -66,6 +83,8 @@ pub struct Application {
     spooling: Option<Spooling>,
     /// The Kafka metadata probe behind readiness.
     probe: tokio::task::JoinHandle<()>,
+    /// Keeps the topic's limits current.
+    limits_watch: tokio::task::JoinHandle<()>,
     grace: Duration,
 }
 
@@ -83,8 +102,21 @@ impl Application {
             .map_err(|source| StartupError::Bind { addr: settings.listen.to_string(), source })?;
         let port = listener.local_addr().map_err(StartupError::Server)?.port();
         let metrics = Arc::new(Metrics::new());
-        let publisher = Arc::new(Publisher::new(&settings, message_timeout, metrics.clone())?);
+        let linger = match settings.delivery {
+            DeliveryMode::Spool => SPOOL_LINGER,
+            DeliveryMode::Sync { .. } => Duration::ZERO,
+        };
+        let publisher = Arc::new(Publisher::new(&settings, message_timeout, linger, metrics.clone())?);
+        // The topic's size and timestamp limits, before the first event is checked against them.
+        match publisher.refresh_limits(Duration::from_secs(3)).await {
+            Ok(true) => publisher.rebuild()?,
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the topic's limits yet; assuming Kafka's defaults until Kafka answers")
+            }
+        }
 
+        let forwarder_running = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let (pipeline, spooling) = match settings.delivery {
             DeliveryMode::Spool => {
                 let config = SpoolConfig {
@@ -101,8 +133,14 @@ impl Application {
                     tracing::info!(pending, "spool holds events from an earlier run; publishing them first");
                 }
                 let (forwarder, progress) = Forwarder::new(spool.clone(), publisher.clone());
-                let forwarder = tokio::spawn(forwarder.run());
-                (Pipeline::Spool(spool.clone()), Some(Spooling { spool, thread, forwarder, progress }))
+                let (stop, stop_rx) = watch::channel(None);
+                let running = Running(forwarder_running.clone());
+                let forwarder = tokio::spawn(async move {
+                    let _running = running;
+                    forwarder.run(stop_rx).await
+                });
+                let pipeline = Pipeline::Spool { spool: spool.clone(), publisher: publisher.clone() };
+                (pipeline, Some(Spooling { spool, thread, forwarder, stop, progress }))
             }
             DeliveryMode::Sync { timeout } => {
                 (Pipeline::Sync { publisher: publisher.clone(), timeout }, None)
@@ -112,11 +150,12 @@ impl Application {
         let health = Arc::new(Health::new(
             metrics.clone(),
             spooling.as_ref().map(|s| s.spool.clone()),
-            spooling.as_ref().map(|s| s.progress.clone()),
+            spooling.as_ref().map(|s| (s.progress.clone(), forwarder_running.clone())),
             settings.ready_kafka_window,
             settings.ready_spool_high_water,
         ));
         let probe = tokio::spawn(health.clone().probe_kafka(publisher.clone()));
+        let limits_watch = tokio::spawn(publisher.clone().watch_limits());
         let health = web::Data::from(health);
         let state = web::Data::new(routes::webhook_state(&settings, pipeline, metrics.clone()));
         let path = settings.webhook_path.clone();
@@ -169,8 +208,8 @@ impl Application {
             webhook_path = %settings.webhook_path,
             topic = %settings.topic,
             brokers = %settings.kafka_brokers,
-            delivery = ?settings.delivery,
-            fsync = ?settings.spool_fsync,
+            delivery = %settings.delivery,
+            fsync = %settings.spool_fsync,
             sign_check = settings.callback_token.is_some(),
             https = settings.tls.is_some(),
             "tim-kafka-bridge listening"
@@ -180,7 +219,7 @@ impl Application {
                 "BRIDGE_CALLBACK_TOKEN is not set: webhooks are not authenticated (Sign is not checked)"
             );
         }
-        Ok(Self { port, server, publisher, spooling, probe, grace: settings.shutdown_grace })
+        Ok(Self { port, server, publisher, spooling, probe, limits_watch, grace: settings.shutdown_grace })
     }
 
     /// The port the HTTP server listens on.
@@ -194,33 +233,63 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> Result<(), StartupError> {
         let handle = self.server.handle();
         let mut server = tokio::spawn(self.server);
-        tokio::select! {
+        let mut spooling = self.spooling;
+        // A forwarder that gives up (the producer keeps failing) stops the bridge with an error.
+        let forwarder_failed = async {
+            match spooling.as_mut() {
+                Some(s) => match (&mut s.forwarder).await {
+                    Ok(Err(e)) => e,
+                    // It ended without being asked, or panicked: health says so; keep serving.
+                    _ => std::future::pending().await,
+                },
+                None => std::future::pending().await,
+            }
+        };
+        let failure = tokio::select! {
             r = &mut server => {
                 return r.expect("server task does not panic").map_err(StartupError::Server);
             }
-            () = shutdown => {}
-        }
+            () = shutdown => None,
+            e = forwarder_failed => Some(e),
+        };
         let deadline = tokio::time::Instant::now() + self.grace;
-        tracing::info!(
-            grace_secs = self.grace.as_secs(),
-            "shutting down: finishing requests, then forwarding the spool"
-        );
+        match &failure {
+            None => tracing::info!(
+                grace_secs = self.grace.as_secs(),
+                "shutting down: finishing requests, then forwarding the spool"
+            ),
+            Some(e) => tracing::error!(error = %e, "forwarding failed for good; shutting down"),
+        }
         handle.stop(true).await;
         let _ = server.await;
         self.probe.abort();
+        self.limits_watch.abort();
 
-        if let Some(mut s) = self.spooling {
-            let committed = *s.spool.committed().borrow();
-            let drained =
-                tokio::time::timeout_at(deadline, s.progress.wait_for(|p| p.acked_seq >= committed)).await;
-            s.forwarder.abort();
-            let _ = s.forwarder.await;
-            match drained {
-                Ok(_) => tracing::info!("spool drained: every accepted event is in Kafka"),
-                Err(_) => tracing::warn!(
-                    pending = s.spool.pending_events(),
-                    "grace period over; events not yet in Kafka stay in the spool for the next start"
-                ),
+        if let Some(s) = spooling {
+            if failure.is_none() {
+                // Forward what is committed, then drain what is in flight and record the final
+                // position, all within the grace period.
+                let _ = s.stop.send(Some(deadline));
+                // (A forwarder that already ended, and whose handle may have been polled to the end
+                // above, is not awaited again.)
+                if !s.forwarder.is_finished() {
+                    let settled_by =
+                        deadline.max(tokio::time::Instant::now()) + SETTLE_TIME + Duration::from_secs(1);
+                    let ended = tokio::time::timeout_at(settled_by, s.forwarder).await;
+                    if let Ok(Ok(Err(e))) = ended {
+                        tracing::error!(error = %e, "forwarding failed while shutting down");
+                    }
+                }
+                let committed = s.spool.committed().borrow().seq;
+                let acked = s.progress.borrow().acked_seq;
+                if acked >= committed {
+                    tracing::info!("spool drained: every accepted event is in Kafka");
+                } else {
+                    tracing::warn!(
+                        pending = s.spool.pending_events(),
+                        "grace period over; events not yet in Kafka stay in the spool for the next start"
+                    );
+                }
             }
             s.spool.close();
             drop(s.spool);
@@ -230,7 +299,12 @@ impl Application {
             deadline.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_millis(100));
         let publisher = self.publisher;
         let _ = tokio::task::spawn_blocking(move || publisher.flush(remaining)).await;
-        tracing::info!("stopped");
-        Ok(())
+        match failure {
+            None => {
+                tracing::info!("stopped");
+                Ok(())
+            }
+            Some(e) => Err(e.into()),
+        }
     }
 }

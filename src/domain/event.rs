@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{EventId, EventTime, GroupId, SdkAppId};
+use crate::message::Message;
 
 /// Version of the value's JSON layout. Bumped only for a change a consumer must know about; adding an
 /// optional field is not one.
@@ -101,39 +102,41 @@ impl GroupChangeEvent {
     }
 }
 
-/// Everything the publisher needs to turn a domain value into a Kafka record. The publisher routes and
-/// never looks inside the event.
-pub trait KafkaMessage {
-    /// The record key (partitioning and ordering unit).
-    fn key(&self) -> &[u8];
-    /// The record timestamp, in ms since the epoch.
-    fn timestamp_ms(&self) -> i64;
-    /// Record headers: CloudEvents' Kafka binding in binary mode plus the content type.
-    fn headers(&self) -> Vec<(&'static str, String)>;
-}
-
 /// CloudEvents `type` of a group-profile change.
 pub const CE_TYPE: &str = "com.tencentcloud.im.group.info_changed";
 
-impl KafkaMessage for GroupChangeEvent {
-    fn key(&self) -> &[u8] {
-        self.group_id.as_str().as_bytes()
+impl GroupChangeEvent {
+    /// The Kafka record: key = GroupId (every change of one group on one partition, in order),
+    /// timestamp = EventTime, CloudEvents' Kafka binding in binary mode plus the content type, value =
+    /// the event's JSON.
+    pub fn to_message(&self) -> Message {
+        self.message_with_value(self.to_json())
     }
 
-    fn timestamp_ms(&self) -> i64 {
-        self.event_time_ms.as_millis()
+    /// A record spooled by a version that stored the bare JSON value (spool format 1).
+    pub fn message_from_v1_spool(value: &[u8]) -> Result<Message, String> {
+        let event = Self::from_json(value).map_err(|e| e.to_string())?;
+        Ok(event.message_with_value(value.to_vec()))
     }
 
-    fn headers(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("ce_specversion", "1.0".to_owned()),
-            ("ce_id", self.event_id.as_str().to_owned()),
-            ("ce_source", format!("/tencent-cloud-chat/{}", self.sdk_app_id.as_str())),
-            ("ce_type", CE_TYPE.to_owned()),
-            ("ce_time", self.event_time_ms.rfc3339()),
-            ("ce_subject", self.group_id.as_str().to_owned()),
-            ("content-type", "application/json".to_owned()),
-        ]
+    fn message_with_value(&self, value: Vec<u8>) -> Message {
+        let headers = vec![
+            ("ce_specversion".to_owned(), "1.0".to_owned()),
+            ("ce_id".to_owned(), self.event_id.as_str().to_owned()),
+            ("ce_source".to_owned(), format!("/tencent-cloud-chat/{}", self.sdk_app_id.as_str())),
+            ("ce_type".to_owned(), CE_TYPE.to_owned()),
+            ("ce_time".to_owned(), self.event_time_ms.rfc3339()),
+            ("ce_subject".to_owned(), self.group_id.as_str().to_owned()),
+            ("content-type".to_owned(), "application/json".to_owned()),
+        ];
+        Message {
+            key: self.group_id.as_str().as_bytes().to_vec(),
+            timestamp_ms: self.event_time_ms.as_millis(),
+            headers,
+            value,
+            received_at_ms: self.received_at_ms,
+            event_time_ms: self.event_time_ms.as_millis(),
+        }
     }
 }
 
@@ -227,14 +230,23 @@ mod tests {
     #[test]
     fn headers_follow_the_cloudevents_kafka_binding() {
         let e = event(5, "n");
-        let h = e.headers();
-        let get = |k: &str| h.iter().find(|(n, _)| *n == k).map(|(_, v)| v.as_str());
+        let m = e.to_message();
+        let get = |k: &str| m.headers.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
         assert_eq!(get("ce_specversion"), Some("1.0"));
         assert_eq!(get("ce_id"), Some(e.event_id().as_str()));
         assert_eq!(get("ce_time"), Some("2022-12-09T08:26:54.123Z"));
         assert_eq!(get("ce_subject"), Some("@TGS#2J4SZEAEL"));
         assert_eq!(get("content-type"), Some("application/json"));
-        assert_eq!(e.key(), b"@TGS#2J4SZEAEL");
-        assert_eq!(e.timestamp_ms(), 1670574414123);
+        assert_eq!(m.key, b"@TGS#2J4SZEAEL");
+        assert_eq!(m.timestamp_ms, 1670574414123);
+        assert_eq!((m.received_at_ms, m.event_time_ms), (5, 1670574414123));
+        assert_eq!(m.value, e.to_json());
+    }
+
+    #[test]
+    fn a_version_1_spool_record_reads_as_the_same_message() {
+        let e = event(5, "n");
+        assert_eq!(GroupChangeEvent::message_from_v1_spool(&e.to_json()).unwrap(), e.to_message());
+        assert!(GroupChangeEvent::message_from_v1_spool(b"{\"schema_version\":1}").is_err());
     }
 }

@@ -7,5 +7,5 @@
 mod event;
 mod ids;
 
-pub use event::{Changes, GroupChangeEvent, KafkaMessage, SCHEMA_VERSION};
+pub use event::{Changes, GroupChangeEvent, CE_TYPE, SCHEMA_VERSION};
 pub use ids::{EventId, EventTime, GroupId, InvalidValue, SdkAppId};

@@ -18,9 +18,14 @@ pub async fn metrics(health: web::Data<Health>) -> HttpResponse {
     HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(health.metrics.render())
 }
 
-/// Liveness: 200 while the process serves HTTP.
-pub async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
+/// Liveness: 200 unless a restart would help (the spool failed for good, the writer thread or the
+/// forwarder died); then 503 naming every reason.
+pub async fn healthz(health: web::Data<Health>) -> HttpResponse {
+    match health.liveness() {
+        Ok(()) => HttpResponse::Ok().json(serde_json::json!({ "status": "ok" })),
+        Err(reasons) => HttpResponse::ServiceUnavailable()
+            .json(serde_json::json!({ "status": "failed", "reasons": reasons })),
+    }
 }
 
 /// Any other path: 404 with a FAIL envelope, so a misconfigured callback URL reads clearly in

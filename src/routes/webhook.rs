@@ -1,7 +1,7 @@
 //! `POST {BRIDGE_WEBHOOK_PATH}`: check, normalize, hand to the pipeline, answer.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
@@ -18,27 +18,37 @@ use crate::webhook::{Envelope, Refusal, Verifier};
 #[derive(Clone)]
 pub enum Pipeline {
     /// Answer once the event is durable in the local spool (default).
-    Spool(Spool),
+    Spool { spool: Spool, publisher: Arc<Publisher> },
     /// Answer once Kafka acknowledged the event.
     Sync { publisher: Arc<Publisher>, timeout: Duration },
 }
 
 impl Pipeline {
-    async fn submit(&self, event: &GroupChangeEvent) -> Result<(), WebhookError> {
+    fn publisher(&self) -> &Publisher {
         match self {
-            Pipeline::Spool(spool) => {
-                spool.append(event.to_json()).await.map(drop).map_err(WebhookError::Spool)
+            Pipeline::Spool { publisher, .. } | Pipeline::Sync { publisher, .. } => publisher,
+        }
+    }
+
+    async fn submit(&self, event: &GroupChangeEvent) -> Result<(), WebhookError> {
+        let message = event.to_message();
+        // Kafka would refuse it for good after we said OK: refuse it now instead.
+        if let Err((size, limit)) = self.publisher().limits().check_size(&message) {
+            return Err(WebhookError::TooLargeForTopic { size, limit });
+        }
+        match self {
+            Pipeline::Spool { spool, .. } => {
+                spool.append(message.to_bytes()).await.map(drop).map_err(WebhookError::Spool)
             }
             Pipeline::Sync { publisher, timeout } => {
-                let pending = publisher.send(event, &event.to_json()).map_err(WebhookError::Kafka)?;
+                let pending = publisher.send(&message).map_err(WebhookError::Kafka)?;
                 match tokio::time::timeout(*timeout, pending).await {
                     Ok(Ok(_)) => {
                         let m = publisher.metrics();
-                        let now = now_ms();
+                        let now = crate::now_ms();
                         m.kafka_delivered.inc();
-                        m.kafka_delivery_seconds.observe((now - event.received_at_ms()).max(0) as f64 / 1e3);
-                        m.event_age_seconds
-                            .observe((now - event.event_time().as_millis()).max(0) as f64 / 1e3);
+                        m.kafka_delivery_seconds.observe((now - message.received_at_ms).max(0) as f64 / 1e3);
+                        m.event_age_seconds.observe((now - message.event_time_ms).max(0) as f64 / 1e3);
                         Ok(())
                     }
                     Ok(Err(e)) => Err(WebhookError::Kafka(e)),
@@ -75,6 +85,10 @@ pub enum WebhookError {
     Method,
     #[error("the body did not arrive within {} s", .0.as_secs())]
     BodyTimeout(Duration),
+    #[error(
+        "the event would be a {size}-byte record; the topic takes at most {limit} bytes (max.message.bytes)"
+    )]
+    TooLargeForTopic { size: usize, limit: u64 },
 }
 
 impl WebhookError {
@@ -82,11 +96,12 @@ impl WebhookError {
         match self {
             WebhookError::Refused(r) => r.code(),
             WebhookError::Body(_) => 60024,
-            WebhookError::Spool(SpoolError::Full { .. }) => 60040,
+            WebhookError::Spool(e) if e.is_full() => 60040,
             WebhookError::Spool(_) => 60041,
             WebhookError::Kafka(_) | WebhookError::KafkaTimeout(_) => 60042,
             WebhookError::Method => 60405,
             WebhookError::BodyTimeout(_) => 60408,
+            WebhookError::TooLargeForTopic { .. } => 60031,
         }
     }
 
@@ -95,7 +110,8 @@ impl WebhookError {
         match self {
             WebhookError::Refused(r) => r.outcome(),
             WebhookError::Body(_) | WebhookError::Method | WebhookError::BodyTimeout(_) => "bad_request",
-            WebhookError::Spool(SpoolError::Full { .. }) => "spool_full",
+            WebhookError::Spool(e) if e.is_full() => "spool_full",
+            WebhookError::TooLargeForTopic { .. } => "too_large",
             WebhookError::Spool(_) => "spool_error",
             WebhookError::Kafka(_) | WebhookError::KafkaTimeout(_) => "kafka_unavailable",
         }
@@ -106,6 +122,9 @@ impl WebhookError {
         match self {
             WebhookError::Spool(SpoolError::Full { .. }) => {
                 "spool is full: Kafka is behind; the event was not accepted".to_owned()
+            }
+            WebhookError::Spool(SpoolError::DiskFull(_)) => {
+                "the spool's disk is full; the event was not accepted".to_owned()
             }
             WebhookError::Spool(_) => "the event could not be stored; it was not accepted".to_owned(),
             WebhookError::Kafka(_) => "Kafka did not take the event; it was not accepted".to_owned(),
@@ -119,7 +138,8 @@ impl ResponseError for WebhookError {
         match self {
             WebhookError::Refused(r) => StatusCode::from_u16(r.status()).unwrap_or(StatusCode::BAD_REQUEST),
             WebhookError::Body(_) => StatusCode::BAD_REQUEST,
-            WebhookError::Spool(SpoolError::Full { .. }) => StatusCode::SERVICE_UNAVAILABLE,
+            WebhookError::Spool(e) if e.is_full() => StatusCode::SERVICE_UNAVAILABLE,
+            WebhookError::TooLargeForTopic { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             WebhookError::Spool(_) => StatusCode::INTERNAL_SERVER_ERROR,
             WebhookError::Kafka(_) | WebhookError::KafkaTimeout(_) => StatusCode::SERVICE_UNAVAILABLE,
             WebhookError::Method => StatusCode::METHOD_NOT_ALLOWED,
@@ -132,10 +152,6 @@ impl ResponseError for WebhookError {
     }
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
-
 /// The webhook handler. The query string is checked before the body is read, so a stranger's request
 /// costs no body read; the body limit is enforced while reading.
 pub async fn webhook(
@@ -143,7 +159,7 @@ pub async fn webhook(
     body: web::Payload,
     state: web::Data<WebhookState>,
 ) -> Result<HttpResponse, WebhookError> {
-    let received_at_ms = now_ms();
+    let received_at_ms = crate::now_ms();
     let mut group_id = None;
     let result = accept(&req, body, &state, received_at_ms, &mut group_id).await;
     let outcome = result.as_ref().map_or_else(WebhookError::outcome, |_| "accepted");

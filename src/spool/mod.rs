@@ -9,7 +9,8 @@
 //! - `NNNNNNNNNNNNNNNNNNNN.seg`: segment files named by the sequence number of their first record, each
 //!   an append-only run of checksummed [records](record). A segment is deleted once every record in it
 //!   is acknowledged.
-//! - `ack`: the highest sequence number Kafka acknowledged (with its own checksum).
+//! - `ack`: the highest sequence number Kafka acknowledged, in two checksummed slots written in turn,
+//!   so a torn write of one leaves the other; made durable before the segments it frees are deleted.
 //! - `lock`: locked (`flock`) by the running bridge, so a second one on the same directory refuses to
 //!   start.
 //!
@@ -17,8 +18,22 @@
 //! One writer thread owns every file mutation ([`writer`]): appends from all HTTP workers queue on a
 //! channel and the thread turns whatever has queued into one `write` and, with `fsync=always`, one
 //! `fdatasync` (group commit) before any of their answers go out. Disk I/O never runs on the async
-//! runtime. The forwarder reads segments with its own [`SpoolReader`], only up to the last committed
-//! sequence number published on a `watch` channel, so it never sees a half-written record.
+//! runtime. The forwarder reads segments with its own [`SpoolReader`], only up to the [`Committed`]
+//! position (sequence number, segment and byte offset) published on a `watch` channel after each group
+//! commit, so it never sees a half-written record nor the bytes of a write that failed.
+//!
+//! ## Failures
+//! - A sequence number is never given twice: a batch whose write failed burns its numbers.
+//! - Disk full (`ENOSPC`, `EDQUOT`) while appending or rolling: the partial write is cut off and the
+//!   batch is refused as [`SpoolError::DiskFull`] (503); the next batch tries again, so appends resume by
+//!   themselves once space returns.
+//! - A failed `fsync`, `EIO`, or a partial write that cannot be cut off: the kernel may have dropped
+//!   pages we cannot name, so the spool refuses every append from then on ([`SpoolError::Failed`]) and
+//!   says so through [`Spool::health`], which fails liveness so an orchestrator restarts the bridge.
+//! - A damaged record (bit rot, a torn write) costs that record only: reading resumes at the next
+//!   record whose checksum holds and whose sequence number continues ([`record::resync`]); only a torn
+//!   tail of the newest segment is cut off. Every lost record is counted in
+//!   [`SpoolStats::corrupt_records`] and logged with its segment, offset and sequence range.
 //!
 //! ## Why not an embedded database
 //! See docs/architecture.md: the spool is a FIFO log, and the two crash guarantees of the `interval`
@@ -28,32 +43,61 @@ mod reader;
 pub mod record;
 mod writer;
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
 
 pub use reader::{SpoolReader, SpooledRecord};
-
-use crate::configuration::FsyncMode;
 
 /// Errors at the spool's boundary.
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
     #[error("spool is full ({bytes} of {max_bytes} bytes in use)")]
     Full { bytes: u64, max_bytes: u64 },
+    #[error("the spool's disk is full: {0}")]
+    DiskFull(std::io::Error),
     #[error("spool write failed: {0}")]
     Io(#[from] std::io::Error),
-    #[error("spool is unusable after an earlier write failure; restart the bridge")]
-    Failed,
+    #[error("spool is unusable after an earlier failure ({0}); restart the bridge")]
+    Failed(String),
     #[error("spool is closed")]
     Closed,
     #[error("spool directory {path} is in use by another process (one bridge per spool directory)")]
     Locked { path: PathBuf },
     #[error("cannot open spool directory {path}: {source}")]
     Open { path: PathBuf, source: std::io::Error },
+}
+
+impl SpoolError {
+    /// Whether the event was refused for want of space (the cap or the disk): a 503, and it passes.
+    pub fn is_full(&self) -> bool {
+        matches!(self, SpoolError::Full { .. } | SpoolError::DiskFull(_))
+    }
+}
+
+/// When the spool is flushed to stable storage. Every mode survives `kill -9` (the bytes are in the
+/// kernel before the answer goes out); only `Always` also survives power loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncMode {
+    Always,
+    Interval(Duration),
+    Never,
+}
+
+impl std::fmt::Display for FsyncMode {
+    /// As `BRIDGE_SPOOL_FSYNC` spells it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FsyncMode::Always => "always",
+            FsyncMode::Interval(_) => "interval",
+            FsyncMode::Never => "never",
+        })
+    }
 }
 
 /// How the spool is set up.
@@ -81,16 +125,40 @@ impl SpoolConfig {
     }
 }
 
-/// Gauges the spool keeps current, read by metrics and readiness.
+/// How far the spool is durably written: the reader never reads past it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Committed {
+    /// The last sequence number written (0 when none ever was).
+    pub seq: u64,
+    /// The segment being appended to, by its first sequence number.
+    pub segment: u64,
+    /// The end of the last whole record in that segment, in bytes.
+    pub offset: u64,
+}
+
+/// Gauges and counters the spool keeps current, read by metrics and health.
 #[derive(Debug, Default)]
 pub struct SpoolStats {
     /// Events appended and not yet acknowledged by Kafka.
     pub pending_events: AtomicU64,
     /// Bytes of segment files on disk.
     pub bytes: AtomicU64,
-    /// Records cut off at start because they were torn or corrupt.
-    pub corrupt_records_skipped: AtomicU64,
+    /// Records lost to damage (found at start or while forwarding), never counted twice.
+    pub corrupt_records: AtomicU64,
+    /// True while the writer thread runs; false once it has exited, normally or by a panic.
+    writer_running: AtomicBool,
+    /// Why the spool refuses every append for good, once it does.
+    failure: Mutex<Option<String>>,
 }
+
+impl SpoolStats {
+    fn fail(&self, reason: String) {
+        self.failure.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(reason);
+    }
+}
+
+/// Where damage was found, as (segment, byte offset), so that it is reported and counted once.
+pub(crate) type Damage = HashSet<(u64, u64)>;
 
 enum Command {
     Append { payload: Vec<u8>, reply: oneshot::Sender<Result<u64, SpoolError>> },
@@ -102,12 +170,14 @@ enum Command {
 #[derive(Clone)]
 pub struct Spool {
     tx: mpsc::Sender<Command>,
-    committed: watch::Receiver<u64>,
+    committed: watch::Receiver<Committed>,
     stats: Arc<SpoolStats>,
     dir: PathBuf,
     max_bytes: u64,
     /// The first sequence number not acknowledged when the spool was opened: where forwarding starts.
     start_seq: u64,
+    /// Damage recovery found and reported, handed to the reader so it is not reported again.
+    damage: Arc<Damage>,
 }
 
 /// Owns the writer thread; [`SpoolThread::join`] waits for its final sync.
@@ -121,22 +191,25 @@ impl SpoolThread {
 }
 
 impl Spool {
-    /// Opens (or creates) the spool: checks every record left by an earlier run, cuts off a torn or
-    /// corrupt tail with one log line, and starts the writer thread. Blocking: call before serving.
+    /// Opens (or creates) the spool: checks every record left by an earlier run (skipping damaged ones
+    /// and cutting off a torn tail, each with one log line) and starts the writer thread. Blocking:
+    /// call before serving.
     pub fn open(config: SpoolConfig) -> Result<(Spool, SpoolThread), SpoolError> {
         let stats = Arc::new(SpoolStats::default());
         let recovered = writer::recover(&config.dir, &stats)?;
         let (tx, rx) = mpsc::channel();
-        let (committed_tx, committed) = watch::channel(recovered.last_seq);
+        let (committed_tx, committed) = watch::channel(recovered.committed);
         let dir = config.dir.clone();
         let max_bytes = config.max_bytes;
         let start_seq = recovered.acked + 1;
+        let damage = Arc::new(recovered.damage.clone());
         let w = writer::Writer::new(config, recovered, committed_tx, stats.clone())?;
+        stats.writer_running.store(true, Ordering::Relaxed);
         let handle = std::thread::Builder::new()
             .name("spool-writer".into())
             .spawn(move || w.run(rx))
             .map_err(SpoolError::Io)?;
-        Ok((Spool { tx, committed, stats, dir, max_bytes, start_seq }, SpoolThread(handle)))
+        Ok((Spool { tx, committed, stats, dir, max_bytes, start_seq, damage }, SpoolThread(handle)))
     }
 
     /// Appends one event and resolves once it is as durable as the fsync mode promises. The returned
@@ -157,14 +230,14 @@ impl Spool {
         let _ = self.tx.send(Command::Close);
     }
 
-    /// The last durable sequence number, updated after every group commit.
-    pub fn committed(&self) -> watch::Receiver<u64> {
+    /// The durable position, updated after every group commit.
+    pub fn committed(&self) -> watch::Receiver<Committed> {
         self.committed.clone()
     }
 
     /// A reader positioned at the oldest event not acknowledged when the spool was opened.
     pub fn reader(&self) -> SpoolReader {
-        SpoolReader::new(self.dir.clone(), self.start_seq)
+        SpoolReader::new(self.dir.clone(), self.start_seq, self.stats.clone(), (*self.damage).clone())
     }
 
     pub fn stats(&self) -> &SpoolStats {
@@ -182,10 +255,37 @@ impl Spool {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+
+    /// `Err` with the reason once the spool cannot take events any more: a write or sync failed in a
+    /// way that leaves its files in doubt, or the writer thread is gone. Only a restart helps.
+    pub fn health(&self) -> Result<(), String> {
+        if let Some(reason) = self.stats.failure.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            return Err(format!("spool failed for good: {reason}"));
+        }
+        if !self.stats.writer_running.load(Ordering::Relaxed) {
+            return Err("the spool writer thread has stopped".to_owned());
+        }
+        Ok(())
+    }
+}
+
+/// An I/O error named by a failpoint's argument (`enospc`, `eio`, `emfile`; anything else is `EIO`),
+/// so tests inject the errors a real disk returns.
+#[cfg(feature = "failpoints")]
+pub(crate) fn injected(arg: Option<String>) -> std::io::Error {
+    let errno = match arg.as_deref() {
+        Some("enospc") => 28,
+        Some("emfile") => 24,
+        Some("edquot") => 122,
+        _ => 5,
+    };
+    std::io::Error::from_raw_os_error(errno)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
+
     use super::*;
 
     fn open(dir: &Path, max_bytes: u64) -> (Spool, SpoolThread) {
@@ -266,6 +366,66 @@ mod tests {
             }),
             Err(SpoolError::Locked { .. })
         ));
+        close((spool, thread));
+    }
+
+    #[tokio::test]
+    async fn damage_found_while_forwarding_costs_that_record_only_and_is_counted_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, thread) = open(dir.path(), 1 << 20);
+        for i in 0..50u32 {
+            spool.append(format!("event {i}").into_bytes()).await.unwrap();
+        }
+        // Bit rot in record 20 after the spool was opened: the reader finds it, not recovery.
+        let seg = writer::list_segments(dir.path()).unwrap().remove(0).1;
+        let mut bytes = std::fs::read(&seg).unwrap();
+        let at = (0..19).fold(0, |at, _| at + record::frame_at(&bytes, at).unwrap().size());
+        bytes[at + record::HEADER_LEN + 1] ^= 1;
+        std::fs::write(&seg, &bytes).unwrap();
+
+        let mut reader = spool.reader();
+        let committed = *spool.committed().borrow();
+        let seqs: Vec<u64> = reader.read(committed, 1000, 1 << 20).unwrap().iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, (1..=50).filter(|s| *s != 20).collect::<Vec<_>>());
+        assert_eq!(spool.stats().corrupt_records.load(Ordering::Relaxed), 1);
+        // Read again from the start (a retry): skipped again, not counted again.
+        reader.seek(1);
+        assert_eq!(reader.read(committed, 1000, 1 << 20).unwrap().len(), 49);
+        assert_eq!(spool.stats().corrupt_records.load(Ordering::Relaxed), 1);
+        close((spool, thread));
+
+        // At the next start recovery finds it, and does not cut the segment there.
+        let (spool, thread) = open(dir.path(), 1 << 20);
+        assert_eq!(spool.stats().corrupt_records.load(Ordering::Relaxed), 1);
+        let mut reader = spool.reader();
+        assert_eq!(reader.read(*spool.committed().borrow(), 1000, 1 << 20).unwrap().len(), 49);
+        assert_eq!(spool.stats().corrupt_records.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            spool.append(b"next".to_vec()).await.unwrap(),
+            51,
+            "numbering continues after the last record"
+        );
+        close((spool, thread));
+    }
+
+    #[tokio::test]
+    async fn the_reader_never_reads_past_what_is_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, thread) = open(dir.path(), 1 << 20);
+        for i in 0..10u32 {
+            spool.append(format!("event {i}").into_bytes()).await.unwrap();
+        }
+        let committed = *spool.committed().borrow();
+        // Bytes of a write in progress (or one that will fail) after the committed end.
+        let seg = writer::list_segments(dir.path()).unwrap().remove(0).1;
+        let mut stray = Vec::new();
+        record::encode(11, b"not committed", &mut stray);
+        std::fs::OpenOptions::new().append(true).open(&seg).unwrap().write_all(&stray).unwrap();
+
+        let mut reader = spool.reader();
+        let seqs: Vec<u64> = reader.read(committed, 1000, 1 << 20).unwrap().iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, (1..=10).collect::<Vec<_>>());
+        assert!(reader.read(Committed { seq: 11, ..committed }, 1000, 1 << 20).unwrap().is_empty());
         close((spool, thread));
     }
 }

@@ -2,18 +2,17 @@
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use super::record::{self, Header, HEADER_LEN};
-use super::{Command, SpoolConfig, SpoolError, SpoolStats};
-use crate::configuration::FsyncMode;
+use super::record::{self, frame_at, resync, HEADER_LEN};
+use super::{Command, Committed, Damage, FsyncMode, SpoolConfig, SpoolError, SpoolStats};
 
 /// At most this many commands are folded into one group commit, so one batch's answers never wait
 /// behind an unbounded queue.
@@ -21,9 +20,13 @@ const MAX_BATCH: usize = 4096;
 
 const ACK_FILE: &str = "ack";
 const ACK_MAGIC: &[u8; 4] = b"TKBA";
+/// The two ack slots live in different disk sectors, so a torn write can damage one slot only.
+const ACK_SLOTS: [u64; 2] = [0, 512];
 
 #[derive(Debug, Clone)]
 pub(super) struct Segment {
+    /// The sequence number in the file's name: no record in it is older.
+    pub first_seq: u64,
     pub last_seq: u64,
     pub bytes: u64,
     pub path: PathBuf,
@@ -31,10 +34,11 @@ pub(super) struct Segment {
 
 pub(super) struct Recovered {
     segments: VecDeque<Segment>,
-    pub last_seq: u64,
+    pub committed: Committed,
     pub acked: u64,
     /// Held (locked) for as long as the writer lives.
     pub lock: File,
+    pub damage: Damage,
 }
 
 pub(super) fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
@@ -59,47 +63,20 @@ pub(super) fn list_segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     Ok(out)
 }
 
-/// One step of reading a segment.
-pub(super) enum Next {
-    Record(u64, Vec<u8>),
-    /// Clean end: the file ends exactly at a record boundary.
-    End,
-    /// A torn or corrupt record starts here.
-    Corrupt,
-}
-
-pub(super) fn read_next(r: &mut impl Read) -> io::Result<Next> {
-    let mut h = [0u8; HEADER_LEN];
-    let mut got = 0;
-    while got < HEADER_LEN {
-        match r.read(&mut h[got..]) {
-            Ok(0) => return Ok(if got == 0 { Next::End } else { Next::Corrupt }),
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    let Some(header) = Header::parse(&h) else {
-        return Ok(Next::Corrupt);
-    };
-    let mut payload = vec![0u8; header.len];
-    match r.read_exact(&mut payload) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(Next::Corrupt),
-        Err(e) => return Err(e),
-    }
-    Ok(if header.matches(&payload) { Next::Record(header.seq, payload) } else { Next::Corrupt })
-}
-
-/// The acknowledged sequence number, or `None` when the file is missing or damaged.
+/// The acknowledged sequence number: the higher of the two slots whose checksum holds, or `None` when
+/// the file is missing or both slots are damaged. A file written by an earlier version (one slot)
+/// reads too.
 pub(super) fn read_ack(dir: &Path) -> Option<u64> {
     let b = fs::read(dir.join(ACK_FILE)).ok()?;
-    if b.len() != 16 || &b[0..4] != ACK_MAGIC {
-        return None;
-    }
-    let seq = u64::from_le_bytes(b[4..12].try_into().unwrap());
-    let crc = u32::from_le_bytes(b[12..16].try_into().unwrap());
-    (crc32fast::hash(&b[0..12]) == crc).then_some(seq)
+    ACK_SLOTS
+        .iter()
+        .filter_map(|at| {
+            let s = b.get(*at as usize..*at as usize + 16)?;
+            let crc = u32::from_le_bytes(s[12..16].try_into().unwrap());
+            (&s[0..4] == ACK_MAGIC && crc32fast::hash(&s[0..12]) == crc)
+                .then(|| u64::from_le_bytes(s[4..12].try_into().unwrap()))
+        })
+        .max()
 }
 
 fn ack_bytes(seq: u64) -> [u8; 16] {
@@ -111,9 +88,13 @@ fn ack_bytes(seq: u64) -> [u8; 16] {
     b
 }
 
-/// Checks every record left by an earlier run. A torn or corrupt record ends its segment: the file is
-/// cut there (one warning says where and how much) and everything before it is kept. Segments that are
-/// fully acknowledged or empty are removed.
+/// Checks every record left by an earlier run.
+///
+/// A damaged record costs that record only: the scan resumes at the next record whose checksum holds
+/// and whose sequence number continues (below the next segment's first), with one warning naming the
+/// segment, the offset and the sequence numbers lost. Only the newest segment's tail, where a crash
+/// mid-write leaves a torn record, is cut off. Segments that are fully acknowledged or empty are
+/// removed.
 pub(super) fn recover(dir: &Path, stats: &SpoolStats) -> Result<Recovered, SpoolError> {
     let open_err = |source| SpoolError::Open { path: dir.to_owned(), source };
     fs::create_dir_all(dir).map_err(open_err)?;
@@ -130,56 +111,145 @@ pub(super) fn recover(dir: &Path, stats: &SpoolStats) -> Result<Recovered, Spool
         Err(fs::TryLockError::Error(e)) => return Err(open_err(e)),
     }
     let acked_file = read_ack(dir);
+    if acked_file.is_none() && dir.join(ACK_FILE).exists() {
+        tracing::warn!("spool: ack file is damaged; every spooled event will be published again");
+    }
+    let acked = acked_file.unwrap_or(0);
+    let listed = list_segments(dir).map_err(open_err)?;
     let mut segments = VecDeque::new();
+    let mut damage = Damage::new();
     let mut last_seq = 0u64;
-    for (first_seq, path) in list_segments(dir).map_err(open_err)? {
-        let file = File::open(&path)?;
-        let len = file.metadata()?.len();
-        let mut r = BufReader::with_capacity(256 << 10, file);
-        let (mut valid_end, mut seg_last, mut records) = (0u64, 0u64, 0u64);
-        loop {
-            match read_next(&mut r)? {
-                Next::Record(seq, payload) if seq > last_seq && seq >= first_seq => {
-                    valid_end += (HEADER_LEN + payload.len()) as u64;
-                    seg_last = seq;
-                    last_seq = seq;
-                    records += 1;
+    let mut committed = Committed::default();
+    for (i, (first_seq, path)) in listed.iter().enumerate() {
+        let (first_seq, newest) = (*first_seq, i + 1 == listed.len());
+        let before_seq = listed.get(i + 1).map_or(u64::MAX, |(next, _)| *next);
+        let mut buf = fs::read(path)?;
+        let (mut at, mut seg_last, mut records) = (0usize, 0u64, 0u64);
+        while at < buf.len() {
+            let expected = last_seq.max(first_seq.saturating_sub(1)) + 1;
+            match frame_at(&buf, at) {
+                Some(f) if f.seq >= expected && f.seq < before_seq => {
+                    at += f.size();
+                    (seg_last, last_seq, records) = (f.seq, f.seq, records + 1);
+                    continue;
                 }
-                Next::End => break,
-                Next::Record(..) | Next::Corrupt => {
+                _ => {}
+            }
+            match resync(&buf, at + 1, expected - 1, before_seq) {
+                Some((to, f)) => {
+                    report_damage(stats, &path.display(), at as u64, to - at, expected, f.seq - 1, acked);
+                    damage.insert((first_seq, at as u64));
+                    at = to;
+                }
+                None if newest => {
                     tracing::warn!(
                         segment = %path.display(),
-                        offset = valid_end,
-                        skipped_bytes = len - valid_end,
+                        offset = at,
+                        cut_bytes = buf.len() - at,
                         kept_records = records,
-                        "spool: torn or corrupt record; cutting the segment there and keeping everything before it"
+                        "spool: torn or corrupt record at the end of the newest segment (a crash mid-write); cutting the segment there"
                     );
-                    stats.corrupt_records_skipped.fetch_add(1, Ordering::Relaxed);
-                    OpenOptions::new().write(true).open(&path)?.set_len(valid_end)?;
+                    OpenOptions::new().write(true).open(path)?.set_len(at as u64)?;
+                    buf.truncate(at);
+                }
+                None => {
+                    let lost_to = before_seq - 1;
+                    report_damage(
+                        stats,
+                        &path.display(),
+                        at as u64,
+                        buf.len() - at,
+                        expected,
+                        lost_to,
+                        acked,
+                    );
+                    damage.insert((first_seq, at as u64));
+                    last_seq = last_seq.max(lost_to);
                     break;
                 }
             }
         }
-        let acked = acked_file.unwrap_or(0);
         if records == 0 || seg_last <= acked {
-            fs::remove_file(&path)?;
+            fs::remove_file(path)?;
         } else {
-            segments.push_back(Segment { last_seq: seg_last, bytes: valid_end, path });
+            committed = Committed { seq: last_seq, segment: first_seq, offset: buf.len() as u64 };
+            segments.push_back(Segment {
+                first_seq,
+                last_seq: seg_last,
+                bytes: buf.len() as u64,
+                path: path.clone(),
+            });
         }
     }
-    let acked = match acked_file {
-        Some(a) => a,
-        None if segments.is_empty() => 0,
-        None => {
-            if dir.join(ACK_FILE).exists() {
-                tracing::warn!("spool: ack file is damaged; every spooled event will be published again");
-            }
-            0
-        }
-    };
     // A fresh spool continues numbering after the acknowledged sequence number.
-    let last_seq = last_seq.max(acked);
-    Ok(Recovered { segments, last_seq, acked, lock })
+    committed.seq = last_seq.max(acked);
+    Ok(Recovered { segments, committed, acked, lock, damage })
+}
+
+/// One warning for a damaged stretch and the count of the records it cost (those not yet delivered).
+pub(super) fn report_damage(
+    stats: &SpoolStats,
+    segment: &dyn std::fmt::Display,
+    offset: u64,
+    bytes: usize,
+    lost_from: u64,
+    lost_to: u64,
+    delivered_upto: u64,
+) {
+    let lost = (lost_from.max(delivered_upto + 1)..=lost_to).count() as u64;
+    if lost == 0 {
+        tracing::info!(%segment, offset, bytes, "spool: damaged bytes among records already in Kafka; skipped");
+        return;
+    }
+    stats.corrupt_records.fetch_add(lost, Ordering::Relaxed);
+    tracing::error!(
+        %segment,
+        offset,
+        damaged_bytes = bytes,
+        lost_from_seq = lost_from.max(delivered_upto + 1),
+        lost_to_seq = lost_to,
+        lost_records = lost,
+        "spool: damaged record(s) cannot be read and are lost; reading resumes at the next valid record"
+    );
+}
+
+/// What went wrong with a batch's write.
+enum WriteFailure {
+    /// No room on the disk; nothing of the batch remains in the file. Passes when space returns.
+    DiskFull(io::Error),
+    /// Nothing of the batch remains in the file, and the file is as it was (e.g. too many open files).
+    Transient(io::Error),
+    /// The files are in doubt: a sync failed, an `EIO`, or a partial write could not be cut off.
+    Sticky(String),
+}
+
+impl WriteFailure {
+    fn of(e: io::Error) -> Self {
+        match e.kind() {
+            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => WriteFailure::DiskFull(e),
+            _ if e.raw_os_error() == Some(5) => WriteFailure::Sticky(format!("write failed: {e}")),
+            _ => WriteFailure::Transient(e),
+        }
+    }
+}
+
+/// Whether the writer takes appends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    Open,
+    /// A failure left the files in doubt: every append is refused, with this reason.
+    Failed(String),
+    /// [`Command::Close`] was seen: appends queued behind it are refused.
+    Closed,
+}
+
+/// Marks the writer as gone when its thread ends, however it ends (a panic too), for health checks.
+struct Running(Arc<SpoolStats>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.writer_running.store(false, Ordering::Relaxed);
+    }
 }
 
 pub(super) struct Writer {
@@ -192,15 +262,16 @@ pub(super) struct Writer {
     next_seq: u64,
     acked: u64,
     ack_file: File,
+    /// The ack slot written last; the next write goes to the other one.
+    ack_slot: usize,
     disk_bytes: u64,
     /// With `fsync=interval`: when the oldest unsynced write happened.
     dirty_since: Option<Instant>,
-    /// Set after a write or sync failed in a way that leaves the files in doubt; from then on every
-    /// append is refused rather than risk answering OK for what may not be kept.
-    failed: bool,
-    /// Set by [`Command::Close`]: appends queued behind it are refused.
-    closed: bool,
-    committed: watch::Sender<u64>,
+    state: State,
+    /// Sequence numbers given to batches whose write failed (inclusive ranges): never reused, never
+    /// pending. Dropped once acknowledged past.
+    burnt: Vec<(u64, u64)>,
+    committed: watch::Sender<Committed>,
     stats: Arc<SpoolStats>,
     /// The spool directory's lock, released when the writer exits.
     _lock: File,
@@ -210,7 +281,7 @@ impl Writer {
     pub fn new(
         config: SpoolConfig,
         recovered: Recovered,
-        committed: watch::Sender<u64>,
+        committed: watch::Sender<Committed>,
         stats: Arc<SpoolStats>,
     ) -> Result<Self, SpoolError> {
         let ack_file = OpenOptions::new()
@@ -225,23 +296,29 @@ impl Writer {
             config,
             segments: recovered.segments,
             active: None,
-            next_seq: recovered.last_seq + 1,
+            next_seq: recovered.committed.seq + 1,
             acked: recovered.acked,
             ack_file,
+            ack_slot: 1,
             disk_bytes,
             dirty_since: None,
-            failed: false,
-            closed: false,
+            state: State::Open,
+            burnt: Vec::new(),
             committed,
             stats,
             _lock: recovered.lock,
         };
-        w.ack_file.write_all_at(&ack_bytes(w.acked), 0)?;
+        // Both slots hold the recovered value, so neither is stale or damaged from here on.
+        for at in ACK_SLOTS {
+            w.ack_file.write_all_at(&ack_bytes(w.acked), at)?;
+        }
+        w.ack_file.sync_data()?;
         w.publish_stats();
         Ok(w)
     }
 
     pub fn run(mut self, rx: mpsc::Receiver<Command>) {
+        let _running = Running(self.stats.clone());
         let mut batch = Vec::with_capacity(MAX_BATCH);
         loop {
             let first = match (self.config.fsync, self.dirty_since) {
@@ -275,12 +352,16 @@ impl Writer {
                 }
             }
         }
-        // Every handle is gone: make what was written durable whatever the mode, for the next start.
+        // Every handle is gone or the spool was closed: make what was written durable whatever the
+        // mode, for the next start.
         self.sync();
-        let _ = self.ack_file.sync_data();
+        if let Err(e) = self.ack_file.sync_data() {
+            tracing::warn!(error = %e, "spool: could not sync the ack file; some events may be published again after a restart");
+        }
     }
 
     fn commit(&mut self, batch: &mut Vec<Command>) {
+        failpoint!("spool::commit");
         // Acknowledgements first: the space they free is there for the appends of the same batch.
         let ack =
             batch.iter().filter_map(|c| if let Command::Ack(seq) = c { Some(*seq) } else { None }).max();
@@ -293,15 +374,18 @@ impl Writer {
         for cmd in batch.drain(..) {
             match cmd {
                 Command::Ack(_) => {}
-                Command::Close => self.closed = true,
+                Command::Close => self.state = State::Closed,
                 Command::Append { payload, reply } => {
-                    if self.closed {
-                        let _ = reply.send(Err(SpoolError::Closed));
-                        continue;
-                    }
-                    if self.failed {
-                        let _ = reply.send(Err(SpoolError::Failed));
-                        continue;
+                    match &self.state {
+                        State::Open => {}
+                        State::Closed => {
+                            let _ = reply.send(Err(SpoolError::Closed));
+                            continue;
+                        }
+                        State::Failed(reason) => {
+                            let _ = reply.send(Err(SpoolError::Failed(reason.clone())));
+                            continue;
+                        }
                     }
                     let size = (HEADER_LEN + payload.len()) as u64;
                     if self.disk_bytes + buf.len() as u64 + size > self.config.max_bytes {
@@ -321,16 +405,43 @@ impl Writer {
                     if let Some(o) = &self.config.observer {
                         o.committed(replies.len(), fsync);
                     }
-                    self.committed.send_replace(self.next_seq - 1);
+                    let seg = self.segments.back().expect("written to the active segment");
+                    self.committed.send_replace(Committed {
+                        seq: self.next_seq - 1,
+                        segment: seg.first_seq,
+                        offset: seg.bytes,
+                    });
                     for (seq, reply) in replies {
                         let _ = reply.send(Ok(seq));
                     }
                 }
-                Err(e) => {
-                    tracing::error!(error = %e, events = replies.len(), "spool: append failed; answering 503");
-                    let kind = e.kind();
+                Err(failure) => {
+                    // These numbers are burnt: the next batch gets new ones, so nothing that read or
+                    // buffered the failed bytes can mistake them for the next batch's records.
+                    self.burnt.push((first_seq, self.next_seq - 1));
+                    let events = replies.len();
+                    let answer = |failure: &WriteFailure| match failure {
+                        WriteFailure::DiskFull(e) => {
+                            SpoolError::DiskFull(io::Error::new(e.kind(), e.to_string()))
+                        }
+                        WriteFailure::Transient(e) => SpoolError::Io(io::Error::new(e.kind(), e.to_string())),
+                        WriteFailure::Sticky(reason) => SpoolError::Failed(reason.clone()),
+                    };
+                    match &failure {
+                        WriteFailure::DiskFull(e) => {
+                            tracing::warn!(error = %e, events, "spool: disk full; answering 503 until space returns")
+                        }
+                        WriteFailure::Transient(e) => {
+                            tracing::error!(error = %e, events, "spool: append failed; answering 500")
+                        }
+                        WriteFailure::Sticky(reason) => {
+                            tracing::error!(reason, events, "spool: the spool's files are in doubt; refusing every event from now on (restart the bridge)");
+                            self.stats.fail(reason.clone());
+                            self.state = State::Failed(reason.clone());
+                        }
+                    }
                     for (_, reply) in replies {
-                        let _ = reply.send(Err(SpoolError::Io(io::Error::new(kind, e.to_string()))));
+                        let _ = reply.send(Err(answer(&failure)));
                     }
                 }
             }
@@ -339,21 +450,23 @@ impl Writer {
     }
 
     /// Writes one batch to the active segment and syncs it as the mode says; returns how long the
-    /// fsync took, if one ran.
-    fn write(&mut self, buf: &[u8], first_seq: u64) -> io::Result<Option<std::time::Duration>> {
+    /// fsync took, if one ran. On failure nothing of the batch is left in the file, or the failure
+    /// is [`WriteFailure::Sticky`].
+    fn write(&mut self, buf: &[u8], first_seq: u64) -> Result<Option<Duration>, WriteFailure> {
         if self.active.is_none() || self.segments.back().is_some_and(|s| s.bytes >= self.segment_bytes) {
             self.roll(first_seq)?;
         }
         let file = self.active.as_mut().expect("rolled above");
         let seg = self.segments.back_mut().expect("active segment is listed");
-        if let Err(e) = file.write_all(buf) {
+        if let Err(e) = write_all(file, buf) {
             // Take the partial write back so the file holds only whole records; if even that fails,
-            // refuse everything from now on.
-            if file.set_len(seg.bytes).is_err() {
-                self.failed = true;
+            // the file is in doubt.
+            if let Err(cut) = file.set_len(seg.bytes) {
+                return Err(WriteFailure::Sticky(format!(
+                    "write failed ({e}) and the partial write could not be cut off ({cut})"
+                )));
             }
-            self.next_seq = first_seq;
-            return Err(e);
+            return Err(WriteFailure::of(e));
         }
         seg.bytes += buf.len() as u64;
         seg.last_seq = self.next_seq - 1;
@@ -361,12 +474,9 @@ impl Writer {
         match self.config.fsync {
             FsyncMode::Always => {
                 let started = Instant::now();
-                if let Err(e) = file.sync_data() {
-                    // After a failed fsync the kernel may have dropped the dirty pages: nothing written
-                    // since can be trusted to be durable.
-                    self.failed = true;
-                    return Err(e);
-                }
+                // After a failed fsync the kernel may have dropped the dirty pages: nothing written
+                // since the last good sync can be trusted to be durable.
+                sync_data(file).map_err(|e| WriteFailure::Sticky(format!("fsync failed: {e}")))?;
                 Ok(Some(started.elapsed()))
             }
             FsyncMode::Interval(_) => {
@@ -377,19 +487,20 @@ impl Writer {
         }
     }
 
-    fn roll(&mut self, first_seq: u64) -> io::Result<()> {
+    fn roll(&mut self, first_seq: u64) -> Result<(), WriteFailure> {
         if let Some(old) = self.active.take() {
             if self.config.fsync != FsyncMode::Never {
-                old.sync_data()?;
+                sync_data(&old).map_err(|e| WriteFailure::Sticky(format!("fsync failed: {e}")))?;
             }
         }
         let path = segment_path(&self.config.dir, first_seq);
-        let file = OpenOptions::new().create_new(true).append(true).open(&path)?;
+        let file = create_segment(&path).map_err(WriteFailure::of)?;
         if self.config.fsync == FsyncMode::Always {
             // The new file's directory entry must be durable too.
-            File::open(&self.config.dir)?.sync_all()?;
+            sync_dir(&self.config.dir)
+                .map_err(|e| WriteFailure::Sticky(format!("fsync of the spool directory failed: {e}")))?;
         }
-        self.segments.push_back(Segment { last_seq: first_seq - 1, bytes: 0, path });
+        self.segments.push_back(Segment { first_seq, last_seq: first_seq - 1, bytes: 0, path });
         self.active = Some(file);
         Ok(())
     }
@@ -397,9 +508,11 @@ impl Writer {
     fn sync(&mut self) {
         if let Some(f) = &self.active {
             let started = Instant::now();
-            if let Err(e) = f.sync_data() {
-                tracing::error!(error = %e, "spool: fsync failed; refusing new events");
-                self.failed = true;
+            if let Err(e) = sync_data(f) {
+                let reason = format!("fsync failed: {e}");
+                tracing::error!(%reason, "spool: the spool's files are in doubt; refusing every event from now on (restart the bridge)");
+                self.stats.fail(reason.clone());
+                self.state = State::Failed(reason);
             } else if let Some(o) = &self.config.observer {
                 o.committed(0, Some(started.elapsed()));
             }
@@ -407,37 +520,116 @@ impl Writer {
         self.dirty_since = None;
     }
 
-    /// Kafka has everything up to `seq`: record it and delete segments nothing unacknowledged lives in.
+    /// Kafka has everything up to `seq`: record it, and delete the segments nothing unacknowledged
+    /// lives in once the record of it is durable (so a power cut never leaves the deletions without
+    /// the acknowledgement that allowed them, which would publish their neighbours again).
     fn acknowledge(&mut self, seq: u64) {
         if seq <= self.acked {
             return;
         }
         self.acked = seq.min(self.next_seq - 1);
-        if let Err(e) = self.ack_file.write_all_at(&ack_bytes(self.acked), 0) {
+        self.burnt.retain(|(_, to)| *to > self.acked);
+        self.ack_slot ^= 1;
+        if let Err(e) = write_ack(&self.ack_file, self.acked, ACK_SLOTS[self.ack_slot]) {
             tracing::warn!(error = %e, "spool: could not record acknowledgements; they will be published again after a restart");
         }
-        while let Some(front) = self.segments.front() {
-            let is_active = self.segments.len() == 1 && self.active.is_some();
-            if front.last_seq > self.acked || front.bytes == 0 {
-                break;
-            }
-            if is_active {
+        let freeable = self.segments.iter().take_while(|s| s.last_seq <= self.acked && s.bytes > 0).count();
+        if freeable == 0 {
+            return;
+        }
+        if let Err(e) = sync_data(&self.ack_file) {
+            tracing::warn!(error = %e, "spool: could not sync the ack file; keeping acknowledged segments for now");
+            return;
+        }
+        for _ in 0..freeable {
+            if self.segments.len() == 1 && self.active.is_some() {
                 self.active = None;
             }
-            let seg = self.segments.pop_front().expect("front exists");
-            match fs::remove_file(&seg.path) {
-                Ok(()) => self.disk_bytes -= seg.bytes,
-                Err(e) => {
-                    tracing::warn!(segment = %seg.path.display(), error = %e, "spool: could not delete an acknowledged segment");
-                    self.disk_bytes -= seg.bytes;
-                }
+            let seg = self.segments.pop_front().expect("counted above");
+            if let Err(e) = remove_segment(&seg.path) {
+                // The next start removes it (everything in it is acknowledged).
+                tracing::warn!(segment = %seg.path.display(), error = %e, "spool: could not delete an acknowledged segment");
+            }
+            self.disk_bytes -= seg.bytes;
+        }
+        if self.config.fsync != FsyncMode::Never {
+            if let Err(e) = sync_dir(&self.config.dir) {
+                tracing::warn!(error = %e, "spool: could not sync the spool directory after deleting segments");
             }
         }
     }
 
     fn publish_stats(&self) {
-        let committed = *self.committed.borrow();
-        self.stats.pending_events.store(committed.saturating_sub(self.acked), Ordering::Relaxed);
+        let committed = self.committed.borrow().seq;
+        let burnt: u64 = self.burnt.iter().map(|(from, to)| to - from + 1).sum();
+        let pending = committed.saturating_sub(self.acked).saturating_sub(burnt);
+        self.stats.pending_events.store(pending, Ordering::Relaxed);
         self.stats.bytes.store(self.disk_bytes, Ordering::Relaxed);
+    }
+}
+
+// The file operations below are where the failpoints sit, named `spool::<operation>`; a failpoint's
+// argument names the error (see `spool::injected`).
+
+fn write_all(file: &mut File, buf: &[u8]) -> io::Result<()> {
+    failpoint!("spool::write", |arg| {
+        // Half the batch reaches the file before the error, as a real short write would leave it.
+        file.write_all(&buf[..buf.len() / 2])?;
+        Err(super::injected(arg))
+    });
+    file.write_all(buf)
+}
+
+fn sync_data(file: &File) -> io::Result<()> {
+    failpoint!("spool::fsync", |arg| Err(super::injected(arg)));
+    file.sync_data()
+}
+
+fn create_segment(path: &Path) -> io::Result<File> {
+    failpoint!("spool::roll", |arg| Err(super::injected(arg)));
+    OpenOptions::new().create_new(true).append(true).open(path)
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn write_ack(file: &File, seq: u64, at: u64) -> io::Result<()> {
+    failpoint!("spool::ack_write", |arg| {
+        // A torn slot: half of it written.
+        file.write_all_at(&ack_bytes(seq)[..8], at)?;
+        Err(super::injected(arg))
+    });
+    file.write_all_at(&ack_bytes(seq), at)
+}
+
+fn remove_segment(path: &Path) -> io::Result<()> {
+    failpoint!("spool::unlink", |arg| Err(super::injected(arg)));
+    fs::remove_file(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_newer_valid_ack_slot_wins_and_a_torn_one_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(dir.path().join(ACK_FILE))
+            .unwrap();
+        f.write_all_at(&ack_bytes(7), 0).unwrap();
+        f.write_all_at(&ack_bytes(9), 512).unwrap();
+        assert_eq!(read_ack(dir.path()), Some(9));
+        // Slot two torn mid-write: slot one's older value stands.
+        f.write_all_at(&ack_bytes(11)[..8], 512).unwrap();
+        assert_eq!(read_ack(dir.path()), Some(7));
+        // An ack file of the earlier one-slot format reads too.
+        fs::write(dir.path().join(ACK_FILE), ack_bytes(5)).unwrap();
+        assert_eq!(read_ack(dir.path()), Some(5));
     }
 }

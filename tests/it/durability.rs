@@ -114,33 +114,7 @@ async fn webhooks_are_answered_ok_while_kafka_is_down_and_all_arrive_in_order_af
 }
 
 #[tokio::test]
-async fn a_short_librdkafka_message_timeout_loses_nothing_over_a_20_s_outage() {
-    let kafka = broker();
-    let _exclusive = kafka.exclusive().await;
-    let spool = tempfile::tempdir().unwrap();
-    let bridge =
-        Bridge::spawn(BridgeOptions::new(spool.path()).env("BRIDGE_RDKAFKA_MESSAGE_TIMEOUT_MS", 5000)).await;
-    bridge.warm_up("@TGS#timeout").await;
-
-    kafka.stop();
-    let down_since = Instant::now();
-    let mut n = 1;
-    while down_since.elapsed() < Duration::from_secs(20) {
-        assert_eq!(bridge.send(&Webhook::rename("@TGS#timeout", n)).await.0, 200);
-        n += 1;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    kafka.start();
-
-    let expected: HashSet<(String, usize)> = (0..n).map(|i| ("@TGS#timeout".to_owned(), i)).collect();
-    let records = read_all_of(&bridge.topic, &expected, Duration::from_secs(90));
-    assert!(expected.is_subset(&names(&records)));
-    assert_per_group_order(&records);
-    assert!(bridge.logs().contains("Kafka delivery failed"), "the timeouts were seen and retried");
-}
-
-#[tokio::test]
-async fn an_event_kafka_refuses_goes_to_the_dead_letter_topic_and_the_rest_flow_on() {
+async fn an_event_larger_than_the_topic_takes_is_refused_413_and_never_answered_ok() {
     let kafka = broker();
     let _up = kafka.shared().await;
     let spool = tempfile::tempdir().unwrap();
@@ -160,24 +134,25 @@ async fn an_event_kafka_refuses_goes_to_the_dead_letter_topic_and_the_rest_flow_
             char::from_digit((x & 0xf) as u32, 16).unwrap()
         })
         .collect();
-    let mut big = Webhook::rename("@TGS#dlq", 1);
+    let mut big = Webhook::rename("@TGS#big", 1);
     big.0["Introduction"] = serde_json::Value::String(noise);
 
-    assert_eq!(bridge.send(&Webhook::rename("@TGS#dlq", 0)).await.0, 200);
-    assert_eq!(bridge.send(&big).await.0, 200);
+    assert_eq!(bridge.send(&Webhook::rename("@TGS#big", 0)).await.0, 200);
+    let (status, answer) = bridge.send(&big).await;
     for n in 2..20 {
-        assert_eq!(bridge.send(&Webhook::rename("@TGS#dlq", n)).await.0, 200);
+        assert_eq!(bridge.send(&Webhook::rename("@TGS#big", n)).await.0, 200);
     }
 
-    let dlq = read_exactly(&format!("{}.dlq", bridge.topic), 1, Duration::from_secs(60));
-    assert_eq!(rename_of(&dlq[0]), ("@TGS#dlq".to_owned(), 1));
-    let reason = dlq[0].header("bridge_dlq_reason").expect("the reason is in a header");
-    assert!(reason.to_lowercase().contains("too large"), "{reason}");
-    assert_eq!(dlq[0].header("bridge_dlq_topic"), Some(bridge.topic.as_str()));
+    assert_eq!(status, 413, "Kafka would refuse it for good: it is refused before it is answered");
+    assert_eq!((answer.action_status.as_str(), answer.error_code), ("FAIL", 60031));
+    assert!(answer.error_info.contains("20000"), "{}", answer.error_info);
     let main = read_exactly(&bridge.topic, 19, Duration::from_secs(60));
-    let expected: HashSet<_> = (0..20).filter(|n| *n != 1).map(|n| ("@TGS#dlq".to_owned(), n)).collect();
+    let expected: HashSet<_> = (0..20).filter(|n| *n != 1).map(|n| ("@TGS#big".to_owned(), n)).collect();
     assert_eq!(names(&main), expected);
     assert_per_group_order(&main);
+    let text = scrape(&bridge).await;
+    assert_eq!(sample(&text, "bridge_webhooks_total{outcome=\"too_large\"}"), Some(1.0));
+    assert_eq!(sample(&text, "bridge_kafka_dead_lettered_total"), Some(0.0));
 }
 
 #[tokio::test]

@@ -408,22 +408,30 @@ impl Bridge {
     pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
         let pid = self.child.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        self.wait_exit(timeout)
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "bridge did not exit within {timeout:?} of SIGTERM");
+            assert!(Instant::now() < deadline, "bridge did not exit within {timeout:?}:\n{}", self.logs());
             std::thread::sleep(Duration::from_millis(50));
         }
     }
 
-    /// Starts the bridge again with the same settings and spool (after `kill9` or `terminate`).
+    /// Starts the bridge again with the same settings and spool (after `kill9` or `terminate`); a
+    /// change to an empty value removes the variable.
     pub async fn restart(&mut self, changes: &[(&str, &str)]) {
         let mut env = self.env.clone();
         for (k, v) in changes {
             env.retain(|(e, _)| e != k);
-            env.push((k.to_string(), v.to_string()));
+            if !v.is_empty() {
+                env.push((k.to_string(), v.to_string()));
+            }
         }
         let new = Self::start(env, self.topic.clone(), self.spool.clone()).await;
         let old_logs = std::mem::take(&mut *self.logs.lock().unwrap());
@@ -436,6 +444,38 @@ impl Drop for Bridge {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            // A failing test shows what the bridge said last (the rest with TEST_LOG=1).
+            let logs = self.logs.lock().unwrap();
+            let tail: Vec<&String> = logs.iter().rev().take(40).collect();
+            eprintln!("--- last {} log lines of the bridge on port {}:", tail.len(), self.port);
+            for line in tail.into_iter().rev() {
+                eprintln!("bridge: {line}");
+            }
+        }
+    }
+}
+
+/// The bridge's `/metrics` text.
+pub async fn scrape(bridge: &Bridge) -> String {
+    bridge.get("/metrics").await.text().await.unwrap()
+}
+
+/// The value of the sample `name_and_labels` (e.g. `bridge_webhooks_total{outcome="accepted"}`).
+pub fn sample(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(name_and_labels)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Polls `check` every 100 ms until it holds, or panics naming `what` after `timeout`.
+pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -6,6 +6,7 @@ mod helpers;
 mod compose;
 mod delivery;
 mod durability;
+mod faults;
 mod hostile;
 mod observability;
 mod refusals;

@@ -24,15 +24,6 @@ fn promtool(args: &[&str], stdin: Option<&str>) -> (bool, String) {
     )
 }
 
-async fn scrape(bridge: &Bridge) -> String {
-    bridge.get("/metrics").await.text().await.unwrap()
-}
-
-/// The value of the sample `name_and_labels` (e.g. `bridge_webhooks_total{outcome="accepted"}`).
-fn sample(text: &str, name_and_labels: &str) -> Option<f64> {
-    text.lines().find_map(|l| l.strip_prefix(name_and_labels)?.strip_prefix(' ')?.parse().ok())
-}
-
 #[tokio::test]
 async fn metrics_count_each_outcome_and_pass_promtool() {
     let _up = broker().shared().await;
@@ -105,18 +96,6 @@ async fn produce_lag_and_readiness_follow_a_kafka_outage() {
 }
 
 /// Polls `check` until it holds, or fails the test with `what`.
-async fn wait_for<F, Fut>(what: &str, timeout: Duration, check: F)
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
 /// Metric names (`bridge_…`) used in a file, without histogram suffixes.
 fn metric_names(text: &str) -> BTreeSet<String> {
     let mut names = BTreeSet::new();

@@ -41,6 +41,21 @@ fn a_missing_or_malformed_variable_stops_the_process_with_one_line_naming_it() {
 }
 
 #[test]
+fn an_override_that_would_reorder_or_lose_events_is_refused_with_one_line_naming_it() {
+    for (name, value) in [
+        ("BRIDGE_RDKAFKA_MESSAGE_TIMEOUT_MS", "5000"),
+        ("BRIDGE_RDKAFKA_ACKS", "1"),
+        ("BRIDGE_RDKAFKA_ENABLE_IDEMPOTENCE", "false"),
+    ] {
+        let out = bridge().env("BRIDGE_SDK_APP_ID", "1").env(name, value).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{name}={value}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(&format!("{name}: ")) && err.contains("refused"), "{err}");
+    }
+}
+
+#[test]
 fn an_unknown_librdkafka_property_is_named_at_start() {
     let spool = tempfile::tempdir().unwrap();
     let out = bridge()

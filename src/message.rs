@@ -1,0 +1,253 @@
+//! [`Message`]: a Kafka record as the bridge keeps it and sends it.
+//!
+//! The webhook handler turns an event into a `Message` once; the spool stores its
+//! [encoding](Message::encode) and the forwarder [decodes](Message::decode) it and hands it to the
+//! publisher as it is. Nothing after the handler parses the event's JSON again: the key, timestamp and
+//! headers travel beside the value.
+//!
+//! ## Encoding (format version 2)
+//! ```text
+//! | 0x02 | received_at_ms: i64 LE | event_time_ms: i64 LE | timestamp_ms: i64 LE
+//! | key_len: u16 LE | key | header_count: u8 | (name_len: u8 | name | value_len: u16 LE | value)*
+//! | value: the rest |
+//! ```
+//! Version 1 records (written before this format) are the bare event JSON, which always starts with
+//! `{`; [`Message::decode`] tells the two apart by the first byte and reads both. Hand-written rather
+//! than serde + a binary codec: eight fixed fields, a format that must stay readable across versions,
+//! and no dependency for ~60 lines with exhaustive tests.
+
+/// The first byte of a version 2 encoding.
+const V2: u8 = 0x02;
+const FIXED: usize = 1 + 8 + 8 + 8 + 2;
+
+/// A Kafka record with the two instants the bridge measures its delivery by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// The record key: every record of one key lands on one partition, in order.
+    pub key: Vec<u8>,
+    /// The record timestamp (ms since the epoch) the event asks for; the forwarder may replace it when
+    /// the topic would refuse it (see `publisher::TopicLimits`).
+    pub timestamp_ms: i64,
+    /// Record headers, in order.
+    pub headers: Vec<(String, String)>,
+    /// The record value.
+    pub value: Vec<u8>,
+    /// When the bridge received the event (ms since the epoch): produce lag and delivery latency.
+    pub received_at_ms: i64,
+    /// When the event happened, by its source (ms since the epoch): event age.
+    pub event_time_ms: i64,
+}
+
+/// Bytes that are not a message this version reads.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("record is empty")]
+    Empty,
+    #[error("record format version {0} is unknown to this version of the bridge")]
+    UnknownVersion(u8),
+    #[error("record is truncated or malformed ({0})")]
+    Malformed(&'static str),
+    #[error("version 1 record is not an event this version reads: {0}")]
+    LegacyJson(String),
+}
+
+impl Message {
+    /// Appends the encoding to `out`.
+    ///
+    /// # Panics
+    /// When the key is over 64 KiB, a header name over 255 bytes, a header value over 64 KiB or there
+    /// are more than 255 headers: the bridge's own events never come near (GroupIds and header values
+    /// are short), so this is a bug, not input.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.reserve(self.encoded_len());
+        out.push(V2);
+        out.extend_from_slice(&self.received_at_ms.to_le_bytes());
+        out.extend_from_slice(&self.event_time_ms.to_le_bytes());
+        out.extend_from_slice(&self.timestamp_ms.to_le_bytes());
+        out.extend_from_slice(&u16::try_from(self.key.len()).expect("key under 64 KiB").to_le_bytes());
+        out.extend_from_slice(&self.key);
+        out.push(u8::try_from(self.headers.len()).expect("at most 255 headers"));
+        for (name, value) in &self.headers {
+            out.push(u8::try_from(name.len()).expect("header name under 256 bytes"));
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(
+                &u16::try_from(value.len()).expect("header value under 64 KiB").to_le_bytes(),
+            );
+            out.extend_from_slice(value.as_bytes());
+        }
+        out.extend_from_slice(&self.value);
+    }
+
+    /// The encoding as a new buffer.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.encode(&mut out);
+        out
+    }
+
+    fn encoded_len(&self) -> usize {
+        FIXED
+            + self.key.len()
+            + 1
+            + self.headers.iter().map(|(n, v)| 3 + n.len() + v.len()).sum::<usize>()
+            + self.value.len()
+    }
+
+    /// Roughly what Kafka counts against `max.message.bytes` for this record alone in a batch:
+    /// key, value and headers plus the batch and record framing (61 + at most 21 + 5 per header).
+    pub fn kafka_size(&self) -> usize {
+        61 + 21
+            + self.key.len()
+            + self.value.len()
+            + self.headers.iter().map(|(n, v)| 10 + n.len() + v.len()).sum::<usize>()
+    }
+
+    /// Reads an encoding written by [`encode`](Self::encode), or a version 1 record (the bare event
+    /// JSON), which `legacy` turns into a message. On error the bytes come back with the reason, so
+    /// that a record this version cannot read is still kept whole (the forwarder dead-letters it).
+    #[allow(clippy::result_large_err)]
+    pub fn decode(
+        mut bytes: Vec<u8>,
+        legacy: impl FnOnce(&[u8]) -> Result<Message, String>,
+    ) -> Result<Message, (DecodeError, Vec<u8>)> {
+        let head = match bytes.first() {
+            None => Err(DecodeError::Empty),
+            Some(b'{') => return legacy(&bytes).map_err(|e| (DecodeError::LegacyJson(e), bytes)),
+            Some(&V2) => Head::parse(&bytes),
+            Some(&other) => Err(DecodeError::UnknownVersion(other)),
+        };
+        match head {
+            Ok(h) => {
+                // The value is the tail: move it to the front instead of copying it out.
+                bytes.drain(..h.value_at);
+                Ok(Message {
+                    key: h.key,
+                    timestamp_ms: h.timestamp_ms,
+                    headers: h.headers,
+                    value: bytes,
+                    received_at_ms: h.received_at_ms,
+                    event_time_ms: h.event_time_ms,
+                })
+            }
+            Err(e) => Err((e, bytes)),
+        }
+    }
+}
+
+/// Everything of a version 2 encoding but the value, which starts at `value_at`.
+struct Head {
+    received_at_ms: i64,
+    event_time_ms: i64,
+    timestamp_ms: i64,
+    key: Vec<u8>,
+    headers: Vec<(String, String)>,
+    value_at: usize,
+}
+
+impl Head {
+    fn parse(bytes: &[u8]) -> Result<Head, DecodeError> {
+        let mut r = Cursor { bytes, at: 1 };
+        let received_at_ms = r.i64()?;
+        let event_time_ms = r.i64()?;
+        let timestamp_ms = r.i64()?;
+        let key_len = r.u16()? as usize;
+        let key = r.take(key_len)?.to_vec();
+        let count = r.u8()?;
+        let mut headers = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            let n = r.u8()? as usize;
+            let name = r.str(n)?;
+            let v = r.u16()? as usize;
+            headers.push((name, r.str(v)?));
+        }
+        Ok(Head { received_at_ms, event_time_ms, timestamp_ms, key, headers, value_at: r.at })
+    }
+}
+
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        let end = self.at.checked_add(n).filter(|e| *e <= self.bytes.len());
+        let end = end.ok_or(DecodeError::Malformed("a field runs past the end"))?;
+        let s = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(s)
+    }
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, DecodeError> {
+        Ok(u16::from_le_bytes(self.take(2)?.try_into().expect("2 bytes")))
+    }
+    fn i64(&mut self) -> Result<i64, DecodeError> {
+        Ok(i64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+    }
+    fn str(&mut self, n: usize) -> Result<String, DecodeError> {
+        String::from_utf8(self.take(n)?.to_vec()).map_err(|_| DecodeError::Malformed("a header is not UTF-8"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Message {
+        Message {
+            key: b"@TGS#2J4SZEAEL".to_vec(),
+            timestamp_ms: 1_670_574_414_123,
+            headers: vec![("ce_id".into(), "abc".into()), ("content-type".into(), "application/json".into())],
+            value: br#"{"schema_version":1}"#.to_vec(),
+            received_at_ms: 1_795_746_701_870,
+            event_time_ms: 1_670_574_414_123,
+        }
+    }
+
+    fn no_legacy(_: &[u8]) -> Result<Message, String> {
+        Err("not expected".into())
+    }
+
+    #[test]
+    fn a_message_round_trips() {
+        let m = sample();
+        let bytes = m.to_bytes();
+        assert_eq!(bytes.len(), m.encoded_len());
+        assert_eq!(Message::decode(bytes, no_legacy).unwrap(), m);
+    }
+
+    #[test]
+    fn an_empty_value_and_no_headers_round_trip() {
+        let m = Message { headers: vec![], value: vec![], ..sample() };
+        assert_eq!(Message::decode(m.to_bytes(), no_legacy).unwrap(), m);
+    }
+
+    #[test]
+    fn a_version_1_record_goes_to_the_legacy_reader() {
+        let legacy = |b: &[u8]| {
+            assert_eq!(b, b"{\"a\":1}");
+            Ok(sample())
+        };
+        assert_eq!(Message::decode(b"{\"a\":1}".to_vec(), legacy).unwrap(), sample());
+        let refused = Message::decode(b"{}".to_vec(), |_| Err("unknown field".into()));
+        assert_eq!(refused, Err((DecodeError::LegacyJson("unknown field".into()), b"{}".to_vec())));
+    }
+
+    #[test]
+    fn every_truncation_is_refused_and_never_panics() {
+        let bytes = sample().to_bytes();
+        let header_end = bytes.len() - sample().value.len();
+        for cut in 1..header_end {
+            let r = Message::decode(bytes[..cut].to_vec(), no_legacy);
+            assert!(
+                matches!(&r, Err((DecodeError::Malformed(_), b)) if b == &bytes[..cut]),
+                "cut at {cut}: {r:?}"
+            );
+        }
+        assert_eq!(Message::decode(vec![], no_legacy), Err((DecodeError::Empty, vec![])));
+        let unknown = Message::decode(vec![9, 1, 2], no_legacy);
+        assert_eq!(unknown, Err((DecodeError::UnknownVersion(9), vec![9, 1, 2])));
+    }
+}

@@ -1,0 +1,491 @@
+//! The promise under the faults a disk and librdkafka really produce: every event answered OK reaches
+//! Kafka, in per-group order, and every event refused is refused honestly and never published.
+//! Faults come from failpoints (`FAILPOINTS`, the `fail` crate, compiled into the test build only) and
+//! from the real thing where the machine allows it (a size-limited tmpfs).
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tim_kafka_bridge::spool::record::{frame_at, HEADER_LEN};
+use tim_kafka_bridge::spool::{FsyncMode, Spool, SpoolConfig};
+use tim_kafka_bridge::webhook::{CallbackToken, Verifier};
+
+use crate::delivery::assert_valid;
+use crate::helpers::*;
+
+fn names(records: &[Record]) -> HashSet<(String, usize)> {
+    records.iter().map(rename_of).collect()
+}
+
+/// What `streams` concurrent senders got for their webhooks: `(group, n) -> status`.
+async fn send_streams(
+    bridge: &Arc<Bridge>,
+    prefix: &str,
+    streams: usize,
+    each: usize,
+) -> HashMap<(String, usize), u16> {
+    let answers = Arc::new(Mutex::new(HashMap::new()));
+    let mut tasks = Vec::new();
+    for s in 0..streams {
+        let (bridge, answers, group) = (bridge.clone(), answers.clone(), format!("@TGS#{prefix}{s}"));
+        tasks.push(tokio::spawn(async move {
+            for n in 0..each {
+                let (status, _) = bridge.send(&Webhook::rename(&group, n)).await;
+                answers.lock().unwrap().insert((group.clone(), n), status);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    Arc::try_unwrap(answers).unwrap().into_inner().unwrap()
+}
+
+/// The `(group, n)` answered with `status`.
+fn answered(answers: &HashMap<(String, usize), u16>, status: u16) -> HashSet<(String, usize)> {
+    answers.iter().filter(|(_, s)| **s == status).map(|(k, _)| k.clone()).collect()
+}
+
+/// Writes changes `0..n` of `group` into the spool at `dir` as a stopped bridge would have left
+/// them, through the library's own spool (no HTTP, so a large backlog takes a second).
+async fn spool_directly(dir: &Path, group: &str, n: usize) {
+    let (spool, thread) = Spool::open(SpoolConfig {
+        dir: dir.to_owned(),
+        fsync: FsyncMode::Never,
+        max_bytes: 1 << 30,
+        observer: None,
+    })
+    .unwrap();
+    let verifier = Verifier {
+        app_ids: vec![tim_kafka_bridge::domain::SdkAppId::parse(APP_ID).unwrap()],
+        token: CallbackToken::new(TOKEN.into()),
+        max_skew_secs: 60,
+    };
+    let query = signed_query(now_secs());
+    for chunk in (0..n).collect::<Vec<_>>().chunks(512) {
+        let appends = chunk.iter().map(|i| {
+            let event = verifier.check(
+                &query,
+                Webhook::rename(group, *i).body().as_bytes(),
+                tim_kafka_bridge::now_ms(),
+            );
+            let bytes = event.expect("a valid webhook").to_message().to_bytes();
+            let spool = spool.clone();
+            async move { spool.append(bytes).await.unwrap() }
+        });
+        futures_util::future::join_all(appends).await;
+    }
+    spool.close();
+    drop(spool);
+    thread.join();
+}
+
+/// The segment files of a spool, oldest first.
+fn segments(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut s: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    s.sort();
+    s
+}
+
+#[tokio::test]
+async fn disk_full_on_a_real_size_limited_filesystem_answers_503_and_appends_resume_when_space_returns() {
+    let mount = tempfile::tempdir().unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+        .arg(mount.path())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        println!("NOTE: the real disk-full test could not mount a tmpfs (it needs root); the failpoint test `injected_enospc_*` covers the same path");
+        return;
+    }
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(mount.path());
+    let kafka = broker();
+    let _exclusive = kafka.exclusive().await;
+    let bridge =
+        Bridge::spawn(BridgeOptions::new(mount.path()).env("BRIDGE_SPOOL_MAX_BYTES", 100 << 20)).await;
+    bridge.warm_up("@TGS#diskfull").await;
+
+    kafka.stop();
+    let mut ok = HashSet::from([("@TGS#diskfull".to_owned(), 0)]);
+    let mut refused = 0;
+    for n in 1..2000 {
+        let (status, answer) = bridge.send(&Webhook::rename("@TGS#diskfull", n)).await;
+        match status {
+            200 => {
+                ok.insert(("@TGS#diskfull".to_owned(), n));
+            }
+            503 => {
+                assert_eq!((answer.action_status.as_str(), answer.error_code), ("FAIL", 60040));
+                refused += 1;
+                if refused == 20 {
+                    break;
+                }
+            }
+            other => panic!("disk full must answer 503, got {other}: {}", answer.error_info),
+        }
+    }
+    assert!(refused == 20 && ok.len() > 50, "{} accepted, {refused} refused", ok.len());
+    let text = scrape(&bridge).await;
+    assert_eq!(sample(&text, "bridge_webhooks_total{outcome=\"spool_full\"}"), Some(20.0));
+    assert_eq!(sample(&text, "bridge_webhooks_total{outcome=\"spool_error\"}"), Some(0.0));
+    assert_eq!(bridge.get("/healthz").await.status(), 200, "a full disk passes: no restart needed");
+    kafka.start();
+
+    let records = read_until(&bridge.topic, Duration::from_secs(90), |r| ok.is_subset(&names(r)));
+    assert_per_group_order(&records);
+    // Delivered segments are deleted: the same bridge takes webhooks again by itself.
+    wait_for("appends to resume", Duration::from_secs(30), || async {
+        bridge.send(&Webhook::rename("@TGS#diskfull-again", 0)).await.0 == 200
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn injected_enospc_mid_write_answers_503_and_never_publishes_a_refused_event_nor_loses_an_accepted_one()
+{
+    let _up = broker().shared().await;
+    let spool = tempfile::tempdir().unwrap();
+    // One write in five stops half-way with ENOSPC; one segment roll in three fails the same way.
+    let bridge = Bridge::spawn(
+        BridgeOptions::new(spool.path())
+            .env("BRIDGE_SPOOL_MAX_BYTES", 256 << 10)
+            .env("FAILPOINTS", "spool::write=20%return(enospc);spool::roll=33%return(enospc)"),
+    )
+    .await;
+    let bridge = Arc::new(bridge);
+
+    let answers = send_streams(&bridge, "enospc", 8, 60).await;
+
+    let ok = answered(&answers, 200);
+    let refused = answered(&answers, 503);
+    assert_eq!(ok.len() + refused.len(), answers.len(), "only 200 or 503: {answers:?}");
+    assert!(!refused.is_empty() && ok.len() > 100, "{} accepted, {} refused", ok.len(), refused.len());
+    let records = read_until(&bridge.topic, Duration::from_secs(60), |r| ok.is_subset(&names(r)));
+    let published = names(&records);
+    assert!(
+        published.is_disjoint(&refused),
+        "a refused event was published: {:?}",
+        published.intersection(&refused).next()
+    );
+    assert_eq!(records.len(), ok.len(), "each accepted event exactly once");
+    assert_per_group_order(&records);
+    assert_valid(&records);
+    let text = scrape(&bridge).await;
+    assert_eq!(sample(&text, "bridge_webhooks_total{outcome=\"spool_full\"}"), Some(refused.len() as f64));
+}
+
+#[tokio::test]
+async fn a_flipped_byte_costs_that_record_only_and_is_counted() {
+    let _up = broker().shared().await;
+    let spool = tempfile::tempdir().unwrap();
+    spool_directly(spool.path(), "@TGS#rot", 200).await;
+    let segs = segments(spool.path());
+    assert_eq!(segs.len(), 1);
+    // Flip one byte inside record 100's payload.
+    let mut bytes = std::fs::read(&segs[0]).unwrap();
+    let mut at = 0;
+    for _ in 0..99 {
+        at += frame_at(&bytes, at).unwrap().size();
+    }
+    assert_eq!(frame_at(&bytes, at).unwrap().seq, 100);
+    bytes[at + HEADER_LEN + 40] ^= 0x20;
+    std::fs::write(&segs[0], &bytes).unwrap();
+
+    let bridge = Bridge::spawn(BridgeOptions::new(spool.path())).await;
+
+    let records = read_exactly(&bridge.topic, 199, Duration::from_secs(60));
+    let expected: HashSet<_> = (0..200).filter(|n| *n != 99).map(|n| ("@TGS#rot".to_owned(), n)).collect();
+    assert_eq!(names(&records), expected, "the 100 records after the damaged one are delivered");
+    assert_per_group_order(&records);
+    let text = scrape(&bridge).await;
+    assert_eq!(sample(&text, "bridge_spool_corrupt_records_total"), Some(1.0));
+    let logs = bridge.logs();
+    let line = logs.lines().find(|l| l.contains("damaged record")).expect("one line names the damage");
+    assert!(
+        line.contains(&format!("\"offset\":{at}"))
+            && line.contains("\"lost_from_seq\":100")
+            && line.contains("\"lost_to_seq\":100"),
+        "{line}"
+    );
+    assert_eq!(logs.matches("damaged record").count(), 1, "reported once: {logs}");
+}
+
+#[tokio::test]
+async fn read_errors_in_the_middle_of_a_batch_lose_nothing() {
+    let _up = broker().shared().await;
+    let spool = tempfile::tempdir().unwrap();
+    // Small segments (4 KiB, about eight records each), so one batch spans many files.
+    let bridge = Bridge::spawn(
+        BridgeOptions::new(spool.path())
+            .env("BRIDGE_KAFKA_BROKERS", "127.0.0.1:1")
+            .env("BRIDGE_SPOOL_MAX_BYTES", 64 << 10)
+            .env("BRIDGE_SHUTDOWN_GRACE_SECS", 1),
+    )
+    .await;
+    for n in 0..100 {
+        assert_eq!(bridge.send(&Webhook::rename("@TGS#readerr", n)).await.0, 200);
+    }
+    let mut bridge = bridge;
+    assert!(bridge.terminate(Duration::from_secs(20)).success());
+    assert!(segments(spool.path()).len() > 5);
+
+    // EMFILE opening the third segment, EIO on the 30th and 31st record reads.
+    bridge
+        .restart(&[
+            ("BRIDGE_KAFKA_BROKERS", broker().bootstrap().as_str()),
+            ("FAILPOINTS", "spool::open_segment=2*off->1*return(emfile);spool::read=29*off->2*return(eio)"),
+        ])
+        .await;
+
+    let records = read_exactly(&bridge.topic, 100, Duration::from_secs(60));
+    let expected: HashSet<_> = (0..100).map(|n| ("@TGS#readerr".to_owned(), n)).collect();
+    assert_eq!(names(&records), expected);
+    assert_per_group_order(&records);
+    assert!(bridge.logs().contains("spool read failed"), "the failpoints fired");
+}
+
+#[tokio::test]
+async fn a_failed_fsync_refuses_every_event_after_it_and_fails_liveness() {
+    let _up = broker().shared().await;
+    let spool = tempfile::tempdir().unwrap();
+    let bridge =
+        Bridge::spawn(BridgeOptions::new(spool.path()).env("FAILPOINTS", "spool::fsync=5*off->return(eio)"))
+            .await;
+    let mut ok = HashSet::new();
+    let mut failed = 0;
+    for n in 0..20 {
+        let (status, answer) = bridge.send(&Webhook::rename("@TGS#fsync", n)).await;
+        match status {
+            200 => {
+                assert_eq!(failed, 0, "once failed, the spool stays failed");
+                ok.insert(("@TGS#fsync".to_owned(), n));
+            }
+            500 => {
+                assert_eq!((answer.action_status.as_str(), answer.error_code), ("FAIL", 60041));
+                failed += 1;
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert!(failed > 0 && !ok.is_empty(), "{} accepted, {failed} failed", ok.len());
+    let health = bridge.get("/healthz").await;
+    assert_eq!(health.status(), 503);
+    let body = health.text().await.unwrap();
+    assert!(body.contains("fsync failed"), "{body}");
+    let ready = bridge.get("/readyz").await;
+    assert_eq!(ready.status(), 503);
+    assert!(ready.text().await.unwrap().contains("fsync failed"));
+    // What was answered OK before the failure is still delivered.
+    let records = read_until(&bridge.topic, Duration::from_secs(60), |r| ok.is_subset(&names(r)));
+    assert_eq!(names(&records), ok);
+}
+
+#[tokio::test]
+async fn a_dead_writer_thread_or_a_dead_forwarder_fails_liveness() {
+    let _up = broker().shared().await;
+    let spool = tempfile::tempdir().unwrap();
+    let writer =
+        Bridge::spawn(BridgeOptions::new(spool.path()).env("FAILPOINTS", "spool::commit=3*off->panic")).await;
+    // The fourth group commit (appends and acknowledgements both commit) kills the writer thread.
+    let mut answers = Vec::new();
+    for n in 0..50 {
+        let status = writer.send(&Webhook::rename("@TGS#writer", n)).await.0;
+        answers.push(status);
+        if status != 200 {
+            break;
+        }
+    }
+    assert_eq!(answers.last(), Some(&500), "{answers:?}");
+    assert!(answers.len() > 1, "{answers:?}");
+    let health = writer.get("/healthz").await;
+    assert_eq!(health.status(), 503);
+    assert!(health.text().await.unwrap().contains("writer thread has stopped"));
+
+    let spool = tempfile::tempdir().unwrap();
+    let forwarder =
+        Bridge::spawn(BridgeOptions::new(spool.path()).env("FAILPOINTS", "forwarder::dispatch=panic")).await;
+    assert_eq!(forwarder.send(&Webhook::rename("@TGS#forwarder", 0)).await.0, 200);
+    wait_for("liveness to fail", Duration::from_secs(10), || async {
+        let r = forwarder.get("/healthz").await;
+        r.status() == 503 && r.text().await.unwrap().contains("forwarder")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_fatal_producer_error_builds_a_new_producer_and_loses_nothing() {
+    let _up = broker().shared().await;
+    let spool = tempfile::tempdir().unwrap();
+    let bridge = Bridge::spawn(
+        BridgeOptions::new(spool.path()).env("FAILPOINTS", "publisher::fatal=30*off->1*return"),
+    )
+    .await;
+    let bridge = Arc::new(bridge);
+
+    let answers = send_streams(&bridge, "fatal", 4, 50).await;
+
+    let ok = answered(&answers, 200);
+    assert_eq!(ok.len(), 200);
+    let records = read_until(&bridge.topic, Duration::from_secs(60), |r| ok.is_subset(&names(r)));
+    assert_per_group_order(&records);
+    let text = scrape(&bridge).await;
+    assert_eq!(sample(&text, "bridge_kafka_producer_restarts_total"), Some(1.0), "{}", bridge.logs());
+    assert!(bridge.logs().contains("failed for good"));
+}
+
+#[tokio::test]
+async fn a_producer_that_keeps_failing_stops_the_bridge_with_an_error() {
+    let _up = broker().shared().await;
+    let spool = tempfile::tempdir().unwrap();
+    let mut bridge =
+        Bridge::spawn(BridgeOptions::new(spool.path()).env("FAILPOINTS", "publisher::fatal=return")).await;
+    assert_eq!(bridge.send(&Webhook::rename("@TGS#doomed", 0)).await.0, 200);
+
+    let status = bridge.wait_exit(Duration::from_secs(60));
+
+    assert!(!status.success(), "{status:?}");
+    assert!(bridge.logs().contains("failed for good 5 times in a row"), "{}", bridge.logs());
+    // The event stays in the spool for the next start, with a working producer.
+    bridge.restart(&[("FAILPOINTS", "")]).await;
+    read_exactly(&bridge.topic, 1, Duration::from_secs(60));
+}
+
+#[tokio::test]
+async fn an_event_time_two_hours_ahead_is_published_with_the_receive_time() {
+    let _up = broker().shared().await;
+    let spool = tempfile::tempdir().unwrap();
+    let bridge = Bridge::spawn(BridgeOptions::new(spool.path())).await;
+    let ahead = tim_kafka_bridge::now_ms() + 2 * 3600 * 1000;
+    let mut hook = Webhook::rename("@TGS#future", 0);
+    hook.0["EventTime"] = serde_json::json!(ahead);
+    let before = tim_kafka_bridge::now_ms();
+
+    assert_eq!(bridge.send(&hook).await.0, 200);
+    assert_eq!(bridge.send(&Webhook::rename("@TGS#future", 1)).await.0, 200);
+
+    let records = read_exactly(&bridge.topic, 2, Duration::from_secs(60));
+    let future = records.iter().find(|r| rename_of(r).1 == 0).unwrap();
+    let ts = future.timestamp.unwrap();
+    assert!(ts >= before && ts <= tim_kafka_bridge::now_ms(), "timestamp {ts} is the receive time");
+    assert_eq!(future.value["event_time_ms"], ahead, "the value keeps the event's own time");
+    assert_eq!(sample(&scrape(&bridge).await, "bridge_kafka_dead_lettered_total"), Some(0.0));
+}
+
+#[tokio::test]
+async fn sigterm_with_deliveries_in_flight_leaves_no_duplicates() {
+    let _up = broker().shared().await;
+    let spool = tempfile::tempdir().unwrap();
+    spool_directly(spool.path(), "@TGS#clean", 50_000).await;
+    // A grace period far too short for the backlog: the stop comes with deliveries in flight.
+    let mut bridge =
+        Bridge::spawn(BridgeOptions::new(spool.path()).env("BRIDGE_SHUTDOWN_GRACE_SECS", 1)).await;
+    wait_for("the first deliveries", Duration::from_secs(30), || async {
+        sample(&scrape(&bridge).await, "bridge_kafka_delivered_total").unwrap_or(0.0) > 0.0
+    })
+    .await;
+
+    assert!(bridge.terminate(Duration::from_secs(20)).success());
+    let first_run = topic_len(&bridge.topic);
+    bridge.restart(&[("BRIDGE_SHUTDOWN_GRACE_SECS", "30")]).await;
+
+    let records = read_exactly(&bridge.topic, 50_000, Duration::from_secs(180));
+    assert!(first_run > 0 && first_run < 50_000, "the first run stopped part-way ({first_run})");
+    assert_per_group_order(&records);
+}
+
+#[tokio::test]
+async fn a_spooled_record_this_version_cannot_read_is_dead_lettered_whole_and_a_version_1_record_is_published(
+) {
+    let _up = broker().shared().await;
+    let spool = tempfile::tempdir().unwrap();
+    let (s, thread) = Spool::open(SpoolConfig {
+        dir: spool.path().to_owned(),
+        fsync: FsyncMode::Never,
+        max_bytes: 1 << 20,
+        observer: None,
+    })
+    .unwrap();
+    let verifier = Verifier {
+        app_ids: vec![tim_kafka_bridge::domain::SdkAppId::parse(APP_ID).unwrap()],
+        token: CallbackToken::new(TOKEN.into()),
+        max_skew_secs: 60,
+    };
+    let event = |n| {
+        let body = Webhook::rename("@TGS#formats", n).body();
+        verifier.check(&signed_query(now_secs()), body.as_bytes(), tim_kafka_bridge::now_ms()).unwrap()
+    };
+    s.append(event(0).to_message().to_bytes()).await.unwrap();
+    // Written by a future version: format byte 7.
+    s.append(b"\x07from a newer bridge".to_vec()).await.unwrap();
+    // Written by the version before the record format carried key and headers: the bare JSON.
+    s.append(event(2).to_json()).await.unwrap();
+    s.close();
+    drop(s);
+    thread.join();
+
+    let bridge = Bridge::spawn(BridgeOptions::new(spool.path())).await;
+
+    let main = read_exactly(&bridge.topic, 2, Duration::from_secs(60));
+    assert_eq!(names(&main), HashSet::from([("@TGS#formats".to_owned(), 0), ("@TGS#formats".to_owned(), 2)]));
+    assert_valid(&main);
+    assert!(main.iter().all(|r| r.key == "@TGS#formats" && r.header("ce_id").is_some()));
+    let dlq = read_exactly(&format!("{}.dlq", bridge.topic), 1, Duration::from_secs(60));
+    assert!(dlq[0].header("bridge_dlq_reason").unwrap().contains("unreadable spool record"));
+    assert_eq!(sample(&scrape(&bridge).await, "bridge_kafka_dead_lettered_total"), Some(1.0));
+}
+
+#[tokio::test]
+async fn a_blocked_stdout_does_not_stall_webhooks() {
+    let _up = broker().shared().await;
+    let spool = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // Nobody reads this bridge's stdout: the pipe fills after 64 KiB of log lines.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tim-kafka-bridge"))
+        .env_clear()
+        .envs([
+            ("BRIDGE_SDK_APP_ID", APP_ID),
+            ("BRIDGE_CALLBACK_TOKEN", TOKEN),
+            ("BRIDGE_LISTEN", &format!("127.0.0.1:{port}")),
+            ("BRIDGE_KAFKA_BROKERS", &broker().bootstrap()),
+            ("BRIDGE_SPOOL_DIR", &spool.path().display().to_string()),
+            ("RUST_LOG", "debug"),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    wait_for("the bridge to listen", Duration::from_secs(30), || async {
+        http.get(format!("{url}/healthz")).send().await.is_ok()
+    })
+    .await;
+
+    for n in 0..2000 {
+        let resp = http
+            .post(format!("{url}/webhook?{}", signed_query(now_secs())))
+            .body(Webhook::rename("@TGS#quiet", n).body())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("webhook {n} was not answered: {e}"));
+        assert_eq!(resp.status(), 200);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
