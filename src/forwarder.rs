@@ -202,6 +202,7 @@ impl Forwarder {
                 let batch = self.read(upto, room, WINDOW_BYTES - b.inflight_bytes).await;
                 if batch.is_empty() {
                     // Committed but not readable now (the error was logged): do not spin.
+                    tracing::debug!(position, committed = ?upto, "nothing readable yet");
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 for record in batch {

@@ -428,4 +428,82 @@ mod tests {
         assert!(reader.read(Committed { seq: 11, ..committed }, 1000, 1 << 20).unwrap().is_empty());
         close((spool, thread));
     }
+
+    #[tokio::test]
+    async fn a_reader_keeps_up_with_sparse_appends_while_acknowledged_segments_come_and_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, thread) = open(dir.path(), 64 << 10);
+        let mut reader = spool.reader();
+        let mut read = Vec::new();
+        for i in 1..=3000u64 {
+            assert_eq!(spool.append(format!("event {i}").into_bytes()).await.unwrap(), i);
+            // Read what is committed, sometimes acknowledging it at once, sometimes later.
+            let committed = *spool.committed().borrow();
+            for r in reader.read(committed, 1000, 1 << 20).unwrap() {
+                read.push(r.seq);
+            }
+            if i % 3 != 0 {
+                spool.ack(*read.last().unwrap());
+            }
+            if i % 7 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        assert_eq!(read, (1..=3000).collect::<Vec<_>>());
+        close((spool, thread));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reader_racing_concurrent_appends_and_acknowledgements_misses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, thread) = open(dir.path(), 1 << 30);
+        let total = 4 * 1500u64;
+        let mut writers = Vec::new();
+        for w in 0..4 {
+            let spool = spool.clone();
+            writers.push(tokio::spawn(async move {
+                for i in 0..1500 {
+                    spool.append(format!("writer {w} event {i}").into_bytes()).await.unwrap();
+                    if i % 5 == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+            }));
+        }
+        let mut reader = Some(spool.reader());
+        let mut committed = spool.committed();
+        let mut read = Vec::new();
+        while (read.len() as u64) < total {
+            let upto = *committed.borrow_and_update();
+            let mut r = reader.take().unwrap();
+            let (r, batch) = tokio::task::spawn_blocking(move || {
+                let b = r.read(upto, 7, 1 << 20);
+                (r, b)
+            })
+            .await
+            .unwrap();
+            reader = Some(r);
+            let batch = batch.unwrap();
+            if batch.is_empty() {
+                let caught_up = reader.as_ref().unwrap().position() > upto.seq;
+                assert!(
+                    caught_up,
+                    "nothing read at {} with {upto:?} committed",
+                    reader.as_ref().unwrap().position()
+                );
+                tokio::time::timeout(std::time::Duration::from_secs(5), committed.changed())
+                    .await
+                    .unwrap()
+                    .unwrap();
+                continue;
+            }
+            read.extend(batch.iter().map(|r| r.seq));
+            spool.ack(*read.last().unwrap());
+        }
+        for w in writers {
+            w.await.unwrap();
+        }
+        assert_eq!(read, (1..=total).collect::<Vec<_>>());
+        close((spool, thread));
+    }
 }

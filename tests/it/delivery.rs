@@ -149,6 +149,10 @@ async fn sync_delivery_answers_after_kafka_has_the_event() {
     let _up = broker().shared().await;
     let spool = tempfile::tempdir().unwrap();
     let bridge = Bridge::spawn(BridgeOptions::new(spool.path()).env("BRIDGE_DELIVERY", "sync")).await;
+    // Ready: Kafka has answered for the topic (and created it), so the first answer need not wait
+    // for the topic's creation on top of the acknowledgement.
+    wait_for("readiness", Duration::from_secs(30), || async { bridge.get("/readyz").await.status() == 200 })
+        .await;
 
     let (status, answer) = bridge.send(&Webhook::sample()).await;
 

@@ -286,7 +286,7 @@ impl Bridge {
             ("BRIDGE_SPOOL_DIR".into(), opts.spool.display().to_string()),
             ("BRIDGE_LOG_FORMAT".into(), "json".into()),
             ("BRIDGE_SHUTDOWN_GRACE_SECS".into(), "10".into()),
-            ("RUST_LOG".into(), "info".into()),
+            ("RUST_LOG".into(), std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "info".into())),
         ];
         for (k, v) in opts.env {
             env.retain(|(e, _)| *e != k);
