@@ -16,7 +16,8 @@
 //!
 //! Around them: [`routes`] (HTTP handlers), [`startup`] (build, run, graceful stop),
 //! [`configuration`] (`BRIDGE_*` variables), [`metrics`] (the Prometheus catalogue), [`health`]
-//! (readiness and the Kafka probe), [`tls`] (HTTPS), [`telemetry`] (logs), [`shutdown`] (signals).
+//! (readiness and the Kafka probe), [`status`] (the samples behind the status page), [`tls`] (HTTPS),
+//! [`telemetry`] (logs), [`shutdown`] (signals).
 
 pub mod configuration;
 pub mod domain;
@@ -28,6 +29,7 @@ pub mod routes;
 pub mod shutdown;
 pub mod spool;
 pub mod startup;
+pub mod status;
 pub mod telemetry;
 pub mod tls;
 pub mod webhook;

@@ -10,3 +10,4 @@ mod hostile;
 mod observability;
 mod refusals;
 mod startup;
+mod status_page;
