@@ -82,11 +82,12 @@ async fn the_status_page_plots_the_traffic_a_test_sent_without_console_errors() 
     assert!(console.is_empty(), "the page wrote to the console: {console:#?}");
     assert_eq!(attribute(&dom, "<body", "data-errors").as_deref(), Some(""), "{dom}");
     assert!(number(&dom, "<body", "data-renders") >= 2.0, "the page refreshed itself: {dom}");
-    // 40 accepted and 5 refused webhooks within a 2 s sample or two: a visible rate of each.
-    let accepted = number(&dom, "data-series=\"accepted\"", "data-max");
-    let refused = number(&dom, "data-series=\"rejected_sign\"", "data-max");
-    assert!(accepted >= 5.0, "accepted peak {accepted}/s");
-    assert!(refused > 0.0 && refused < accepted, "refused peak {refused}/s");
+    // The rates drawn add up to the webhooks sent: 40 accepted and 5 refused (rates per s over 2 s
+    // samples; the sampler's ticks may stretch a little under load, hence the margin).
+    let accepted = number(&dom, "data-series=\"accepted\"", "data-sum") * 2.0;
+    let refused = number(&dom, "data-series=\"rejected_sign\"", "data-sum") * 2.0;
+    assert!((30.0..=42.0).contains(&accepted), "the accepted plot adds up to {accepted} webhooks, not 40");
+    assert!((3.5..=5.5).contains(&refused), "the refused plot adds up to {refused} webhooks, not 5");
     assert!(number(&dom, "data-series=\"p99\"", "data-points") >= 1.0, "a delivery latency was drawn");
     assert!(number(&dom, "id=\"plot-spool\"", "data-points") >= 1.0);
     assert!(number(&dom, "id=\"plot-lag\"", "data-points") >= 1.0);
