@@ -261,9 +261,7 @@ impl Application {
             admin_handle.stop(false).await;
             self.probe.abort();
             self.sampler.abort();
-            let r = r.expect("server task does not panic").map_err(StartupError::Server);
-            // A server that returns without an error was stopped from outside: still not a clean stop.
-            return r.and(Err(StartupError::Server(std::io::Error::other("an HTTP server stopped"))));
+            return r.expect("server task does not panic").map_err(StartupError::Server);
         }
         let deadline = tokio::time::Instant::now() + self.grace;
         tracing::info!(
