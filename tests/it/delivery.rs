@@ -148,7 +148,12 @@ async fn ten_groups_posted_in_parallel_keep_each_groups_order() {
 async fn sync_delivery_answers_after_kafka_has_the_event() {
     let _up = broker().shared().await;
     let spool = tempfile::tempdir().unwrap();
-    let bridge = Bridge::spawn(BridgeOptions::new(spool.path()).env("BRIDGE_DELIVERY", "sync")).await;
+    // The first record to a new topic waits for the topic's auto-creation, which on a loaded machine can
+    // take longer than the 1.5 s default; this test is about when the answer comes, not how fast.
+    let bridge = Bridge::spawn(
+        BridgeOptions::new(spool.path()).env("BRIDGE_DELIVERY", "sync").env("BRIDGE_SYNC_TIMEOUT_MS", 15_000),
+    )
+    .await;
 
     let (status, answer) = bridge.send(&Webhook::sample()).await;
 
