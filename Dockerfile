@@ -16,8 +16,9 @@ RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates
     && mkdir -p /var/lib/tim-kafka-bridge/spool && chown -R bridge /var/lib/tim-kafka-bridge
 COPY --from=build /src/target/release/tim-kafka-bridge /usr/local/bin/tim-kafka-bridge
 USER bridge
-ENV BRIDGE_LISTEN=0.0.0.0:8080 BRIDGE_SPOOL_DIR=/var/lib/tim-kafka-bridge/spool
-EXPOSE 8080
+ENV BRIDGE_LISTEN=0.0.0.0:8080 BRIDGE_ADMIN_LISTEN=0.0.0.0:9464 BRIDGE_SPOOL_DIR=/var/lib/tim-kafka-bridge/spool
+# 8080: the webhook (internet-facing); 9464: the admin listener (metrics, health, status page; keep it internal).
+EXPOSE 8080 9464
 VOLUME /var/lib/tim-kafka-bridge/spool
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/tim-kafka-bridge"]

@@ -67,6 +67,8 @@ fn run_ceiling(port: u16) {
 struct Target {
     child: Child,
     port: u16,
+    /// The bridge's admin listener (metrics); the ceiling has none.
+    admin_port: u16,
     topic: Option<String>,
     _spool: Option<tempfile::TempDir>,
 }
@@ -83,15 +85,17 @@ fn start(name: &str, kafka: &str) -> Target {
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
-        return Target { child, port, topic: None, _spool: None };
+        return Target { child, port, admin_port: 0, topic: None, _spool: None };
     }
     let spool = tempfile::tempdir().unwrap();
+    let admin_port = free_port();
     let topic = format!("bench-{name}-{}", now_ns() % 1_000_000_000);
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tim-kafka-bridge"));
     cmd.env_clear()
         .env("BRIDGE_SDK_APP_ID", APP_ID)
         .env("BRIDGE_CALLBACK_TOKEN", TOKEN)
         .env("BRIDGE_LISTEN", format!("127.0.0.1:{port}"))
+        .env("BRIDGE_ADMIN_LISTEN", format!("127.0.0.1:{admin_port}"))
         .env("BRIDGE_KAFKA_BROKERS", kafka)
         .env("BRIDGE_TOPIC", &topic)
         .env("BRIDGE_SPOOL_DIR", spool.path())
@@ -108,7 +112,7 @@ fn start(name: &str, kafka: &str) -> Target {
         other => panic!("unknown target {other}"),
     }
     let child = cmd.spawn().unwrap();
-    Target { child, port, topic: Some(topic), _spool: Some(spool) }
+    Target { child, port, admin_port, topic: Some(topic), _spool: Some(spool) }
 }
 
 impl Target {
@@ -535,7 +539,7 @@ fn main() {
         if target.topic.is_some() {
             let text = rt.block_on(async {
                 client
-                    .get(format!("http://127.0.0.1:{}/metrics", target.port))
+                    .get(format!("http://127.0.0.1:{}/metrics", target.admin_port))
                     .send()
                     .await
                     .ok()?

@@ -37,7 +37,12 @@ pub const VARIABLES: &[Variable] = &[
         "callback authentication token; when set, Sign and RequestTime are checked",
     ),
     var("BRIDGE_SIGN_MAX_SKEW_SECS", Some("60"), "how far RequestTime may be from now, in seconds"),
-    var("BRIDGE_LISTEN", Some("0.0.0.0:8080"), "address and port the HTTP server binds"),
+    var("BRIDGE_LISTEN", Some("0.0.0.0:8080"), "address and port of the webhook listener (the webhook path only)"),
+    var(
+        "BRIDGE_ADMIN_LISTEN",
+        Some("0.0.0.0:9464"),
+        "address and port of the admin listener: /metrics, /healthz, /readyz and the status page (plain HTTP)",
+    ),
     var("BRIDGE_WEBHOOK_PATH", Some("/webhook"), "path Tencent POSTs the webhook to"),
     var("BRIDGE_TLS_CERT", None, "PEM certificate chain: with BRIDGE_TLS_KEY, serve HTTPS instead of HTTP"),
     var("BRIDGE_TLS_KEY", None, "PEM private key of BRIDGE_TLS_CERT"),
@@ -111,8 +116,8 @@ pub enum DeliveryMode {
     Sync { timeout: Duration },
 }
 
+/// Spelled as `BRIDGE_DELIVERY` takes it, for the start line.
 impl std::fmt::Display for DeliveryMode {
-    /// As `BRIDGE_DELIVERY` spells it.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             DeliveryMode::Spool => "spool",
@@ -209,6 +214,8 @@ impl std::fmt::Debug for RdkafkaOverrides {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub listen: SocketAddr,
+    /// The admin listener: metrics, health and the status page, apart from the internet-facing webhook.
+    pub admin_listen: SocketAddr,
     pub webhook_path: String,
     /// HTTPS: certificate chain and key PEM files.
     pub tls: Option<TlsFiles>,
@@ -244,6 +251,7 @@ struct Raw {
     callback_token: Option<String>,
     sign_max_skew_secs: Option<String>,
     listen: Option<String>,
+    admin_listen: Option<String>,
     webhook_path: Option<String>,
     tls_cert: Option<String>,
     tls_key: Option<String>,
@@ -338,6 +346,7 @@ impl Settings {
         rdkafka.check(delivery)?;
         Ok(Self {
             listen: number("BRIDGE_LISTEN", raw.listen)?,
+            admin_listen: number("BRIDGE_ADMIN_LISTEN", raw.admin_listen)?,
             webhook_path,
             tls,
             app_ids,
@@ -441,6 +450,7 @@ mod tests {
     fn only_the_app_id_is_required_and_defaults_fill_the_rest() {
         let s = Settings::from_vars(vars(&[("BRIDGE_SDK_APP_ID", "1400000000")])).unwrap();
         assert_eq!(s.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(s.admin_listen.to_string(), "0.0.0.0:9464");
         assert_eq!(s.webhook_path, "/webhook");
         assert_eq!(s.topic, "group-change");
         assert_eq!(s.dlq_topic, "group-change.dlq");
@@ -536,6 +546,22 @@ mod tests {
         assert_eq!(FsyncMode::Interval(Duration::from_millis(5)).to_string(), "interval");
         assert_eq!(DeliveryMode::Sync { timeout: Duration::from_secs(1) }.to_string(), "sync");
         assert_eq!(DeliveryMode::Spool.to_string(), "spool");
+    }
+
+    #[test]
+    fn modes_are_spelled_as_the_variables_take_them() {
+        let s = Settings::from_vars(vars(&[
+            ("BRIDGE_SDK_APP_ID", "1"),
+            ("BRIDGE_SPOOL_FSYNC", "Interval"),
+            ("BRIDGE_DELIVERY", "SYNC"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            format!("delivery={} fsync={}", s.delivery, s.spool_fsync),
+            "delivery=sync fsync=interval"
+        );
+        let d = Settings::from_vars(vars(&[("BRIDGE_SDK_APP_ID", "1")])).unwrap();
+        assert_eq!(format!("delivery={} fsync={}", d.delivery, d.spool_fsync), "delivery=spool fsync=always");
     }
 
     #[test]

@@ -17,7 +17,8 @@
 //!
 //! Around them: [`routes`] (HTTP handlers), [`startup`] (build, run, graceful stop),
 //! [`configuration`] (`BRIDGE_*` variables), [`metrics`] (the Prometheus catalogue), [`health`]
-//! (readiness and the Kafka probe), [`tls`] (HTTPS), [`telemetry`] (logs), [`shutdown`] (signals).
+//! (readiness and the Kafka probe), [`status`] (the samples behind the status page), [`tls`] (HTTPS),
+//! [`telemetry`] (logs), [`shutdown`] (signals).
 
 /// `fail::fail_point!` when built with the `failpoints` feature (the test suite turns it on), nothing
 /// otherwise: the release build carries no failpoint.
@@ -39,6 +40,7 @@ pub mod routes;
 pub mod shutdown;
 pub mod spool;
 pub mod startup;
+pub mod status;
 pub mod telemetry;
 pub mod tls;
 pub mod webhook;

@@ -49,8 +49,8 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // One line on stderr, like a configuration error: not also a log line on stdout.
         Err(e) => {
-            tracing::error!(error = %e, "tim-kafka-bridge stopped with an error");
             eprintln!("{}: {e}", env!("CARGO_PKG_NAME"));
             ExitCode::FAILURE
         }

@@ -83,29 +83,31 @@ pub struct BridgeContext {
 }
 
 impl ClientContext for BridgeContext {
+    /// Through [`telemetry::librdkafka_line`](crate::telemetry::librdkafka_line): identical lines are
+    /// collapsed, transient start-up warnings logged at INFO.
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
-        match level {
+        use tracing::Level;
+        let level = match level {
             RDKafkaLogLevel::Emerg
             | RDKafkaLogLevel::Alert
             | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error => {
-                tracing::error!(target: "librdkafka", facility = fac, "{message}")
-            }
-            RDKafkaLogLevel::Warning => {
-                tracing::warn!(target: "librdkafka", facility = fac, "{message}")
-            }
-            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
-                tracing::info!(target: "librdkafka", facility = fac, "{message}")
-            }
-            RDKafkaLogLevel::Debug => {
-                tracing::debug!(target: "librdkafka", facility = fac, "{message}")
-            }
-        }
+            | RDKafkaLogLevel::Error => Level::ERROR,
+            RDKafkaLogLevel::Warning => Level::WARN,
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => Level::INFO,
+            RDKafkaLogLevel::Debug => Level::DEBUG,
+        };
+        crate::telemetry::librdkafka_line(level, fac, message);
     }
 
+    /// Every error is counted; its log line goes through the same gate as [`log`](Self::log)'s.
     fn error(&self, error: KafkaError, reason: &str) {
-        self.metrics.kafka_errors.with_label_values(&[&error_kind(&error)]).inc();
-        tracing::warn!(target: "librdkafka", error = %error, "Kafka client error: {reason}");
+        let kind = error_kind(&error);
+        self.metrics.kafka_errors.with_label_values(&[&kind]).inc();
+        crate::telemetry::librdkafka_line(
+            tracing::Level::WARN,
+            &kind,
+            &format!("Kafka client error: {reason}"),
+        );
     }
 
     fn stats(&self, statistics: Statistics) {

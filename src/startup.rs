@@ -16,6 +16,7 @@ use crate::metrics::Metrics;
 use crate::publisher::{ProducerConfigError, Publisher};
 use crate::routes::{self, Pipeline};
 use crate::spool::{Spool, SpoolConfig, SpoolError, SpoolThread};
+use crate::status::History;
 
 /// Why the bridge could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -24,8 +25,8 @@ pub enum StartupError {
     Producer(#[from] ProducerConfigError),
     #[error(transparent)]
     Spool(#[from] SpoolError),
-    #[error("BRIDGE_LISTEN: cannot bind {addr}: {source}")]
-    Bind { addr: String, source: std::io::Error },
+    #[error("{variable}: cannot bind {addr}: {source}")]
+    Bind { variable: &'static str, addr: String, source: std::io::Error },
     #[error("HTTP server failed: {0}")]
     Server(std::io::Error),
     #[error(transparent)]
@@ -79,12 +80,17 @@ impl Drop for Running {
 pub struct Application {
     port: u16,
     server: Server,
+    /// The admin listener's port and server: metrics, health and the status page.
+    admin_port: u16,
+    admin: Server,
     publisher: Arc<Publisher>,
     spooling: Option<Spooling>,
     /// The Kafka metadata probe behind readiness.
     probe: tokio::task::JoinHandle<()>,
     /// Keeps the topic's limits current.
     limits_watch: tokio::task::JoinHandle<()>,
+    /// The sampler behind the status page.
+    sampler: tokio::task::JoinHandle<()>,
     grace: Duration,
 }
 
@@ -96,11 +102,19 @@ impl Application {
             DeliveryMode::Spool => None,
             DeliveryMode::Sync { timeout } => Some(timeout),
         };
-        // What can fail without side effects first: the certificate and the port.
+        // What can fail without side effects first: the certificate and the ports.
         let tls = settings.tls.as_ref().map(crate::tls::server_config).transpose()?;
-        let listener = TcpListener::bind(settings.listen)
-            .map_err(|source| StartupError::Bind { addr: settings.listen.to_string(), source })?;
-        let port = listener.local_addr().map_err(StartupError::Server)?.port();
+        let bind = |variable, addr: std::net::SocketAddr| {
+            let listener = TcpListener::bind(addr).map_err(|source| StartupError::Bind {
+                variable,
+                addr: addr.to_string(),
+                source,
+            })?;
+            let port = listener.local_addr().map_err(StartupError::Server)?.port();
+            Ok::<_, StartupError>((listener, port))
+        };
+        let (listener, port) = bind("BRIDGE_LISTEN", settings.listen)?;
+        let (admin_listener, admin_port) = bind("BRIDGE_ADMIN_LISTEN", settings.admin_listen)?;
         let metrics = Arc::new(Metrics::new());
         let linger = match settings.delivery {
             DeliveryMode::Spool => SPOOL_LINGER,
@@ -156,7 +170,10 @@ impl Application {
         ));
         let probe = tokio::spawn(health.clone().probe_kafka(publisher.clone()));
         let limits_watch = tokio::spawn(publisher.clone().watch_limits());
+        let history = Arc::new(History::default());
+        let sampler = tokio::spawn(crate::status::run_sampler(health.clone(), history.clone()));
         let health = web::Data::from(health);
+        let history = web::Data::from(history);
         let state = web::Data::new(routes::webhook_state(&settings, pipeline, metrics.clone()));
         let path = settings.webhook_path.clone();
         let server = HttpServer::new(move || {
@@ -177,15 +194,11 @@ impl Application {
                     }
                 })
                 .app_data(state.clone())
-                .app_data(health.clone())
                 .service(
                     web::resource(path.as_str())
                         .route(web::post().to(routes::webhook))
                         .default_service(web::to(routes::method_not_allowed)),
                 )
-                .route("/healthz", web::get().to(routes::healthz))
-                .route("/readyz", web::get().to(routes::readyz))
-                .route("/metrics", web::get().to(routes::metrics))
                 .default_service(web::to(routes::not_found))
         })
         .disable_signals()
@@ -202,9 +215,34 @@ impl Application {
         .map_err(StartupError::Server)?
         .run();
 
+        // The admin listener is a server of its own rather than a second listener of the webhook's
+        // server routing by local port: its route table cannot leak onto the public port, it stays
+        // plain HTTP when the webhook is HTTPS, and its one worker answers a scrape or a liveness probe
+        // even while the webhook's workers are saturated by a flood or by idle connections.
+        let admin = HttpServer::new(move || {
+            App::new()
+                .app_data(health.clone())
+                .app_data(history.clone())
+                .route("/", web::get().to(routes::status_page))
+                .route("/status.json", web::get().to(routes::status_json))
+                .route("/healthz", web::get().to(routes::healthz))
+                .route("/readyz", web::get().to(routes::readyz))
+                .route("/metrics", web::get().to(routes::metrics))
+                .default_service(web::to(routes::admin_not_found))
+        })
+        .workers(1)
+        .disable_signals()
+        .client_request_timeout(limits::HEADER_TIMEOUT)
+        .shutdown_timeout(1)
+        .listen(admin_listener)
+        .map_err(StartupError::Server)?
+        .run();
+
         tracing::info!(
             address = %settings.listen.ip(),
             port,
+            admin_address = %settings.admin_listen.ip(),
+            admin_port,
             webhook_path = %settings.webhook_path,
             topic = %settings.topic,
             brokers = %settings.kafka_brokers,
@@ -219,20 +257,40 @@ impl Application {
                 "BRIDGE_CALLBACK_TOKEN is not set: webhooks are not authenticated (Sign is not checked)"
             );
         }
-        Ok(Self { port, server, publisher, spooling, probe, limits_watch, grace: settings.shutdown_grace })
+        Ok(Self {
+            port,
+            server,
+            admin_port,
+            admin,
+            publisher,
+            spooling,
+            probe,
+            limits_watch,
+            sampler,
+            grace: settings.shutdown_grace,
+        })
     }
 
-    /// The port the HTTP server listens on.
+    /// The port the webhook listener listens on.
     pub fn port(&self) -> u16 {
         self.port
     }
 
+    /// The port the admin listener listens on.
+    pub fn admin_port(&self) -> u16 {
+        self.admin_port
+    }
+
     /// Serves until `shutdown` resolves, then stops in order: no new connections, requests in flight
     /// finish, the spool keeps being forwarded for up to the grace period, the producer is flushed,
-    /// the spool is synced. What is not in Kafka by then stays in the spool for the next start.
+    /// the spool is synced. What is not in Kafka by then stays in the spool for the next start. The
+    /// admin listener keeps answering until the end, so the drain can be watched; if either server
+    /// fails, the other is stopped too.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> Result<(), StartupError> {
         let handle = self.server.handle();
+        let admin_handle = self.admin.handle();
         let mut server = tokio::spawn(self.server);
+        let mut admin = tokio::spawn(self.admin);
         let mut spooling = self.spooling;
         // A forwarder that gives up (the producer keeps failing) stops the bridge with an error.
         let forwarder_failed = async {
@@ -246,11 +304,22 @@ impl Application {
             }
         };
         let failure = tokio::select! {
-            r = &mut server => {
+            r = &mut server => Err(r),
+            r = &mut admin => Err(r),
+            () = shutdown => Ok(None),
+            e = forwarder_failed => Ok(Some(e)),
+        };
+        let failure = match failure {
+            Ok(f) => f,
+            Err(r) => {
+                // One server failed: stop the other too.
+                handle.stop(false).await;
+                admin_handle.stop(false).await;
+                self.probe.abort();
+                self.limits_watch.abort();
+                self.sampler.abort();
                 return r.expect("server task does not panic").map_err(StartupError::Server);
             }
-            () = shutdown => None,
-            e = forwarder_failed => Some(e),
         };
         let deadline = tokio::time::Instant::now() + self.grace;
         match &failure {
@@ -264,6 +333,7 @@ impl Application {
         let _ = server.await;
         self.probe.abort();
         self.limits_watch.abort();
+        self.sampler.abort();
 
         if let Some(s) = spooling {
             if failure.is_none() {
@@ -299,6 +369,8 @@ impl Application {
             deadline.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_millis(100));
         let publisher = self.publisher;
         let _ = tokio::task::spawn_blocking(move || publisher.flush(remaining)).await;
+        admin_handle.stop(true).await;
+        let _ = admin.await;
         match failure {
             None => {
                 tracing::info!("stopped");

@@ -34,3 +34,10 @@ pub async fn not_found() -> HttpResponse {
     HttpResponse::NotFound()
         .json(Envelope::fail(60404, "no such path; the webhook path is set by BRIDGE_WEBHOOK_PATH"))
 }
+
+/// Any other path on the admin listener.
+pub async fn admin_not_found() -> HttpResponse {
+    HttpResponse::NotFound().json(serde_json::json!({
+        "error": "no such path; the admin listener serves /, /status.json, /metrics, /healthz and /readyz"
+    }))
+}

@@ -1,9 +1,12 @@
-//! HTTP routes: the webhook, liveness, and the FAIL envelope for everything else.
+//! HTTP routes. The webhook listener serves the webhook and a FAIL envelope for everything else; the
+//! admin listener serves liveness, readiness, metrics and the status page.
 
 mod health;
+mod status;
 mod webhook;
 
-pub use health::{healthz, metrics, not_found, readyz};
+pub use health::{admin_not_found, healthz, metrics, not_found, readyz};
+pub use status::{status_json, status_page};
 pub use webhook::{method_not_allowed, webhook, Pipeline, WebhookError, WebhookState};
 
 use std::sync::Arc;

@@ -34,3 +34,23 @@ fn every_bridge_variable_in_docker_compose_is_one_the_bridge_knows() {
         "the bridge is built from the Dockerfile"
     );
 }
+
+#[test]
+fn prometheus_scrapes_the_admin_port_the_compose_file_gives_the_bridge() {
+    let compose: serde_norway::Value =
+        serde_norway::from_str(&std::fs::read_to_string(repo().join("docker-compose.yml")).unwrap()).unwrap();
+    let bridge = &compose["services"]["bridge"];
+    let admin =
+        bridge["environment"]["BRIDGE_ADMIN_LISTEN"].as_str().expect("the bridge sets BRIDGE_ADMIN_LISTEN");
+    let admin_port = admin.rsplit(':').next().unwrap();
+    let published: Vec<&str> =
+        bridge["ports"].as_sequence().unwrap().iter().filter_map(|p| p.as_str()).collect();
+    assert!(published.iter().any(|p| p.ends_with(&format!(":{admin_port}"))), "{published:?}");
+
+    let prometheus: serde_norway::Value = serde_norway::from_str(
+        &std::fs::read_to_string(repo().join("deploy/prometheus/prometheus.yml")).unwrap(),
+    )
+    .unwrap();
+    let target = prometheus["scrape_configs"][0]["static_configs"][0]["targets"][0].as_str().unwrap();
+    assert_eq!(target, format!("bridge:{admin_port}"), "Prometheus scrapes the admin listener");
+}

@@ -246,10 +246,16 @@ pub fn read_exactly(topic: &str, n: usize, timeout: Duration) -> Vec<Record> {
 // ---------------------------------------------------------------------------------------------------
 // The bridge
 
+/// Paths served by the admin listener (`BRIDGE_ADMIN_LISTEN`); everything else goes to the webhook's.
+pub const ADMIN_PATHS: &[&str] = &["/", "/status.json", "/metrics", "/healthz", "/readyz"];
+
 /// The bridge binary, running as a child process with its JSON logs captured.
 pub struct Bridge {
     child: Child,
+    /// The webhook listener's port.
     pub port: u16,
+    /// The admin listener's port: metrics, health, the status page.
+    pub admin_port: u16,
     pub logs: Arc<Mutex<Vec<String>>>,
     pub topic: String,
     pub spool: PathBuf,
@@ -281,6 +287,7 @@ impl Bridge {
             ("BRIDGE_SDK_APP_ID".into(), APP_ID.into()),
             ("BRIDGE_CALLBACK_TOKEN".into(), TOKEN.into()),
             ("BRIDGE_LISTEN".into(), "127.0.0.1:0".into()),
+            ("BRIDGE_ADMIN_LISTEN".into(), "127.0.0.1:0".into()),
             ("BRIDGE_KAFKA_BROKERS".into(), broker().bootstrap()),
             ("BRIDGE_TOPIC".into(), opts.topic.clone()),
             ("BRIDGE_SPOOL_DIR".into(), opts.spool.display().to_string()),
@@ -317,7 +324,8 @@ impl Bridge {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
                     if line.contains("tim-kafka-bridge listening") {
                         if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                            let _ = port_tx.send(v["port"].as_u64().unwrap_or(0) as u16);
+                            let port = |k: &str| v[k].as_u64().unwrap_or(0) as u16;
+                            let _ = port_tx.send((port("port"), port("admin_port")));
                         }
                     }
                     if std::env::var_os("TEST_LOG").is_some() {
@@ -327,7 +335,7 @@ impl Bridge {
                 }
             });
         }
-        let port = match port_rx.recv_timeout(Duration::from_secs(30)) {
+        let (port, admin_port) = match port_rx.recv_timeout(Duration::from_secs(30)) {
             Ok(p) => p,
             Err(_) => {
                 let _ = child.kill();
@@ -339,11 +347,22 @@ impl Bridge {
             .pool_idle_timeout(Duration::from_secs(2))
             .build()
             .unwrap();
-        Bridge { child, port, logs, topic, spool, env, http }
+        assert!(
+            port > 0 && admin_port > 0,
+            "the start line names both ports:\n{}",
+            logs.lock().unwrap().join("\n")
+        );
+        Bridge { child, port, admin_port, logs, topic, spool, env, http }
     }
 
+    /// A URL on the webhook listener.
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    /// A URL on the admin listener.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.admin_port, path)
     }
 
     /// POSTs `body` to the webhook path with `query`.
@@ -390,7 +409,15 @@ impl Bridge {
         read_exactly(&self.topic, 1, Duration::from_secs(30));
     }
 
+    /// GETs `path` from the listener that serves it: the admin listener for [`ADMIN_PATHS`], the
+    /// webhook listener otherwise.
     pub async fn get(&self, path: &str) -> reqwest::Response {
+        let url = if ADMIN_PATHS.contains(&path) { self.admin_url(path) } else { self.url(path) };
+        self.http.get(url).send().await.expect("bridge answers")
+    }
+
+    /// GETs `path` from the webhook listener, whatever the path.
+    pub async fn get_webhook_listener(&self, path: &str) -> reqwest::Response {
         self.http.get(self.url(path)).send().await.expect("bridge answers")
     }
 

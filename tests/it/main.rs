@@ -11,3 +11,4 @@ mod hostile;
 mod observability;
 mod refusals;
 mod startup;
+mod status_page;

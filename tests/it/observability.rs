@@ -1,4 +1,5 @@
-//! What operators see: /metrics, /readyz, the dashboard and the alert rules.
+//! What operators see: the admin listener (/metrics, /readyz, /healthz), the dashboard, the alert
+//! rules (unit-tested by promtool, and seen firing in a real Prometheus), and the log of an outage.
 
 use std::collections::BTreeSet;
 use std::process::Command;
@@ -149,4 +150,181 @@ async fn the_dashboard_and_alert_rules_use_only_metrics_the_bridge_exports() {
     let rules = repo().join("deploy/prometheus/alerts.yml");
     let (ok, out) = promtool(&["check", "rules", rules.to_str().unwrap()], None);
     assert!(ok, "promtool check rules: {out}");
+}
+
+#[test]
+fn every_alert_rule_fires_when_it_should_and_stays_quiet_when_healthy() {
+    let tests = repo().join("deploy/prometheus/alerts.test.yml");
+    let text = std::fs::read_to_string(&tests).unwrap();
+    let rules = std::fs::read_to_string(repo().join("deploy/prometheus/alerts.yml")).unwrap();
+    for alert in rules.lines().filter_map(|l| l.trim().strip_prefix("- alert: ")) {
+        assert!(text.contains(&format!("alertname: {alert}")), "{alert} has no promtool unit test");
+    }
+
+    let (ok, out) = promtool(&["test", "rules", tests.to_str().unwrap()], None);
+
+    assert!(ok, "promtool test rules: {out}");
+    assert!(out.contains("SUCCESS"), "{out}");
+}
+
+#[tokio::test]
+async fn metrics_and_health_are_served_on_the_admin_listener_only() {
+    let _up = broker().shared().await;
+    let spool = tempfile::tempdir().unwrap();
+    let bridge = Bridge::spawn(BridgeOptions::new(spool.path())).await;
+    assert_ne!(bridge.port, bridge.admin_port);
+
+    for path in ADMIN_PATHS {
+        let public = bridge.get_webhook_listener(path).await;
+        assert_eq!(public.status(), 404, "{path} on the webhook listener");
+        let envelope: tim_kafka_bridge::webhook::Envelope = public.json().await.unwrap();
+        assert_eq!(envelope.action_status, "FAIL", "{path}");
+        let admin = bridge.get(path).await;
+        assert!([200, 503].contains(&admin.status().as_u16()), "{path} on the admin listener");
+    }
+    assert_eq!(bridge.get("/healthz").await.status(), 200);
+    assert!(bridge.get("/metrics").await.text().await.unwrap().contains("bridge_webhooks_total"));
+    let lost = reqwest::get(bridge.admin_url("/webhook")).await.unwrap();
+    assert_eq!(lost.status(), 404, "the webhook is not served on the admin listener");
+    let start = bridge.logs().lines().find(|l| l.contains("tim-kafka-bridge listening")).unwrap().to_owned();
+    let start: serde_json::Value = serde_json::from_str(&start).unwrap();
+    assert_eq!((start["delivery"].as_str(), start["fsync"].as_str()), (Some("spool"), Some("always")));
+}
+
+/// A Prometheus server (Debian's `prometheus`) on a free loopback port with its own storage, scraping
+/// one target every second with the project's alert rules, their `for:` shortened to 2 s.
+struct Prometheus {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    fn start(target_port: u16) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let rules = std::fs::read_to_string(repo().join("deploy/prometheus/alerts.yml")).unwrap();
+        let rules: String = rules
+            .lines()
+            .map(|l| match l.trim_start().strip_prefix("for: ") {
+                Some(_) => format!("{}for: 2s\n", &l[..l.len() - l.trim_start().len()]),
+                None => format!("{l}\n"),
+            })
+            .collect();
+        assert!(rules.contains("for: 2s"), "the rules have for: clauses to shorten");
+        std::fs::write(dir.path().join("alerts.yml"), rules).unwrap();
+        std::fs::write(
+            dir.path().join("prometheus.yml"),
+            format!(
+                "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nrule_files: [alerts.yml]\n\
+                 scrape_configs:\n  - job_name: tim-kafka-bridge\n    static_configs:\n      \
+                 - targets: ['127.0.0.1:{target_port}']\n"
+            ),
+        )
+        .unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", dir.path().join("prometheus.yml").display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("prometheus is installed (Debian package prometheus; scripts/test installs it)");
+        Self { child, port, _dir: dir }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("prometheus.log")).unwrap_or_default()
+    }
+
+    async fn api(&self, path: &str) -> Option<serde_json::Value> {
+        let url = format!("http://127.0.0.1:{}{path}", self.port);
+        reqwest::get(url).await.ok()?.json().await.ok()
+    }
+
+    /// The state of alert `name` (`pending`, `firing`), or `None` when it is not active.
+    async fn alert(&self, name: &str) -> Option<String> {
+        let alerts = self.api("/api/v1/alerts").await?;
+        alerts["data"]["alerts"]
+            .as_array()?
+            .iter()
+            .find(|a| a["labels"]["alertname"] == name)
+            .map(|a| a["state"].as_str().unwrap_or_default().to_owned())
+    }
+
+    /// The value of an instant query with one result.
+    async fn value(&self, query: &str) -> Option<f64> {
+        let r = self.api(&format!("/api/v1/query?query={query}")).await?;
+        r["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_real_prometheus_sees_kafka_unreachable_fire_during_an_outage_and_resolve_after() {
+    let kafka = broker();
+    let _exclusive = kafka.exclusive().await;
+    let spool = tempfile::tempdir().unwrap();
+    let bridge =
+        Bridge::spawn(BridgeOptions::new(spool.path()).env("BRIDGE_READY_KAFKA_WINDOW_SECS", 2)).await;
+    bridge.warm_up("@TGS#alert").await;
+    let prometheus = Prometheus::start(bridge.admin_port);
+    let up = wait_until(Duration::from_secs(30), || async {
+        prometheus.value("bridge_kafka_up").await == Some(1.0)
+    })
+    .await;
+    assert!(up, "Prometheus never scraped bridge_kafka_up 1:\n{}", prometheus.log());
+    assert_eq!(prometheus.alert("BridgeKafkaUnreachable").await, None, "quiet while Kafka answers");
+
+    kafka.stop();
+    let stopped = Instant::now();
+    let fired = wait_until(Duration::from_secs(60), || async {
+        prometheus.alert("BridgeKafkaUnreachable").await.as_deref() == Some("firing")
+    })
+    .await;
+    assert!(fired, "BridgeKafkaUnreachable did not fire within 60 s:\n{}", prometheus.log());
+    eprintln!("BridgeKafkaUnreachable fired {:?} after the broker was stopped", stopped.elapsed());
+
+    kafka.start();
+    let resolved = wait_until(Duration::from_secs(60), || async {
+        prometheus.alert("BridgeKafkaUnreachable").await.is_none()
+    })
+    .await;
+    assert!(resolved, "BridgeKafkaUnreachable did not resolve within 60 s of Kafka's return");
+
+    // The outage reads as a few lines: reachability logged once each way, the recovery at INFO (the
+    // log waits for three answers in a row, so it may come a little after the alert resolved).
+    let recovered =
+        wait_until(Duration::from_secs(30), || async { bridge.logs().contains("Kafka reachable again") })
+            .await;
+    assert!(recovered, "no recovery line: {}", bridge.logs());
+    let logs = bridge.logs();
+    let again: Vec<&str> = logs.lines().filter(|l| l.contains("Kafka reachable again")).collect();
+    assert_eq!(again.len(), 1, "{logs}");
+    assert!(again[0].contains("\"level\":\"INFO\""), "{}", again[0]);
+    assert_eq!(logs.matches("Kafka does not answer metadata requests").count(), 1, "{logs}");
+}
+
+/// Polls `check` until it holds (`true`) or `timeout` passes (`false`).
+async fn wait_until<F, Fut>(timeout: Duration, check: F) -> bool
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    true
 }

@@ -62,12 +62,33 @@ fn an_unknown_librdkafka_property_is_named_at_start() {
         .env("BRIDGE_SDK_APP_ID", "1")
         .env("BRIDGE_SPOOL_DIR", spool.path())
         .env("BRIDGE_LISTEN", "127.0.0.1:0")
+        .env("BRIDGE_ADMIN_LISTEN", "127.0.0.1:0")
         .env("BRIDGE_RDKAFKA_NO_SUCH_PROPERTY", "1")
         .output()
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("BRIDGE_RDKAFKA_NO_SUCH_PROPERTY"), "{err}");
+    // Printed once: one line on stderr, and not again as a log line on stdout.
+    let all = format!("{}{err}", String::from_utf8(out.stdout).unwrap());
+    assert_eq!(all.matches("BRIDGE_RDKAFKA_NO_SUCH_PROPERTY").count(), 1, "{all}");
+}
+
+#[test]
+fn an_admin_port_in_use_is_named_at_start() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let spool = tempfile::tempdir().unwrap();
+    let out = bridge()
+        .env("BRIDGE_SDK_APP_ID", "1")
+        .env("BRIDGE_SPOOL_DIR", spool.path())
+        .env("BRIDGE_LISTEN", "127.0.0.1:0")
+        .env("BRIDGE_ADMIN_LISTEN", taken.local_addr().unwrap().to_string())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("BRIDGE_ADMIN_LISTEN: cannot bind"), "{err}");
 }
 
 #[tokio::test]
@@ -82,6 +103,7 @@ async fn a_second_bridge_on_the_same_spool_refuses_to_start() {
         .env("BRIDGE_SDK_APP_ID", "1")
         .env("BRIDGE_SPOOL_DIR", spool.path())
         .env("BRIDGE_LISTEN", "127.0.0.1:0")
+        .env("BRIDGE_ADMIN_LISTEN", "127.0.0.1:0")
         .env("BRIDGE_KAFKA_BROKERS", "127.0.0.1:1")
         .output()
         .unwrap();
