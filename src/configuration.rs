@@ -73,6 +73,11 @@ pub const VARIABLES: &[Variable] = &[
         Some("10"),
         "on SIGTERM, how long to keep forwarding the spool to Kafka",
     ),
+    var(
+        "BRIDGE_DRAIN_STALL_SECS",
+        Some("120"),
+        "tim-kafka-bridge drain: give up (exit 1) when Kafka took nothing for this long",
+    ),
     var("BRIDGE_LOG_FORMAT", Some("text"), "text | json"),
     var(
         "BRIDGE_READY_KAFKA_WINDOW_SECS",
@@ -231,6 +236,8 @@ pub struct Settings {
     pub spool_fsync: FsyncMode,
     pub spool_max_bytes: u64,
     pub shutdown_grace: Duration,
+    /// `drain`: how long without progress before giving up.
+    pub drain_stall: Duration,
     pub log_format: LogFormat,
     pub ready_kafka_window: Duration,
     pub ready_spool_high_water: f64,
@@ -266,6 +273,7 @@ struct Raw {
     spool_fsync_interval_ms: Option<String>,
     spool_max_bytes: Option<String>,
     shutdown_grace_secs: Option<String>,
+    drain_stall_secs: Option<String>,
     log_format: Option<String>,
     ready_kafka_window_secs: Option<String>,
     ready_spool_high_water: Option<String>,
@@ -275,6 +283,16 @@ impl Settings {
     /// Reads the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_vars(std::env::vars())
+    }
+
+    /// Reads the process environment for `tim-kafka-bridge drain`, which serves no webhook and so needs
+    /// no `BRIDGE_SDK_APP_ID`.
+    pub fn for_drain() -> Result<Self, ConfigError> {
+        let mut vars: Vec<(String, String)> = std::env::vars().collect();
+        if !vars.iter().any(|(k, v)| k == "BRIDGE_SDK_APP_ID" && !v.trim().is_empty()) {
+            vars.push(("BRIDGE_SDK_APP_ID".to_owned(), "0".to_owned()));
+        }
+        Self::from_vars(vars)
     }
 
     /// Reads the given variables as if they were the environment (tests use this).
@@ -364,6 +382,7 @@ impl Settings {
                 "BRIDGE_SHUTDOWN_GRACE_SECS",
                 raw.shutdown_grace_secs,
             )?),
+            drain_stall: Duration::from_secs(number("BRIDGE_DRAIN_STALL_SECS", raw.drain_stall_secs)?),
             log_format: match choice("BRIDGE_LOG_FORMAT", raw.log_format, &["text", "json"])? {
                 "json" => LogFormat::Json,
                 _ => LogFormat::Text,
@@ -423,7 +442,7 @@ fn choice(name: &str, given: Option<String>, options: &[&'static str]) -> Result
 /// The text of `--help`.
 pub fn help() -> String {
     let mut out = format!(
-        "{name} {version}\n{desc}\n\nUsage: {name} [--help | --version]\n\nEverything is configured through the environment:\n\n",
+        "{name} {version}\n{desc}\n\nUsage: {name} [drain | --help | --version]\n\n  (no argument)  serve webhooks and forward them to Kafka\n  drain          forward everything the spool holds to Kafka, serving no HTTP; exit 0 once it is empty\n\nEverything is configured through the environment:\n\n",
         name = env!("CARGO_PKG_NAME"),
         version = env!("CARGO_PKG_VERSION"),
         desc = env!("CARGO_PKG_DESCRIPTION"),

@@ -1,10 +1,11 @@
 use std::process::ExitCode;
 
 use tim_kafka_bridge::configuration::{help, Settings};
-use tim_kafka_bridge::startup::Application;
+use tim_kafka_bridge::startup::{self, Application};
 use tim_kafka_bridge::{shutdown, telemetry};
 
 fn main() -> ExitCode {
+    let drain = std::env::args().nth(1).as_deref() == Some("drain");
     match std::env::args().nth(1).as_deref() {
         Some("-h" | "--help") => {
             print!("{}", help());
@@ -14,13 +15,14 @@ fn main() -> ExitCode {
             println!("{} {}", env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION"));
             return ExitCode::SUCCESS;
         }
+        Some("drain") => {}
         Some(other) => {
             eprintln!("{}: unknown argument {other:?}; everything is configured through BRIDGE_* variables (see --help)", env!("CARGO_PKG_NAME"));
             return ExitCode::from(2);
         }
         None => {}
     }
-    let settings = match Settings::from_env() {
+    let settings = match if drain { Settings::for_drain() } else { Settings::from_env() } {
         Ok(s) => s,
         Err(e) => {
             eprintln!("{}: configuration error: {e}", env!("CARGO_PKG_NAME"));
@@ -44,6 +46,9 @@ fn main() -> ExitCode {
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime starts");
     let result = runtime.block_on(async {
+        if drain {
+            return startup::drain(settings, shutdown::signal()).await;
+        }
         let app = Application::build(settings).await?;
         app.run_until_stopped(shutdown::signal()).await
     });

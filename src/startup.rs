@@ -33,6 +33,10 @@ pub enum StartupError {
     Tls(#[from] crate::tls::TlsError),
     #[error("forwarding to Kafka stopped: {0}")]
     Forwarder(#[from] ForwarderError),
+    #[error("Kafka took no event for {} s; {pending} events remain in the spool", .stalled.as_secs())]
+    DrainStalled { stalled: Duration, pending: u64 },
+    #[error("interrupted; {pending} events remain in the spool")]
+    DrainInterrupted { pending: u64 },
 }
 
 /// Limits of the HTTP server against slow, idle and numerous clients (docs/security.md).
@@ -379,4 +383,69 @@ impl Application {
             Some(e) => Err(e.into()),
         }
     }
+}
+
+/// `tim-kafka-bridge drain`: forwards everything the spool directory holds to Kafka without serving
+/// HTTP, and returns once it is all in Kafka. For the spool of a replica that was scaled away, or one
+/// moved by hand. It takes the spool's lock like a bridge does, so it never runs beside one. Gives up
+/// with [`StartupError::DrainStalled`] when Kafka takes nothing for `BRIDGE_DRAIN_STALL_SECS`.
+pub async fn drain(settings: Settings, interrupt: impl Future<Output = ()>) -> Result<(), StartupError> {
+    let metrics = Arc::new(Metrics::new());
+    let publisher = Arc::new(Publisher::new(&settings, None, SPOOL_LINGER, metrics.clone())?);
+    if let Ok(true) = publisher.refresh_limits(Duration::from_secs(3)).await {
+        publisher.rebuild()?;
+    }
+    let config = SpoolConfig {
+        dir: settings.spool_dir.clone(),
+        fsync: settings.spool_fsync,
+        max_bytes: settings.spool_max_bytes,
+        observer: None,
+    };
+    let (spool, thread) =
+        tokio::task::spawn_blocking(move || Spool::open(config)).await.expect("spool open does not panic")?;
+    let committed = spool.committed().borrow().seq;
+    let pending = spool.pending_events();
+    tracing::info!(pending, spool = %settings.spool_dir.display(), topic = %settings.topic, "draining the spool");
+    let (forwarder, mut progress) = Forwarder::new(spool.clone(), publisher.clone());
+    let start = progress.borrow().acked_seq;
+    let (stop, stop_rx) = watch::channel(None);
+    let mut task = tokio::spawn(forwarder.run(stop_rx));
+    tokio::pin!(interrupt);
+    let outcome = loop {
+        if progress.borrow_and_update().acked_seq >= committed {
+            break Ok(());
+        }
+        tokio::select! {
+            changed = tokio::time::timeout(settings.drain_stall, progress.changed()) => {
+                if changed.is_err() {
+                    break Err(StartupError::DrainStalled { stalled: settings.drain_stall, pending: committed - progress.borrow().acked_seq });
+                }
+            }
+            ended = &mut task => {
+                break match ended {
+                    Ok(Err(e)) => Err(e.into()),
+                    _ => Ok(()),
+                };
+            }
+            () = &mut interrupt => {
+                break Err(StartupError::DrainInterrupted { pending: committed - progress.borrow().acked_seq });
+            }
+        }
+    };
+    let _ = stop.send(Some(tokio::time::Instant::now()));
+    if !task.is_finished() {
+        let _ = tokio::time::timeout(SETTLE_TIME + Duration::from_secs(1), task).await;
+    }
+    let acked = progress.borrow().acked_seq;
+    spool.close();
+    drop(spool);
+    tokio::task::spawn_blocking(move || thread.join()).await.ok();
+    let _ = tokio::task::spawn_blocking(move || publisher.flush(Duration::from_secs(5))).await;
+    if outcome.is_ok() {
+        tracing::info!(
+            events = acked.saturating_sub(start),
+            "spool drained: every event it held is in Kafka"
+        );
+    }
+    outcome
 }

@@ -507,6 +507,54 @@ where
 }
 
 // ---------------------------------------------------------------------------------------------------
+// Spools
+
+/// Writes changes `0..n` of `group` into the spool at `dir` as a stopped bridge would have left
+/// them, through the library's own spool (no HTTP, so a large backlog takes a second).
+pub async fn spool_directly(dir: &Path, group: &str, n: usize) {
+    let (spool, thread) = tim_kafka_bridge::spool::Spool::open(tim_kafka_bridge::spool::SpoolConfig {
+        dir: dir.to_owned(),
+        fsync: tim_kafka_bridge::spool::FsyncMode::Never,
+        max_bytes: 1 << 30,
+        observer: None,
+    })
+    .unwrap();
+    let verifier = tim_kafka_bridge::webhook::Verifier {
+        app_ids: vec![tim_kafka_bridge::domain::SdkAppId::parse(APP_ID).unwrap()],
+        token: CallbackToken::new(TOKEN.into()),
+        max_skew_secs: 60,
+    };
+    let query = signed_query(now_secs());
+    for chunk in (0..n).collect::<Vec<_>>().chunks(512) {
+        let appends = chunk.iter().map(|i| {
+            let event = verifier.check(
+                &query,
+                Webhook::rename(group, *i).body().as_bytes(),
+                tim_kafka_bridge::now_ms(),
+            );
+            let bytes = event.expect("a valid webhook").to_message().to_bytes();
+            let spool = spool.clone();
+            async move { spool.append(bytes).await.unwrap() }
+        });
+        futures_util::future::join_all(appends).await;
+    }
+    spool.close();
+    drop(spool);
+    thread.join();
+}
+
+/// The segment files of a spool, oldest first.
+pub fn segments(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut s: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    s.sort();
+    s
+}
+
+// ---------------------------------------------------------------------------------------------------
 // Webhooks
 
 /// The query string Tencent sends, signed now.
