@@ -54,3 +54,22 @@ fn prometheus_scrapes_the_admin_port_the_compose_file_gives_the_bridge() {
     let target = prometheus["scrape_configs"][0]["static_configs"][0]["targets"][0].as_str().unwrap();
     assert_eq!(target, format!("bridge:{admin_port}"), "Prometheus scrapes the admin listener");
 }
+
+#[test]
+fn every_bridge_variable_in_the_kubernetes_base_is_one_the_bridge_knows_and_parses() {
+    let text = std::fs::read_to_string(repo().join("deploy/kubernetes/bridge.env")).unwrap();
+    let vars: Vec<(String, String)> = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#') && l.contains('='))
+        .map(|l| {
+            let (k, v) = l.split_once('=').unwrap();
+            (k.trim().to_owned(), v.trim().to_owned())
+        })
+        .collect();
+    for (k, _) in vars.iter().filter(|(k, _)| k.starts_with("BRIDGE_")) {
+        let known = VARIABLES.iter().any(|v| v.name == k) || k.starts_with(RDKAFKA_PREFIX);
+        assert!(known, "bridge.env sets {k}, which the bridge does not read");
+    }
+    // And the bridge takes them as they are.
+    tim_kafka_bridge::configuration::Settings::from_vars(vars).expect("bridge.env parses");
+}
