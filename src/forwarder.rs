@@ -194,7 +194,12 @@ impl Forwarder {
                     return Ok(());
                 }
                 if !matches!(state, State::Draining { .. }) && now >= s.stop_sending_at {
-                    state = State::Draining { failed_seq: None };
+                    // A failure being recovered from carries over: reports after it must not count.
+                    let failed_seq = match state {
+                        State::Recovering { failed_seq, .. } => Some(failed_seq),
+                        _ => None,
+                    };
+                    state = State::Draining { failed_seq };
                 }
             }
             let room = state.window().saturating_sub(b.inflight.len());

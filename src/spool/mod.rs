@@ -506,4 +506,30 @@ mod tests {
         assert_eq!(read, (1..=total).collect::<Vec<_>>());
         close((spool, thread));
     }
+
+    #[tokio::test]
+    async fn a_wholly_damaged_older_segment_costs_its_records_only_and_nothing_waits_for_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, thread) = open(dir.path(), 64 << 10);
+        for i in 0..30u32 {
+            spool.append(vec![b'a' + (i % 26) as u8; 400]).await.unwrap();
+        }
+        close((spool, thread));
+        let segs = writer::list_segments(dir.path()).unwrap();
+        assert!(segs.len() >= 3, "{segs:?}");
+        let (second, next) = (segs[1].0, segs[2].0);
+        let len = std::fs::metadata(&segs[1].1).unwrap().len() as usize;
+        std::fs::write(&segs[1].1, vec![0u8; len]).unwrap();
+
+        let (spool, thread) = open(dir.path(), 64 << 10);
+        let lost = next - second;
+        assert_eq!(spool.stats().corrupt_records.load(Ordering::Relaxed), lost);
+        let mut reader = spool.reader();
+        let committed = *spool.committed().borrow();
+        let seqs: Vec<u64> = reader.read(committed, 1000, 1 << 20).unwrap().iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, (1..=30).filter(|s| *s < second || *s >= next).collect::<Vec<_>>());
+        assert!(reader.position() > committed.seq, "nothing is left to wait for");
+        assert_eq!(spool.append(b"next".to_vec()).await.unwrap(), 31);
+        close((spool, thread));
+    }
 }

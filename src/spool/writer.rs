@@ -34,7 +34,10 @@ pub(super) struct Segment {
 
 pub(super) struct Recovered {
     segments: VecDeque<Segment>,
+    /// Up to the last record that can be read back.
     pub committed: Committed,
+    /// The first sequence number new appends get: after every number seen, damaged ones included.
+    pub next_seq: u64,
     pub acked: u64,
     /// Held (locked) for as long as the writer lives.
     pub lock: File,
@@ -172,7 +175,7 @@ pub(super) fn recover(dir: &Path, stats: &SpoolStats) -> Result<Recovered, Spool
         if records == 0 || seg_last <= acked {
             fs::remove_file(path)?;
         } else {
-            committed = Committed { seq: last_seq, segment: first_seq, offset: buf.len() as u64 };
+            committed = Committed { seq: seg_last, segment: first_seq, offset: buf.len() as u64 };
             segments.push_back(Segment {
                 first_seq,
                 last_seq: seg_last,
@@ -181,9 +184,10 @@ pub(super) fn recover(dir: &Path, stats: &SpoolStats) -> Result<Recovered, Spool
             });
         }
     }
-    // A fresh spool continues numbering after the acknowledged sequence number.
-    committed.seq = last_seq.max(acked);
-    Ok(Recovered { segments, committed, acked, lock, damage })
+    // A fresh spool continues numbering after the acknowledged sequence number; the reader's bound is
+    // the last record that can be read (a damaged tail of an older segment is not waited for).
+    committed.seq = committed.seq.max(acked);
+    Ok(Recovered { segments, committed, next_seq: last_seq.max(acked) + 1, acked, lock, damage })
 }
 
 /// One warning for a damaged stretch and the count of the records it cost (those not yet delivered).
@@ -296,7 +300,7 @@ impl Writer {
             config,
             segments: recovered.segments,
             active: None,
-            next_seq: recovered.committed.seq + 1,
+            next_seq: recovered.next_seq,
             acked: recovered.acked,
             ack_file,
             ack_slot: 1,
@@ -531,7 +535,9 @@ impl Writer {
         self.burnt.retain(|(_, to)| *to > self.acked);
         self.ack_slot ^= 1;
         if let Err(e) = write_ack(&self.ack_file, self.acked, ACK_SLOTS[self.ack_slot]) {
+            // Segments are deleted only once the acknowledgement that frees them is on record.
             tracing::warn!(error = %e, "spool: could not record acknowledgements; they will be published again after a restart");
+            return;
         }
         let freeable = self.segments.iter().take_while(|s| s.last_seq <= self.acked && s.bytes > 0).count();
         if freeable == 0 {
