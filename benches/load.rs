@@ -7,9 +7,16 @@
 //! consumer reads the topic meanwhile for end-to-end latency and checks that every webhook answered OK
 //! arrived. Peak RSS and CPU time come from /proc.
 //!
+//! The peer is Benthos 4.27 (`bench/peer`, built by `scripts/bench` from the Go module proxy):
+//! `http_server` → `kafka_franz`, answering after Kafka's ack (`peer-sync`) or after its SQLite buffer
+//! (`peer-spool`, which Benthos opens without fsync). It checks nothing of Tencent's protocol and
+//! publishes the request body as it came; the same load is sent to it.
+//!
 //! Environment (scripts/bench sets them): `BENCH_KAFKA` (bootstrap servers), `BENCH_SECONDS` (per
 //! phase, default 10), `BENCH_RATES` (default `2000,10000,30000`), `BENCH_TARGETS` (default
-//! `ceiling,always,interval,sync`), `BENCH_OUT` (results directory).
+//! `ceiling,always,interval,never,sync,peer-sync,peer-spool`), `BENCH_PEER` (the Benthos binary; the
+//! peer targets are left out, with a line saying so, without it), `BENCH_PEER_CONFIGS` (the directory
+//! of `sync.yaml` and `spool.yaml`), `BENCH_OUT` (results directory).
 
 use std::collections::HashSet;
 use std::process::{Child, Command, Stdio};
@@ -90,6 +97,21 @@ fn start(name: &str, kafka: &str) -> Target {
     let spool = tempfile::tempdir().unwrap();
     let admin_port = free_port();
     let topic = format!("bench-{name}-{}", now_ns() % 1_000_000_000);
+    if let Some(mode) = name.strip_prefix("peer-") {
+        let configs = std::path::PathBuf::from(env_or("BENCH_PEER_CONFIGS", "bench/peer"));
+        let child = Command::new(std::env::var("BENCH_PEER").expect("BENCH_PEER names the peer binary"))
+            .arg("-c")
+            .arg(configs.join(format!("{mode}.yaml")))
+            .env("LISTEN", format!("127.0.0.1:{port}"))
+            .env("BROKERS", kafka)
+            .env("TOPIC", &topic)
+            .env("SPOOL", spool.path().join("buffer.db"))
+            .env("LOG_LEVEL", "WARN")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("the peer starts");
+        return Target { child, port, admin_port: 0, topic: Some(topic), _spool: Some(spool) };
+    }
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tim-kafka-bridge"));
     cmd.env_clear()
         .env("BRIDGE_SDK_APP_ID", APP_ID)
@@ -105,6 +127,9 @@ fn start(name: &str, kafka: &str) -> Target {
         "always" => {}
         "interval" => {
             cmd.env("BRIDGE_SPOOL_FSYNC", "interval");
+        }
+        "never" => {
+            cmd.env("BRIDGE_SPOOL_FSYNC", "never");
         }
         "sync" => {
             cmd.env("BRIDGE_DELIVERY", "sync");
@@ -150,6 +175,27 @@ impl Target {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// `wrk` against the ceiling, for the same time and connections as the closed loop: a check that the
+/// load generator is not what limits the ceiling's rate. `None` when wrk is not installed.
+fn wrk_rate(port: u16, seconds: u64) -> Option<f64> {
+    let (query, body) = webhook("wrk", 0, now_ns());
+    let script = tempfile::NamedTempFile::new().ok()?;
+    let lua = format!(
+        "wrk.method = \"POST\"\nwrk.body = {body:?}\nwrk.headers[\"Content-Type\"] = \"application/json\"\n"
+    );
+    std::fs::write(script.path(), lua).ok()?;
+    let out = Command::new("wrk")
+        .args(["-t1", &format!("-c{CONNECTIONS}"), &format!("-d{seconds}s"), "-s"])
+        .arg(script.path())
+        .arg(format!("http://127.0.0.1:{port}/webhook?{query}"))
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rate = text.lines().find_map(|l| l.strip_prefix("Requests/sec:"))?.trim().parse().ok()?;
+    eprintln!("load: ceiling with wrk: {rate:.0}/s");
+    Some(rate)
 }
 
 fn clock_ticks() -> f64 {
@@ -326,7 +372,8 @@ fn watch(kafka: &str, topic: &str) -> Watcher {
                 let now = now_ns();
                 let v: serde_json::Value =
                     serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or_default();
-                let name = v["changes"]["name"].as_str().unwrap_or_default();
+                // The bridge's event carries the name in `changes`; the peer publishes the webhook body.
+                let name = v["changes"]["name"].as_str().or_else(|| v["Name"].as_str()).unwrap_or_default();
                 let mut parts = name.split(' ');
                 if let (Some(phase), Some(id), Some(sent)) = (parts.next(), parts.next(), parts.next()) {
                     if let (Ok(id), Ok(sent)) = (id.parse(), sent.parse::<u64>()) {
@@ -456,14 +503,22 @@ fn main() {
     let seconds: u64 = env_or("BENCH_SECONDS", "10").parse().unwrap();
     let rates: Vec<u64> =
         env_or("BENCH_RATES", "2000,10000,30000").split(',').map(|r| r.trim().parse().unwrap()).collect();
-    let targets: Vec<String> =
-        env_or("BENCH_TARGETS", "ceiling,always,interval,sync").split(',').map(str::to_owned).collect();
+    let mut targets: Vec<String> = env_or("BENCH_TARGETS", "ceiling,always,interval,never,sync,peer-sync,peer-spool")
+        .split(',')
+        .map(str::to_owned)
+        .collect();
+    let mut skipped = Vec::new();
+    if std::env::var_os("BENCH_PEER").is_none() {
+        skipped.extend(targets.iter().filter(|t| t.starts_with("peer-")).cloned());
+        targets.retain(|t| !t.starts_with("peer-"));
+    }
     let out = std::path::PathBuf::from(env_or("BENCH_OUT", "bench/results"));
     std::fs::create_dir_all(&out).unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
 
     let mut rows = Vec::new(); // (target, phase, result, rss)
     let mut notes = Vec::new(); // spool commit statistics per bridge target
+    let mut generator = None; // wrk's closed-loop rate against the ceiling, when wrk is installed
     for name in &targets {
         eprintln!("load: {name}");
         let target = start(name, &kafka);
@@ -526,6 +581,11 @@ fn main() {
             );
             rows.push((name.clone(), phase, r));
         }
+        if name == "ceiling" {
+            if let Some(rate) = wrk_rate(target.port, seconds) {
+                generator = Some(rate);
+            }
+        }
         if let Some(w) = watcher {
             w.stop();
         }
@@ -536,7 +596,7 @@ fn main() {
                 if records >= ok { "" } else { " — MISSING RECORDS" }
             ));
         }
-        if target.topic.is_some() {
+        if target.admin_port != 0 {
             let text = rt.block_on(async {
                 client
                     .get(format!("http://127.0.0.1:{}/metrics", target.admin_port))
@@ -601,9 +661,37 @@ fn main() {
             ));
         }
     }
+    let closed = |target: &str| {
+        rows.iter().find(|r| r.0 == target && r.1.starts_with("closed")).map(|r| r.2.achieved_per_sec)
+    };
+    let pairs = [("sync", "peer-sync"), ("never", "peer-spool"), ("always", "peer-spool")];
+    let against: Vec<String> = pairs
+        .iter()
+        .filter_map(|(bridge, peer)| Some((bridge, peer, closed(bridge)?, closed(peer)?)))
+        .map(|(bridge, peer, b, p)| format!("- {bridge}: {:.2}× {peer} ({b:.0}/s against {p:.0}/s)", b / p.max(1.0)))
+        .collect();
+    if !against.is_empty() {
+        md.push_str("\nClosed-loop throughput relative to the peer (Benthos 4.27, same run):\n\n");
+        md.push_str(&against.join("\n"));
+        md.push('\n');
+    }
+    match (generator, ceiling) {
+        (Some(w), Some(c)) => md.push_str(&format!(
+            "\nLoad generator check: against the ceiling, this generator reached {c:.0}/s and `wrk` (1 thread, \
+             {CONNECTIONS} connections, {seconds} s) {w:.0}/s: the generator drives {:.0} % of what wrk does.\n",
+            100.0 * c / w.max(1.0)
+        )),
+        _ => md.push_str("\nLoad generator check not run (`wrk` is not installed).\n"),
+    }
+    if !skipped.is_empty() {
+        md.push_str(&format!(
+            "\nNot run: {} (BENCH_PEER unset: scripts/bench builds the peer when `go` is installed).\n",
+            skipped.join(", ")
+        ));
+    }
     if !notes.is_empty() {
         md.push_str(
-            "\nEvery webhook answered OK on the topic, and the spool's group commits (from /metrics):\n\n",
+            "\nEvery webhook answered OK on the topic (bridge and peer), and the spool's group commits (from /metrics):\n\n",
         );
         md.push_str(&notes.join("\n"));
         md.push('\n');
