@@ -415,7 +415,8 @@ pub fn read_to_end(
     loop {
         if missing.is_empty() {
             let ends = ends.get_or_insert_with(|| {
-                let end = |p: i32| c.fetch_watermarks(topic, p, Duration::from_secs(10)).expect("watermarks").1;
+                let end =
+                    |p: i32| c.fetch_watermarks(topic, p, Duration::from_secs(10)).expect("watermarks").1;
                 parts.iter().map(|p| (*p, end(*p))).collect()
             });
             if ends.iter().all(|(p, end)| next.get(p).copied().unwrap_or(0) >= *end) {
@@ -859,7 +860,7 @@ pub struct LoadShape {
 
 impl Default for LoadShape {
     fn default() -> Self {
-        Self { senders: 8, groups: 200, rate_per_sender: 100, fresh_connections: false }
+        Self { senders: 8, groups: 200, rate_per_sender: 30, fresh_connections: false }
     }
 }
 
