@@ -1,5 +1,7 @@
-//! The test harness: one real Kafka broker per test run, the bridge as a real process, a signing
-//! webhook client and a topic reader.
+//! The test harness: one real Kafka broker per test run (and a three-node cluster for the tests that
+//! need one), the bridge as a real process, a signing webhook client, a topic reader, and for tests of
+//! load: concurrent senders ([`Load`]), a round-robin load balancer ([`RoundRobin`]) and the check of
+//! what reached the topic ([`Tally`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead, BufReader};
