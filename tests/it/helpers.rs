@@ -1,7 +1,9 @@
-//! The test harness: one real Kafka broker per test run, the bridge as a real process, a signing
-//! webhook client and a topic reader.
+//! The test harness: one real Kafka broker per test run (and a three-node cluster for the tests that
+//! need one), the bridge as a real process, a signing webhook client, a topic reader, and for tests of
+//! load: concurrent senders ([`Load`]), a round-robin load balancer ([`RoundRobin`]) and the check of
+//! what reached the topic ([`Tally`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -11,7 +13,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tim_kafka_bridge::webhook::{sign, CallbackToken, Envelope};
 use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -145,6 +147,153 @@ impl Broker {
     }
 }
 
+/// The run's three-node KRaft cluster (`scripts/kafka cluster`), started on first use on free ports
+/// with its own data directory, and wiped by a watchdog when the test process exits. Every topic has
+/// replication factor 3 and `min.insync.replicas=2`.
+pub struct Cluster {
+    base_port: u16,
+    dir: PathBuf,
+}
+
+pub const CLUSTER_NODES: u8 = 3;
+
+static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+/// Every cluster test stops or kills nodes, so they take the cluster one at a time.
+static CLUSTER_USE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A base port `p` with `p..p + 2n` free: node `i` listens on `p + 2(i-1)`, its controller on the next.
+fn free_ports(n: u16) -> u16 {
+    for _ in 0..50 {
+        let a = TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = a.local_addr().unwrap().port();
+        if base < 65000 && (1..n).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
+            return base;
+        }
+    }
+    panic!("no {n} free ports in a row for the test cluster");
+}
+
+pub fn cluster() -> &'static Cluster {
+    CLUSTER.get_or_init(|| {
+        let base_port = free_ports(2 * u16::from(CLUSTER_NODES));
+        let dir = repo().join("target").join("it-kafka").join(format!("cluster-{base_port}"));
+        let c = Cluster { base_port, dir };
+        c.script("cluster reset");
+        // As for the single broker: wiped once this process is gone, however it ends.
+        let watchdog = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; exec '{script}' cluster reset",
+            pid = std::process::id(),
+            script = repo().join("scripts/kafka").display()
+        );
+        #[allow(clippy::zombie_processes)]
+        Command::new("setsid")
+            .args(["bash", "-c", &watchdog])
+            .envs(c.env())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("watchdog starts");
+        c.script(&format!("cluster start {CLUSTER_NODES}"));
+        c
+    })
+}
+
+impl Cluster {
+    fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("KAFKA_CLUSTER_BASE_PORT", self.base_port.to_string()),
+            ("KAFKA_CLUSTER_DIR", self.dir.display().to_string()),
+        ]
+    }
+
+    /// Runs `scripts/kafka ARGS`; whether it succeeded, and what it said.
+    fn try_script(&self, args: &str) -> (bool, String) {
+        let out = Command::new(repo().join("scripts/kafka"))
+            .args(args.split_whitespace())
+            .envs(self.env())
+            .output()
+            .expect("scripts/kafka runs");
+        let text =
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    }
+
+    pub fn script(&self, args: &str) -> String {
+        let (ok, text) = self.try_script(args);
+        assert!(ok, "scripts/kafka {args} failed:\n{text}");
+        text
+    }
+
+    /// [`script`](Self::script) off the runtime's threads, so that the load of a test goes on meanwhile.
+    pub async fn run(&'static self, args: String) -> String {
+        tokio::task::spawn_blocking(move || self.script(&args)).await.unwrap()
+    }
+
+    pub fn bootstrap(&self) -> String {
+        (1..=CLUSTER_NODES).map(|i| format!("127.0.0.1:{}", self.node_port(i))).collect::<Vec<_>>().join(",")
+    }
+
+    fn node_port(&self, node: u8) -> u16 {
+        self.base_port + 2 * (u16::from(node) - 1)
+    }
+
+    /// The cluster to this test alone, with every node running and caught up (a test that failed
+    /// half-way may have left one down).
+    pub async fn exclusive(&'static self) -> tokio::sync::MutexGuard<'static, ()> {
+        let guard = CLUSTER_USE.lock().await;
+        tokio::task::spawn_blocking(move || {
+            if !self.try_script("cluster status").0 {
+                let starts: Vec<_> = (1..=CLUSTER_NODES)
+                    .map(|i| std::thread::spawn(move || self.script(&format!("cluster start-node {i}"))))
+                    .collect();
+                for s in starts {
+                    s.join().unwrap();
+                }
+            }
+        })
+        .await
+        .unwrap();
+        guard
+    }
+
+    /// SIGKILL node `node` (1-based; its Kafka `node.id`).
+    pub async fn kill(&'static self, node: u8) {
+        self.run(format!("cluster kill {node}")).await;
+    }
+
+    /// Stops node `node` cleanly (SIGTERM: it hands its leaderships over first).
+    pub async fn stop_node(&'static self, node: u8) {
+        self.run(format!("cluster stop-node {node}")).await;
+    }
+
+    /// Starts the given nodes together and returns once they answer and no partition is
+    /// under-replicated (together: with two nodes down, one alone never gets the others in sync).
+    pub async fn start_nodes(&'static self, nodes: &[u8]) {
+        let starts: Vec<_> = nodes.iter().map(|i| self.run(format!("cluster start-node {i}"))).collect();
+        futures_util::future::join_all(starts).await;
+    }
+
+    /// Creates `topic` with 3 partitions whose replicas are on every node, `leader` first: the leader
+    /// of every partition while it runs.
+    pub fn create_topic(&self, topic: &str, leader: u8) {
+        let others: Vec<u8> = (1..=CLUSTER_NODES).filter(|i| *i != leader).collect();
+        let replicas = format!("{leader}:{}:{}", others[0], others[1]);
+        self.script(&format!(
+            "cluster topics --create --topic {topic} --replica-assignment {replicas},{replicas},{replicas} \
+             --config min.insync.replicas=2"
+        ));
+    }
+
+    /// The leader (node id) of each partition of `topic`, as the cluster's metadata says now; -1 for a
+    /// partition without one.
+    pub fn leaders(&self, topic: &str) -> BTreeMap<i32, i32> {
+        let c = consumer(&self.bootstrap());
+        let md = c.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+        md.topics()[0].partitions().iter().map(|p| (p.id(), p.leader())).collect()
+    }
+}
+
 /// One record read back from Kafka.
 #[derive(Debug, Clone)]
 pub struct Record {
@@ -157,6 +306,27 @@ pub struct Record {
 }
 
 impl Record {
+    fn of(m: &BorrowedMessage) -> Record {
+        let headers = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| {
+                        (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Record {
+            key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+            partition: m.partition(),
+            offset: m.offset(),
+            timestamp: m.timestamp().to_millis(),
+            headers,
+            value: serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or(serde_json::Value::Null),
+        }
+    }
+
     pub fn header(&self, k: &str) -> Option<&str> {
         self.headers.get(k).map(String::as_str)
     }
@@ -188,7 +358,12 @@ fn partitions(c: &BaseConsumer, topic: &str, deadline: Instant) -> Vec<i32> {
 
 /// How many records `topic` holds (sum of high watermarks; nothing is deleted during a test).
 pub fn topic_len(topic: &str) -> i64 {
-    let c = consumer(&broker().bootstrap());
+    topic_len_on(&broker().bootstrap(), topic)
+}
+
+/// [`topic_len`] on the Kafka at `bootstrap`.
+pub fn topic_len_on(bootstrap: &str, topic: &str) -> i64 {
+    let c = consumer(bootstrap);
     let deadline = Instant::now() + Duration::from_secs(30);
     partitions(&c, topic, deadline)
         .into_iter()
@@ -200,40 +375,73 @@ pub fn topic_len(topic: &str) -> i64 {
 /// `timeout` with what it has.
 pub fn read_until(topic: &str, timeout: Duration, until: impl Fn(&[Record]) -> bool) -> Vec<Record> {
     let deadline = Instant::now() + timeout;
-    let c = consumer(&broker().bootstrap());
-    let mut tpl = TopicPartitionList::new();
-    for p in partitions(&c, topic, deadline) {
-        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
-    }
-    c.assign(&tpl).unwrap();
+    let (c, _) = reader(&broker().bootstrap(), topic, deadline);
     let mut out = Vec::new();
     while !until(&out) {
         assert!(Instant::now() < deadline, "timed out reading {topic}: have {} records", out.len());
-        let Some(m) = c.poll(Duration::from_millis(200)) else { continue };
-        let m = match m {
-            Ok(m) => m,
-            Err(_) => continue,
-        };
-        let headers = m
-            .headers()
-            .map(|h| {
-                h.iter()
-                    .map(|h| {
-                        (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        out.push(Record {
-            key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
-            partition: m.partition(),
-            offset: m.offset(),
-            timestamp: m.timestamp().to_millis(),
-            headers,
-            value: serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or(serde_json::Value::Null),
-        });
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+            out.push(Record::of(&m));
+        }
     }
     out
+}
+
+/// A consumer assigned every partition of `topic` from the beginning, and those partitions.
+fn reader(bootstrap: &str, topic: &str, deadline: Instant) -> (BaseConsumer, Vec<i32>) {
+    let c = consumer(bootstrap);
+    let parts = partitions(&c, topic, deadline);
+    let mut tpl = TopicPartitionList::new();
+    for p in &parts {
+        tpl.add_partition_offset(topic, *p, Offset::Beginning).unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    (c, parts)
+}
+
+/// Reads `topic` on the Kafka at `bootstrap` from the beginning until every change in `expected` is
+/// there and then every partition up to its end as of that moment, so that repeats and changes whose
+/// answer was lost are read too. Panics at `timeout` naming what is missing. Incremental: fit for
+/// tens of thousands of records.
+pub fn read_to_end(
+    bootstrap: &str,
+    topic: &str,
+    expected: &HashSet<(String, usize)>,
+    timeout: Duration,
+) -> Vec<Record> {
+    let deadline = Instant::now() + timeout;
+    let (c, parts) = reader(bootstrap, topic, deadline);
+    let mut missing = expected.clone();
+    let mut next: HashMap<i32, i64> = HashMap::new();
+    let mut ends: Option<HashMap<i32, i64>> = None;
+    let mut out = Vec::new();
+    loop {
+        if missing.is_empty() {
+            let ends = ends.get_or_insert_with(|| {
+                let end =
+                    |p: i32| c.fetch_watermarks(topic, p, Duration::from_secs(10)).expect("watermarks").1;
+                parts.iter().map(|p| (*p, end(*p))).collect()
+            });
+            if ends.iter().all(|(p, end)| next.get(p).copied().unwrap_or(0) >= *end) {
+                return out;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out reading {topic}: {} records read, {} of the {} changes expected missing, e.g. {:?}",
+            out.len(),
+            missing.len(),
+            expected.len(),
+            missing.iter().take(5).collect::<Vec<_>>()
+        );
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+            let r = Record::of(&m);
+            if let Some(change) = try_rename_of(&r) {
+                missing.remove(&change);
+            }
+            next.insert(r.partition, r.offset + 1);
+            out.push(r);
+        }
+    }
 }
 
 /// Reads exactly `n` records and checks the topic holds no more.
@@ -283,12 +491,17 @@ impl BridgeOptions {
 
 impl Bridge {
     pub async fn spawn(opts: BridgeOptions) -> Bridge {
+        // The run's broker unless the test names other Kafka servers (then it is not started for it).
+        let brokers = match opts.env.iter().find(|(k, _)| k == "BRIDGE_KAFKA_BROKERS") {
+            Some((_, servers)) => servers.clone(),
+            None => broker().bootstrap(),
+        };
         let mut env: Vec<(String, String)> = vec![
             ("BRIDGE_SDK_APP_ID".into(), APP_ID.into()),
             ("BRIDGE_CALLBACK_TOKEN".into(), TOKEN.into()),
             ("BRIDGE_LISTEN".into(), "127.0.0.1:0".into()),
             ("BRIDGE_ADMIN_LISTEN".into(), "127.0.0.1:0".into()),
-            ("BRIDGE_KAFKA_BROKERS".into(), broker().bootstrap()),
+            ("BRIDGE_KAFKA_BROKERS".into(), brokers),
             ("BRIDGE_TOPIC".into(), opts.topic.clone()),
             ("BRIDGE_SPOOL_DIR".into(), opts.spool.display().to_string()),
             ("BRIDGE_LOG_FORMAT".into(), "json".into()),
@@ -603,9 +816,14 @@ impl Webhook {
 
 /// `(group, n)` of a record produced from [`Webhook::rename`].
 pub fn rename_of(r: &Record) -> (String, usize) {
-    let name = r.value["changes"]["name"].as_str().expect("a rename");
-    let (group, n) = name.rsplit_once(" #").unwrap();
-    (group.to_owned(), n.parse().unwrap())
+    try_rename_of(r).expect("a rename")
+}
+
+/// `(group, n)` of a record produced from [`Webhook::rename`], `None` for any other record.
+pub fn try_rename_of(r: &Record) -> Option<(String, usize)> {
+    let name = r.value["changes"]["name"].as_str()?;
+    let (group, n) = name.rsplit_once(" #")?;
+    Some((group.to_owned(), n.parse().ok()?))
 }
 
 /// Checks each group's changes appear in the order they were made (first occurrences; a retry may
@@ -624,4 +842,269 @@ pub fn assert_per_group_order(records: &[Record]) {
             assert!(n > prev, "group {g}: change {n} arrived after change {prev}");
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Load, a load balancer, and what reached the topic
+
+/// The shape of a [`Load`].
+#[derive(Debug, Clone, Copy)]
+pub struct LoadShape {
+    /// Concurrent senders; each owns `groups / senders` groups and sends their changes in turn.
+    pub senders: usize,
+    pub groups: usize,
+    /// Most webhooks per second per sender.
+    pub rate_per_sender: u32,
+    /// A new connection per webhook (behind a [`RoundRobin`], every webhook goes to the next bridge)
+    /// instead of keep-alive.
+    pub fresh_connections: bool,
+}
+
+impl Default for LoadShape {
+    fn default() -> Self {
+        Self { senders: 8, groups: 200, rate_per_sender: 30, fresh_connections: false }
+    }
+}
+
+/// What a [`Load`] sent and how it was answered.
+#[derive(Debug, Default, Clone)]
+pub struct Answers {
+    pub sent: usize,
+    /// The changes answered 200: each must reach the topic.
+    pub ok: HashSet<(String, usize)>,
+    /// Every other answer by HTTP status; 0 is no answer (refused, reset, timed out).
+    pub other: BTreeMap<u16, usize>,
+    /// Per group, the last change answered 200.
+    pub last_ok: HashMap<String, usize>,
+}
+
+/// Signed renames posted to a webhook URL by concurrent senders until stopped, the way Tencent sends
+/// them: each group's changes one after the other (change `n + 1` once `n` was answered, whatever
+/// the answer), many groups at once.
+pub struct Load {
+    answers: Arc<Mutex<Answers>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    senders: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    /// Starts sending to `url` (the webhook path of a bridge or a balancer) changes of the groups
+    /// `@TGS#<prefix><i>`.
+    pub fn start(url: String, prefix: &str, shape: LoadShape) -> Load {
+        let mut http = reqwest::Client::builder().timeout(Duration::from_secs(10));
+        if shape.fresh_connections {
+            http = http.pool_max_idle_per_host(0);
+        }
+        let http = http.build().unwrap();
+        let answers = Arc::new(Mutex::new(Answers::default()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let senders = (0..shape.senders)
+            .map(|s| {
+                let groups: Vec<String> =
+                    (s..shape.groups).step_by(shape.senders).map(|g| format!("@TGS#{prefix}{g}")).collect();
+                let (http, url, answers, stop) = (http.clone(), url.clone(), answers.clone(), stop.clone());
+                let period = Duration::from_secs(1) / shape.rate_per_sender.max(1);
+                tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(period);
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    for n in 0.. {
+                        for group in &groups {
+                            if stop.load(Ordering::Relaxed) {
+                                return;
+                            }
+                            tick.tick().await;
+                            let status = post_webhook(&http, &url, &Webhook::rename(group, n)).await;
+                            let mut a = answers.lock().unwrap();
+                            a.sent += 1;
+                            if status == 200 {
+                                a.ok.insert((group.clone(), n));
+                                a.last_ok.insert(group.clone(), n);
+                            } else {
+                                *a.other.entry(status).or_default() += 1;
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load { answers, stop, senders }
+    }
+
+    /// How many webhooks were answered 200 so far.
+    pub fn ok_count(&self) -> usize {
+        self.answers.lock().unwrap().ok.len()
+    }
+
+    /// Waits until `more` webhooks beyond those answered so far were answered 200.
+    pub async fn wait_for_more_ok(&self, more: usize, timeout: Duration) {
+        let target = self.ok_count() + more;
+        wait_for(&format!("{target} webhooks answered 200"), timeout, || async { self.ok_count() >= target })
+            .await;
+    }
+
+    /// Stops the senders (each finishes the webhook it is sending) and returns what they got.
+    pub async fn stop(self) -> Answers {
+        self.stop.store(true, Ordering::Relaxed);
+        for s in self.senders {
+            s.await.unwrap();
+        }
+        let answers = self.answers.lock().unwrap().clone();
+        answers
+    }
+}
+
+/// POSTs a signed `hook` to `url`; the HTTP status, or 0 when no answer came.
+pub async fn post_webhook(http: &reqwest::Client, url: &str, hook: &Webhook) -> u16 {
+    let sent = http
+        .post(format!("{url}?{}", signed_query(now_secs())))
+        .header("content-type", "application/json")
+        .body(hook.body())
+        .send()
+        .await;
+    match sent {
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            match resp.bytes().await {
+                Ok(_) => status,
+                Err(_) => 0,
+            }
+        }
+        Err(_) => 0,
+    }
+}
+
+/// A round-robin TCP load balancer, as in front of several bridges in production: each connection
+/// it accepts goes to the next backend, bytes copied both ways. Stops accepting when dropped.
+pub struct RoundRobin {
+    pub port: u16,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl RoundRobin {
+    /// Balances over the listeners on 127.0.0.1 at `backends` (e.g. each bridge's `port`).
+    pub async fn start(backends: Vec<u16>) -> RoundRobin {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accept = tokio::spawn(async move {
+            for backend in backends.iter().cycle() {
+                let Ok((mut inbound, _)) = listener.accept().await else { continue };
+                let backend = *backend;
+                tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", backend)).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        RoundRobin { port, accept }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+}
+
+impl Drop for RoundRobin {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+/// What the topic holds against what a [`Load`] was answered.
+#[derive(Debug)]
+pub struct Tally {
+    pub sent: usize,
+    pub ok: usize,
+    /// Records of the load's groups on the topic, repeats included.
+    pub on_topic: usize,
+    /// Records whose `event_id` came earlier on the topic.
+    pub repeats: usize,
+    pub non_200: BTreeMap<u16, usize>,
+    /// Changes answered 200 and not on the topic.
+    pub lost: Vec<(String, usize)>,
+    /// Changes that came on the topic after a later change of their group (repeats dropped by
+    /// `event_id`), as `group: n after m`.
+    pub reordered: Vec<String>,
+}
+
+impl Tally {
+    pub fn of(answers: &Answers, records: &[Record]) -> Tally {
+        let mut sorted: Vec<&Record> = records.iter().filter(|r| try_rename_of(r).is_some()).collect();
+        sorted.sort_by_key(|r| (r.partition, r.offset));
+        let mut ids = HashSet::new();
+        let mut on_topic = HashSet::new();
+        let mut last: HashMap<String, usize> = HashMap::new();
+        let (mut repeats, mut reordered) = (0, Vec::new());
+        for r in &sorted {
+            let id = r.value["event_id"].as_str().expect("an event_id").to_owned();
+            if !ids.insert(id) {
+                repeats += 1;
+                continue;
+            }
+            let (group, n) = rename_of(r);
+            if let Some(prev) = last.insert(group.clone(), n) {
+                if n < prev {
+                    reordered.push(format!("{group}: {n} after {prev}"));
+                }
+            }
+            on_topic.insert((group, n));
+        }
+        let mut lost: Vec<_> = answers.ok.difference(&on_topic).cloned().collect();
+        lost.sort();
+        Tally {
+            sent: answers.sent,
+            ok: answers.ok.len(),
+            on_topic: sorted.len(),
+            repeats,
+            non_200: answers.other.clone(),
+            lost,
+            reordered,
+        }
+    }
+
+    /// Every change answered 200 is on the topic, and no group's changes are out of order.
+    pub fn assert_nothing_lost_nor_reordered(&self) {
+        assert!(self.lost.is_empty(), "{self}; lost (first 10): {:?}", &self.lost[..self.lost.len().min(10)]);
+        assert!(
+            self.reordered.is_empty(),
+            "{self}; reordered (first 10): {:?}",
+            &self.reordered[..self.reordered.len().min(10)]
+        );
+    }
+}
+
+impl std::fmt::Display for Tally {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "sent {}, OK'd {}, on topic {}, repeats {}, non-200 answers {:?}, lost {}, reordered {}",
+            self.sent,
+            self.ok,
+            self.on_topic,
+            self.repeats,
+            self.non_200,
+            self.lost.len(),
+            self.reordered.len()
+        )
+    }
+}
+
+/// Each group's state as a consumer that applies changes by last writer wins builds it: per group,
+/// the rename `n` of the record with the greatest `(event_time_ms, event_id)`, in whatever order the
+/// records came.
+pub fn last_writer_wins(records: &[Record]) -> HashMap<String, usize> {
+    let mut newest: HashMap<String, (u64, String, usize)> = HashMap::new();
+    for r in records {
+        let Some((group, n)) = try_rename_of(r) else { continue };
+        let key = (
+            r.value["event_time_ms"].as_u64().expect("event_time_ms"),
+            r.value["event_id"].as_str().expect("event_id").to_owned(),
+            n,
+        );
+        let slot = newest.entry(group).or_insert_with(|| key.clone());
+        if (key.0, &key.1) > (slot.0, &slot.1) {
+            *slot = key;
+        }
+    }
+    newest.into_iter().map(|(group, (_, _, n))| (group, n)).collect()
 }

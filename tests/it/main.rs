@@ -1,8 +1,9 @@
 //! Integration tests: the bridge binary against a real Apache Kafka broker (started once per run by
-//! `scripts/kafka`), reading back what was produced.
+//! `scripts/kafka`; the `cluster` tests start a three-node cluster), reading back what was produced.
 
 mod helpers;
 
+mod cluster;
 mod compose;
 mod delivery;
 mod drain;
@@ -11,5 +12,6 @@ mod faults;
 mod hostile;
 mod observability;
 mod refusals;
+mod replicas;
 mod startup;
 mod status_page;
