@@ -609,8 +609,16 @@ mod tests {
             })
         );
         for (name, value, expected) in [
-            ("BRIDGE_FORWARD_URL", "app.internal/cb", "BRIDGE_FORWARD_URL: must be an http:// or https:// URL"),
-            ("BRIDGE_FORWARD_TIMEOUT_MS", "2000", "BRIDGE_FORWARD_TIMEOUT_MS: must be under Tencent's 2000 ms"),
+            (
+                "BRIDGE_FORWARD_URL",
+                "app.internal/cb",
+                "BRIDGE_FORWARD_URL: must be an http:// or https:// URL",
+            ),
+            (
+                "BRIDGE_FORWARD_TIMEOUT_MS",
+                "2000",
+                "BRIDGE_FORWARD_TIMEOUT_MS: must be under Tencent's 2000 ms",
+            ),
             ("BRIDGE_FORWARD_TIMEOUT_MS", "0", "BRIDGE_FORWARD_TIMEOUT_MS: must be at least 1 ms"),
         ] {
             let e = Settings::from_vars(vars(&[

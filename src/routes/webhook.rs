@@ -72,6 +72,8 @@ pub struct WebhookState {
 }
 
 /// How a webhook that was not refused was answered.
+// Made once per request and moved once: a box would cost an allocation to save a copy.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum Answered {
     /// Published: on the spool (or in Kafka, in sync mode).
@@ -256,10 +258,8 @@ async fn accept(
         Route::NotPublished(command) => {
             state.verifier.not_published(&command, &body)?;
             let Some(relay) = &state.relay else { return Ok(Answered::Ignored { command }) };
-            let content_type = req
-                .headers()
-                .get(actix_web::http::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok());
+            let content_type =
+                req.headers().get(actix_web::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
             return Ok(match relay.relay(req.query_string(), content_type, body).await {
                 Ok(answer) => Answered::Forwarded { command, answer },
                 Err(error) => Answered::ForwardFailed { command, error },

@@ -48,6 +48,8 @@ pub struct Authenticated {
 }
 
 /// The outcome of the whole check of an acceptable webhook.
+// Made once per request and moved once: a box would cost an allocation to save a copy.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     /// The event to publish.

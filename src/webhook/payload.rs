@@ -219,10 +219,7 @@ mod tests {
     fn event_time_may_be_a_number_or_a_string_of_digits() {
         for et in ["1670574414123", "\"1670574414123\""] {
             let body = format!(r#"{{"GroupId":"g","EventTime":{et}}}"#);
-            assert_eq!(
-                info(body.as_bytes()).unwrap().event_time.as_millis(),
-                1670574414123
-            );
+            assert_eq!(info(body.as_bytes()).unwrap().event_time.as_millis(), 1670574414123);
         }
     }
 
@@ -347,7 +344,9 @@ mod tests {
 
     #[test]
     fn an_owner_change_without_a_new_owner_is_refused() {
-        for body in [r#"{"GroupId":"g","EventTime":1}"#, r#"{"GroupId":"g","EventTime":1,"NewOwner_Account":""}"#] {
+        for body in
+            [r#"{"GroupId":"g","EventTime":1}"#, r#"{"GroupId":"g","EventTime":1,"NewOwner_Account":""}"#]
+        {
             assert_eq!(
                 Body::parse(body.as_bytes(), Command::ChangeGroupOwner),
                 Err(Refusal::MissingField("NewOwner_Account"))
@@ -378,7 +377,8 @@ mod tests {
 
     #[test]
     fn the_command_of_a_body_is_read_without_looking_at_anything_else() {
-        let join = br#"{"CallbackCommand":"Group.CallbackAfterNewMemberJoin","GroupId":5,"NewMemberList":[]}"#;
+        let join =
+            br#"{"CallbackCommand":"Group.CallbackAfterNewMemberJoin","GroupId":5,"NewMemberList":[]}"#;
         assert_eq!(command_of(join), Ok(Some("Group.CallbackAfterNewMemberJoin".into())));
         assert_eq!(command_of(b"{}"), Ok(None));
         assert_eq!(command_of(b"[]"), Err(Refusal::NotAnObject));

@@ -9,6 +9,7 @@ mod drain;
 mod durability;
 mod faults;
 mod hostile;
+mod lifecycle;
 mod observability;
 mod refusals;
 mod startup;
