@@ -426,3 +426,49 @@ fn an_unknown_command_in_bridge_commands_stops_the_bridge_with_one_line_naming_i
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("BRIDGE_COMMANDS") && err.contains(JOIN), "{err}");
 }
+
+/// The events the documentation shows: Tencent's samples, received at a fixed instant.
+fn documented_events() -> Vec<serde_json::Value> {
+    use tim_kafka_bridge::webhook::{sign, CallbackToken, Command, Verifier};
+    let verifier = Verifier {
+        app_ids: vec![tim_kafka_bridge::domain::SdkAppId::parse(APP_ID).unwrap()],
+        token: CallbackToken::new(TOKEN.into()),
+        max_skew_secs: 60,
+        commands: Command::ALL.to_vec(),
+    };
+    let received_at_ms = 1_795_746_701_870;
+    let t = (received_at_ms / 1000).to_string();
+    let s = sign(&CallbackToken::new(TOKEN.into()).unwrap(), &t);
+    [(CREATE, created_sample()), (INFO, Webhook::sample().0), (OWNER, owner_changed_sample()), (DESTROY, destroyed_sample())]
+        .into_iter()
+        .map(|(command, body)| {
+            let query = format!("SdkAppid={APP_ID}&CallbackCommand={command}&contenttype=json&ClientIP=127.0.0.1&OptPlatform=RESTAPI&RequestTime={t}&Sign={s}");
+            let event = verifier.check(&query, body.to_string().as_bytes(), received_at_ms).unwrap().event().unwrap();
+            serde_json::from_slice(&event.to_json()).unwrap()
+        })
+        .collect()
+}
+
+/// The JSON code blocks of a Markdown file.
+fn json_blocks(file: &str) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(repo().join(file)).unwrap();
+    text.split("```json\n")
+        .skip(1)
+        .map(|b| {
+            serde_json::from_str(b.split("```").next().unwrap())
+                .unwrap_or_else(|e| panic!("{file}: {e}\n{b}"))
+        })
+        .collect()
+}
+
+#[test]
+fn the_examples_in_the_docs_are_what_the_code_produces_and_match_the_schema() {
+    let documented = json_blocks("docs/event.md");
+    let schema = crate::delivery::schema();
+    for event in documented_events() {
+        assert!(documented.contains(&event), "docs/event.md does not show {event}");
+        assert!(schema.is_valid(&event), "{event}");
+    }
+    let info = &documented_events()[1];
+    assert!(json_blocks("README.md").contains(info), "README.md does not show {info}");
+}
