@@ -472,3 +472,87 @@ fn the_examples_in_the_docs_are_what_the_code_produces_and_match_the_schema() {
     let info = &documented_events()[1];
     assert!(json_blocks("README.md").contains(info), "README.md does not show {info}");
 }
+
+mod properties {
+    use proptest::prelude::*;
+    use tim_kafka_bridge::webhook::{sign, CallbackToken, Command, Verifier, FUZZ_NOW_MS, FUZZ_TOKEN};
+
+    fn check(command: &str, body: &serde_json::Value) -> Option<serde_json::Value> {
+        let verifier = Verifier {
+            app_ids: vec![tim_kafka_bridge::domain::SdkAppId::parse("1400000000").unwrap()],
+            token: CallbackToken::new(FUZZ_TOKEN.into()),
+            max_skew_secs: 60,
+            commands: Command::ALL.to_vec(),
+        };
+        let t = (FUZZ_NOW_MS / 1000).to_string();
+        let s = sign(&CallbackToken::new(FUZZ_TOKEN.into()).unwrap(), &t);
+        let query = format!("SdkAppid=1400000000&CallbackCommand={command}&RequestTime={t}&Sign={s}");
+        let verdict = verifier.check(&query, body.to_string().as_bytes(), FUZZ_NOW_MS).expect("accepted");
+        verdict.event().map(|e| serde_json::from_slice(&e.to_json()).unwrap())
+    }
+
+    fn opt(v: &Option<String>) -> serde_json::Value {
+        v.as_ref().map_or(serde_json::Value::Null, |s| serde_json::json!(s))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_valid_lifecycle_webhook_normalizes_to_a_schema_valid_event_that_keeps_every_value(
+            group in "\\PC{1,32}",
+            spelled_lower in any::<bool>(),
+            owner in proptest::option::of("\\PC{0,16}"),
+            new_owner in "\\PC{1,16}",
+            name in proptest::option::of("\\PC{0,16}"),
+            introduction in proptest::option::of("\\PC{0,16}"),
+            custom in proptest::collection::btree_map("\\PC{0,8}", "\\PC{0,8}", 0..5),
+            members in proptest::option::of(0usize..40),
+            event_time in 0i64..=253_402_300_799_999,
+            time_as_string in any::<bool>(),
+        ) {
+            let schema = crate::delivery::schema();
+            let mut base = serde_json::json!({
+                "EventTime": if time_as_string { serde_json::json!(event_time.to_string()) } else { serde_json::json!(event_time) },
+            });
+            base[if spelled_lower { "groupID" } else { "GroupId" }] = serde_json::json!(group);
+            let mut created = base.clone();
+            for (k, v) in [("Owner_Account", &owner), ("Name", &name), ("Introduction", &introduction)] {
+                if let Some(v) = v { created[k] = serde_json::json!(v); }
+            }
+            created["UserDefinedDataList"] =
+                custom.iter().map(|(k, v)| serde_json::json!({"Key": k, "Value": v})).collect();
+            if let Some(n) = members {
+                created["MemberList"] = (0..n).map(|i| serde_json::json!({"Member_Account": i.to_string()})).collect();
+            }
+            let mut owner_changed = base.clone();
+            owner_changed["NewOwner_Account"] = serde_json::json!(new_owner);
+            if let Some(o) = &owner { owner_changed["OldOwner_Account"] = serde_json::json!(o); }
+            let mut destroyed = base.clone();
+            if let Some(o) = &owner { destroyed["Owner_Account"] = serde_json::json!(o); }
+            if let Some(n) = &name { destroyed["Name"] = serde_json::json!(n); }
+
+            let c = check("Group.CallbackAfterCreateGroup", &created).unwrap();
+            let o = check("Group.CallbackAfterChangeGroupOwner", &owner_changed).unwrap();
+            let d = check("Group.CallbackAfterGroupDestroyed", &destroyed).unwrap();
+
+            for v in [&c, &o, &d] {
+                prop_assert!(schema.is_valid(v), "not schema-valid: {}", v);
+                prop_assert_eq!(v["group_id"].as_str(), Some(group.as_str()));
+                prop_assert_eq!(v["event_time_ms"].as_i64(), Some(event_time));
+            }
+            prop_assert_eq!(&c["owner_account"], &opt(&owner));
+            prop_assert_eq!(&c["profile"]["name"], &opt(&name));
+            prop_assert_eq!(&c["profile"]["introduction"], &opt(&introduction));
+            prop_assert_eq!(c["custom_fields"].as_object().unwrap().len(), custom.len());
+            for (k, v) in &custom {
+                prop_assert_eq!(c["custom_fields"][k].as_str(), Some(v.as_str()));
+            }
+            prop_assert_eq!(c["member_count"].as_u64(), members.map(|n| n as u64));
+            prop_assert_eq!(o["new_owner_account"].as_str(), Some(new_owner.as_str()));
+            prop_assert_eq!(&o["old_owner_account"], &opt(&owner));
+            prop_assert_eq!(&d["owner_account"], &opt(&owner));
+            prop_assert_eq!(&d["name"], &opt(&name));
+        }
+    }
+}
