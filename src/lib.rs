@@ -22,6 +22,9 @@
 //! [`configuration`] (`BRIDGE_*` variables), [`metrics`] (the Prometheus catalogue), [`health`]
 //! (readiness and the Kafka probe), [`status`] (the samples behind the status page), [`tls`] (HTTPS),
 //! [`telemetry`] (logs), [`shutdown`] (signals).
+//!
+//! Apart from the bridge, with the `directory` feature: `directory`, the reference consumer behind
+//! the `tim-group-directory` binary (a groups table in SQLite or PostgreSQL, kept from the topic).
 
 /// `fail::fail_point!` when built with the `failpoints` feature (the test suite turns it on), nothing
 /// otherwise: the release build carries no failpoint.
@@ -33,6 +36,8 @@ macro_rules! failpoint {
 }
 
 pub mod configuration;
+#[cfg(feature = "directory")]
+pub mod directory;
 pub mod domain;
 pub mod forwarder;
 pub mod health;
