@@ -5,6 +5,7 @@ mod helpers;
 
 mod compose;
 mod delivery;
+mod directory;
 mod drain;
 mod durability;
 mod faults;
