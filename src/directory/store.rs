@@ -358,6 +358,34 @@ mod tests {
         }
     }
 
+    /// The same registers on PostgreSQL, when `TEST_POSTGRES_URL` names a database to use (its
+    /// `group_fields` table is emptied): the SQL is shared, the dialects are not.
+    #[test]
+    fn postgres_keeps_the_same_registers_when_a_server_is_given() {
+        let Ok(url) = std::env::var("TEST_POSTGRES_URL") else {
+            eprintln!("TEST_POSTGRES_URL not set: PostgreSQL not tested");
+            return;
+        };
+        let mut store = Postgres::connect(&url).unwrap();
+        store.client.batch_execute("DELETE FROM group_fields").unwrap();
+        store
+            .apply(&[
+                update("g", 2, "b", &[("name", Some("second")), ("custom:k", Some("v"))]),
+                update("g", 2, "B", &[("name", Some("upper-case id sorts first in C"))]),
+                update("g", 1, "z", &[("name", Some("first")), ("destroyed", Some("true"))]),
+                update("g", 0, "a", &[("owner_account", None)]),
+            ])
+            .unwrap();
+        let g = &store.groups().unwrap()[0];
+        assert_eq!(g.name.as_deref(), Some("second"));
+        assert!(g.destroyed);
+        assert_eq!((g.owner_account.as_deref(), g.updated_at_ms), (None, 2));
+        assert_eq!(g.custom_fields.get("k").map(String::as_str), Some("v"));
+        let row =
+            store.client.query_one("SELECT name, destroyed FROM groups WHERE group_id = 'g'", &[]).unwrap();
+        assert_eq!((row.get::<_, Option<String>>(0), row.get::<_, bool>(1)), (Some("second".into()), true));
+    }
+
     #[test]
     fn a_url_of_another_database_is_refused() {
         assert!(matches!(open("mysql://x").err(), Some(StoreError::UnknownUrl(_))));
