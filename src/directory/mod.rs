@@ -48,6 +48,7 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     ("DIRECTORY_KAFKA_BROKERS", "127.0.0.1:9092", "Kafka bootstrap servers"),
     ("DIRECTORY_TOPIC", "group-change", "the bridge's topic"),
     ("DIRECTORY_CONSUMER_GROUP", "tim-group-directory", "Kafka consumer group (where a restart resumes)"),
+    ("DIRECTORY_LOG_FORMAT", "text", "text | json (level from RUST_LOG)"),
 ];
 
 impl Settings {
