@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use crate::domain::SdkAppId;
 pub use crate::spool::FsyncMode;
-use crate::webhook::CallbackToken;
+use crate::webhook::{CallbackToken, Command};
 
 /// One environment variable the bridge reads.
 pub struct Variable {
@@ -44,6 +44,21 @@ pub const VARIABLES: &[Variable] = &[
         "address and port of the admin listener: /metrics, /healthz, /readyz and the status page (plain HTTP)",
     ),
     var("BRIDGE_WEBHOOK_PATH", Some("/webhook"), "path Tencent POSTs the webhook to"),
+    var(
+        "BRIDGE_COMMANDS",
+        Some(DEFAULT_COMMANDS),
+        "callback commands published, comma separated; every other command is answered OK (or relayed) and not published",
+    ),
+    var(
+        "BRIDGE_FORWARD_URL",
+        None,
+        "http(s) URL of the app's own callback handler: commands not published are relayed to it, query and body as sent",
+    ),
+    var(
+        "BRIDGE_FORWARD_TIMEOUT_MS",
+        Some("1500"),
+        "how long a relayed command may take (under Tencent's 2 s) before the bridge answers OK itself",
+    ),
     var("BRIDGE_TLS_CERT", None, "PEM certificate chain: with BRIDGE_TLS_KEY, serve HTTPS instead of HTTP"),
     var("BRIDGE_TLS_KEY", None, "PEM private key of BRIDGE_TLS_CERT"),
     var("BRIDGE_MAX_BODY_BYTES", Some("65536"), "largest webhook body accepted; larger ones get 413"),
@@ -96,6 +111,12 @@ pub const VARIABLES: &[Variable] = &[
     ),
     var("RUST_LOG", Some("info"), "log filter, e.g. info or tim_kafka_bridge=debug,rdkafka=warn"),
 ];
+
+/// Every command the bridge can publish (`webhook::Command::ALL`, spelled out for the table above).
+const DEFAULT_COMMANDS: &str = "Group.CallbackAfterCreateGroup,Group.CallbackAfterGroupInfoChanged,Group.CallbackAfterChangeGroupOwner,Group.CallbackAfterGroupDestroyed";
+
+/// Tencent waits this long for any answer; a relay must leave time to answer after it.
+const TENCENT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Prefix of the pass-through librdkafka properties.
 pub const RDKAFKA_PREFIX: &str = "BRIDGE_RDKAFKA_";
@@ -228,6 +249,10 @@ pub struct Settings {
     pub callback_token: Option<CallbackToken>,
     pub sign_max_skew_secs: u64,
     pub max_body_bytes: usize,
+    /// The commands published (`BRIDGE_COMMANDS`), each once.
+    pub commands: Vec<Command>,
+    /// Where commands not published are relayed; `None`: they are answered OK by the bridge.
+    pub forward: Option<ForwardSettings>,
     pub kafka_brokers: String,
     pub topic: String,
     pub dlq_topic: String,
@@ -242,6 +267,13 @@ pub struct Settings {
     pub ready_kafka_window: Duration,
     pub ready_spool_high_water: f64,
     pub rdkafka: RdkafkaOverrides,
+}
+
+/// `BRIDGE_FORWARD_URL` and its deadline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardSettings {
+    pub url: String,
+    pub timeout: Duration,
 }
 
 /// PEM files for HTTPS termination.
@@ -260,6 +292,9 @@ struct Raw {
     listen: Option<String>,
     admin_listen: Option<String>,
     webhook_path: Option<String>,
+    commands: Option<String>,
+    forward_url: Option<String>,
+    forward_timeout_ms: Option<String>,
     tls_cert: Option<String>,
     tls_key: Option<String>,
     max_body_bytes: Option<String>,
@@ -362,6 +397,11 @@ impl Settings {
             (None, Some(_)) => return Err(bad("BRIDGE_TLS_CERT", "is required when BRIDGE_TLS_KEY is set")),
         };
         rdkafka.check(delivery)?;
+        let commands = commands(raw.commands)?;
+        let forward = match raw.forward_url.filter(|u| !u.trim().is_empty()) {
+            None => None,
+            Some(url) => Some(forward(url, raw.forward_timeout_ms)?),
+        };
         Ok(Self {
             listen: number("BRIDGE_LISTEN", raw.listen)?,
             admin_listen: number("BRIDGE_ADMIN_LISTEN", raw.admin_listen)?,
@@ -371,6 +411,8 @@ impl Settings {
             callback_token: raw.callback_token.and_then(CallbackToken::new),
             sign_max_skew_secs: number("BRIDGE_SIGN_MAX_SKEW_SECS", raw.sign_max_skew_secs)?,
             max_body_bytes,
+            commands,
+            forward,
             kafka_brokers: text("BRIDGE_KAFKA_BROKERS", raw.kafka_brokers)?,
             topic,
             dlq_topic,
@@ -439,6 +481,47 @@ fn choice(name: &str, given: Option<String>, options: &[&'static str]) -> Result
         .ok_or_else(|| bad(name, format!("expected one of {}, got {v:?}", options.join(" | "))))
 }
 
+/// `BRIDGE_COMMANDS`: Tencent's command names, each one the bridge can publish.
+fn commands(given: Option<String>) -> Result<Vec<Command>, ConfigError> {
+    let name = "BRIDGE_COMMANDS";
+    let text = text(name, given)?;
+    let mut commands = Vec::new();
+    for piece in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let command = Command::from_name(piece).ok_or_else(|| {
+            let known: Vec<&str> = Command::ALL.iter().map(|c| c.name()).collect();
+            bad(name, format!("{piece:?} is not a command the bridge publishes; known: {}", known.join(", ")))
+        })?;
+        if !commands.contains(&command) {
+            commands.push(command);
+        }
+    }
+    if commands.is_empty() {
+        return Err(bad(name, "must name at least one command"));
+    }
+    Ok(commands)
+}
+
+/// `BRIDGE_FORWARD_URL` and `BRIDGE_FORWARD_TIMEOUT_MS`.
+fn forward(url: String, timeout_ms: Option<String>) -> Result<ForwardSettings, ConfigError> {
+    let url = url.trim().to_owned();
+    let scheme_ok = ["http://", "https://"].iter().any(|s| url.len() > s.len() && url.starts_with(s));
+    if !scheme_ok {
+        return Err(bad("BRIDGE_FORWARD_URL", format!("must be an http:// or https:// URL, got {url:?}")));
+    }
+    let timeout = millis("BRIDGE_FORWARD_TIMEOUT_MS", timeout_ms)?;
+    if timeout >= TENCENT_TIMEOUT {
+        return Err(bad(
+            "BRIDGE_FORWARD_TIMEOUT_MS",
+            format!(
+                "must be under Tencent's {} ms, leaving time to answer, got {}",
+                TENCENT_TIMEOUT.as_millis(),
+                timeout.as_millis()
+            ),
+        ));
+    }
+    Ok(ForwardSettings { url, timeout })
+}
+
 /// The text of `--help`.
 pub fn help() -> String {
     let mut out = format!(
@@ -477,6 +560,75 @@ mod tests {
         assert_eq!(s.delivery, DeliveryMode::Spool);
         assert_eq!(s.max_body_bytes, 65536);
         assert!(s.callback_token.is_none());
+        assert_eq!(s.commands, Command::ALL.to_vec());
+        assert_eq!(s.forward, None);
+    }
+
+    #[test]
+    fn the_default_commands_are_every_command_the_bridge_publishes() {
+        let named: Vec<&str> = DEFAULT_COMMANDS.split(',').collect();
+        let all: Vec<&str> = Command::ALL.iter().map(|c| c.name()).collect();
+        assert_eq!(named, all);
+    }
+
+    #[test]
+    fn commands_are_a_comma_list_of_known_names_and_an_unknown_one_is_named() {
+        let s = Settings::from_vars(vars(&[
+            ("BRIDGE_SDK_APP_ID", "1"),
+            ("BRIDGE_COMMANDS", " Group.CallbackAfterGroupDestroyed, Group.CallbackAfterGroupInfoChanged,"),
+        ]))
+        .unwrap();
+        assert_eq!(s.commands, vec![Command::GroupDestroyed, Command::GroupInfoChanged]);
+        for (value, expected) in [
+            (
+                "Group.CallbackAfterGroupInfoChanged,Group.CallbackAfterNewMemberJoin",
+                "BRIDGE_COMMANDS: \"Group.CallbackAfterNewMemberJoin\" is not a command the bridge publishes; known: Group.CallbackAfterCreateGroup, ",
+            ),
+            (",", "BRIDGE_COMMANDS: must name at least one command"),
+            ("", "BRIDGE_COMMANDS: must not be empty"),
+        ] {
+            let e = Settings::from_vars(vars(&[("BRIDGE_SDK_APP_ID", "1"), ("BRIDGE_COMMANDS", value)]))
+                .unwrap_err();
+            assert!(e.to_string().starts_with(expected), "{value:?}: {e}");
+            assert_eq!(e.to_string().lines().count(), 1);
+        }
+    }
+
+    #[test]
+    fn a_forward_url_takes_a_deadline_under_tencents_two_seconds() {
+        let s = Settings::from_vars(vars(&[
+            ("BRIDGE_SDK_APP_ID", "1"),
+            ("BRIDGE_FORWARD_URL", "http://app.internal/im/callback"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            s.forward,
+            Some(ForwardSettings {
+                url: "http://app.internal/im/callback".into(),
+                timeout: Duration::from_millis(1500)
+            })
+        );
+        for (name, value, expected) in [
+            (
+                "BRIDGE_FORWARD_URL",
+                "app.internal/cb",
+                "BRIDGE_FORWARD_URL: must be an http:// or https:// URL",
+            ),
+            (
+                "BRIDGE_FORWARD_TIMEOUT_MS",
+                "2000",
+                "BRIDGE_FORWARD_TIMEOUT_MS: must be under Tencent's 2000 ms",
+            ),
+            ("BRIDGE_FORWARD_TIMEOUT_MS", "0", "BRIDGE_FORWARD_TIMEOUT_MS: must be at least 1 ms"),
+        ] {
+            let e = Settings::from_vars(vars(&[
+                ("BRIDGE_SDK_APP_ID", "1"),
+                ("BRIDGE_FORWARD_URL", "http://app.internal/cb"),
+                (name, value),
+            ]))
+            .unwrap_err();
+            assert!(e.to_string().starts_with(expected), "{name}={value}: {e}");
+        }
     }
 
     #[test]

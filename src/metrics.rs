@@ -20,7 +20,8 @@ const LATENCY_BUCKETS: &[f64] =
 
 pub struct Metrics {
     registry: Registry,
-    /// Webhooks by outcome: `accepted` or the refusal kind.
+    /// Webhooks by outcome: `accepted`, a command not published (`ignored_command`, `forwarded`,
+    /// `forward_failed`) or the refusal kind.
     pub webhooks: IntCounterVec,
     pub spool_pending_events: IntGauge,
     pub spool_bytes: IntGauge,
@@ -68,7 +69,7 @@ impl Metrics {
             webhooks: reg!(IntCounterVec::new(
                 Opts::new(
                     "bridge_webhooks_total",
-                    "Webhooks received, by outcome (accepted or why refused)."
+                    "Webhooks received, by outcome (accepted, a command not published, or why refused)."
                 ),
                 &["outcome"]
             )),
@@ -213,6 +214,11 @@ impl Default for Metrics {
 /// Every value of `bridge_webhooks_total{outcome}`.
 pub const OUTCOMES: &[&str] = &[
     "accepted",
+    // A command the bridge does not publish: answered OK, relayed (whatever the handler said), or
+    // answered OK because the relay failed.
+    "ignored_command",
+    "forwarded",
+    "forward_failed",
     "rejected_app",
     "rejected_sign",
     "bad_request",

@@ -31,6 +31,8 @@ pub enum StartupError {
     Server(std::io::Error),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error("BRIDGE_FORWARD_URL: {0}")]
+    Relay(#[from] crate::relay::RelaySetupError),
     #[error("forwarding to Kafka stopped: {0}")]
     Forwarder(#[from] ForwarderError),
     #[error("Kafka took no event for {} s; {pending} events remain in the spool", .stalled.as_secs())]
@@ -108,6 +110,11 @@ impl Application {
         };
         // What can fail without side effects first: the certificate and the ports.
         let tls = settings.tls.as_ref().map(crate::tls::server_config).transpose()?;
+        let relay = settings
+            .forward
+            .as_ref()
+            .map(|f| crate::relay::Relay::new(f.url.clone(), f.timeout))
+            .transpose()?;
         let bind = |variable, addr: std::net::SocketAddr| {
             let listener = TcpListener::bind(addr).map_err(|source| StartupError::Bind {
                 variable,
@@ -178,7 +185,7 @@ impl Application {
         let sampler = tokio::spawn(crate::status::run_sampler(health.clone(), history.clone()));
         let health = web::Data::from(health);
         let history = web::Data::from(history);
-        let state = web::Data::new(routes::webhook_state(&settings, pipeline, metrics.clone()));
+        let state = web::Data::new(routes::webhook_state(&settings, pipeline, relay, metrics.clone()));
         let path = settings.webhook_path.clone();
         let server = HttpServer::new(move || {
             let metrics = metrics.clone();
@@ -253,6 +260,8 @@ impl Application {
             delivery = %settings.delivery,
             fsync = %settings.spool_fsync,
             sign_check = settings.callback_token.is_some(),
+            commands = %settings.commands.iter().map(|c| c.name()).collect::<Vec<_>>().join(","),
+            forward_url = settings.forward.as_ref().map(|f| f.url.as_str()),
             https = settings.tls.is_some(),
             "tim-kafka-bridge listening"
         );

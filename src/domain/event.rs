@@ -1,13 +1,15 @@
-//! [`GroupChangeEvent`]: one group-profile change, as published on Kafka.
+//! [`GroupChangeEvent`]: one group-profile change (`info_changed`), as published on Kafka since the
+//! first version, and the record layout every event type shares.
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
+use super::ids::ContentHash;
 use super::{EventId, EventTime, GroupId, SdkAppId};
 use crate::message::Message;
 
-/// Version of the value's JSON layout. Bumped only for a change a consumer must know about; adding an
-/// optional field is not one.
+/// Version of the info_changed value's JSON layout, unchanged since the first release: version 1
+/// consumers keep reading these records byte for byte (docs/event.md, "Versions"). The lifecycle
+/// types added later are [`LIFECYCLE_SCHEMA_VERSION`](super::LIFECYCLE_SCHEMA_VERSION).
 pub const SCHEMA_VERSION: u32 = 1;
 
 /// The profile fields a webhook carried. A field the webhook did not carry is `None` and absent from
@@ -120,28 +122,54 @@ impl GroupChangeEvent {
     }
 
     fn message_with_value(&self, value: Vec<u8>) -> Message {
-        let headers = vec![
-            ("ce_specversion".to_owned(), "1.0".to_owned()),
-            ("ce_id".to_owned(), self.event_id.as_str().to_owned()),
-            ("ce_source".to_owned(), format!("/tencent-cloud-chat/{}", self.sdk_app_id.as_str())),
-            ("ce_type".to_owned(), CE_TYPE.to_owned()),
-            ("ce_time".to_owned(), self.event_time_ms.rfc3339()),
-            ("ce_subject".to_owned(), self.group_id.as_str().to_owned()),
-            ("content-type".to_owned(), "application/json".to_owned()),
-        ];
-        Message {
-            key: self.group_id.as_str().as_bytes().to_vec(),
-            timestamp_ms: self.event_time_ms.as_millis(),
-            headers,
-            value,
+        record(RecordHead {
+            event_id: &self.event_id,
+            sdk_app_id: &self.sdk_app_id,
+            group_id: &self.group_id,
+            ce_type: CE_TYPE,
+            event_time: self.event_time_ms,
             received_at_ms: self.received_at_ms,
-            event_time_ms: self.event_time_ms.as_millis(),
-        }
+            value,
+        })
     }
 }
 
-/// SHA-256 over each content field, length-prefixed and presence-tagged so that no two different
-/// webhooks can encode to the same bytes.
+/// What every event type's Kafka record is made of.
+pub(super) struct RecordHead<'a> {
+    pub event_id: &'a EventId,
+    pub sdk_app_id: &'a SdkAppId,
+    pub group_id: &'a GroupId,
+    pub ce_type: &'a str,
+    pub event_time: EventTime,
+    pub received_at_ms: i64,
+    pub value: Vec<u8>,
+}
+
+/// The Kafka record of any event type: key = GroupId (every event of one group, whatever its type, on
+/// one partition, in order), timestamp = EventTime, CloudEvents' Kafka binding in binary mode plus the
+/// content type.
+pub(super) fn record(h: RecordHead<'_>) -> Message {
+    let headers = vec![
+        ("ce_specversion".to_owned(), "1.0".to_owned()),
+        ("ce_id".to_owned(), h.event_id.as_str().to_owned()),
+        ("ce_source".to_owned(), format!("/tencent-cloud-chat/{}", h.sdk_app_id.as_str())),
+        ("ce_type".to_owned(), h.ce_type.to_owned()),
+        ("ce_time".to_owned(), h.event_time.rfc3339()),
+        ("ce_subject".to_owned(), h.group_id.as_str().to_owned()),
+        ("content-type".to_owned(), "application/json".to_owned()),
+    ];
+    Message {
+        key: h.group_id.as_str().as_bytes().to_vec(),
+        timestamp_ms: h.event_time.as_millis(),
+        headers,
+        value: h.value,
+        received_at_ms: h.received_at_ms,
+        event_time_ms: h.event_time.as_millis(),
+    }
+}
+
+/// The id of an info_changed webhook: its command, app, group, type, operator, each change field and
+/// EventTime (the layout every version-1 id was derived with; keep it, or duplicates stop matching).
 fn derive_id(
     app: &SdkAppId,
     group: &GroupId,
@@ -150,28 +178,16 @@ fn derive_id(
     changes: &Changes,
     time: EventTime,
 ) -> EventId {
-    fn field(h: &mut Sha256, v: Option<&str>) {
-        match v {
-            None => h.update([0u8]),
-            Some(s) => {
-                h.update([1u8]);
-                h.update((s.len() as u64).to_le_bytes());
-                h.update(s.as_bytes());
-            }
-        }
-    }
-    let mut h = Sha256::new();
-    h.update(b"Group.CallbackAfterGroupInfoChanged\0");
-    field(&mut h, Some(app.as_str()));
-    field(&mut h, Some(group.as_str()));
-    field(&mut h, group_type.as_deref());
-    field(&mut h, operator.as_deref());
-    field(&mut h, changes.name.as_deref());
-    field(&mut h, changes.introduction.as_deref());
-    field(&mut h, changes.notification.as_deref());
-    field(&mut h, changes.face_url.as_deref());
-    h.update(time.as_millis().to_le_bytes());
-    EventId::from_digest(&h.finalize())
+    let mut h = ContentHash::new("Group.CallbackAfterGroupInfoChanged");
+    h.field(Some(app.as_str()))
+        .field(Some(group.as_str()))
+        .field(group_type.as_deref())
+        .field(operator.as_deref())
+        .field(changes.name.as_deref())
+        .field(changes.introduction.as_deref())
+        .field(changes.notification.as_deref())
+        .field(changes.face_url.as_deref());
+    h.finish(time)
 }
 
 #[cfg(test)]
@@ -196,6 +212,12 @@ mod tests {
     fn the_same_webhook_received_twice_has_the_same_id() {
         assert_eq!(event(1, "n").event_id(), event(2, "n").event_id());
         assert_ne!(event(1, "n").event_id(), event(1, "m").event_id());
+    }
+
+    #[test]
+    fn the_id_of_the_documented_sample_is_the_one_version_1_derived() {
+        // Pinned: a consumer dropping duplicates across a bridge upgrade relies on it not moving.
+        assert_eq!(event(1, "NewNotification").event_id().as_str(), "f53350cc238e7eda2d4319c8aea4279a");
     }
 
     #[test]

@@ -39,6 +39,38 @@ impl From<GroupId> for String {
     }
 }
 
+/// A Tencent Cloud Chat user (a UserID such as `leckie`), where an event cannot mean anything without
+/// one: the new owner of a group. Never empty.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct UserId(String);
+
+impl UserId {
+    pub fn parse(s: String) -> Result<Self, InvalidValue> {
+        if s.is_empty() {
+            Err(InvalidValue("a UserID is a non-empty string"))
+        } else {
+            Ok(Self(s))
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for UserId {
+    type Error = InvalidValue;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::parse(s)
+    }
+}
+
+impl From<UserId> for String {
+    fn from(u: UserId) -> String {
+        u.0
+    }
+}
+
 /// A Tencent Cloud Chat application id (SDKAppID): decimal digits, e.g. `1400000000`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -123,6 +155,55 @@ impl EventId {
     }
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+/// Builds an [`EventId`]: SHA-256 over the Tencent command and each content field, length-prefixed
+/// and presence-tagged so that no two different webhooks can encode to the same bytes. The command
+/// comes first, so two commands with equal fields never share an id.
+pub(super) struct ContentHash(sha2::Sha256);
+
+impl ContentHash {
+    pub fn new(command: &str) -> Self {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(command.as_bytes());
+        h.update([0u8]);
+        Self(h)
+    }
+
+    /// A text field, present or absent.
+    pub fn field(&mut self, v: Option<&str>) -> &mut Self {
+        use sha2::Digest;
+        match v {
+            None => self.0.update([0u8]),
+            Some(s) => {
+                self.0.update([1u8]);
+                self.0.update((s.len() as u64).to_le_bytes());
+                self.0.update(s.as_bytes());
+            }
+        }
+        self
+    }
+
+    /// A count, present or absent.
+    pub fn count(&mut self, n: Option<u64>) -> &mut Self {
+        use sha2::Digest;
+        match n {
+            None => self.0.update([0u8]),
+            Some(n) => {
+                self.0.update([1u8]);
+                self.0.update(n.to_le_bytes());
+            }
+        }
+        self
+    }
+
+    pub fn finish(self, time: EventTime) -> EventId {
+        use sha2::Digest;
+        let mut h = self.0;
+        h.update(time.as_millis().to_le_bytes());
+        EventId::from_digest(&h.finalize())
     }
 }
 

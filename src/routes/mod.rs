@@ -13,12 +13,14 @@ use std::sync::Arc;
 
 use crate::configuration::Settings;
 use crate::metrics::Metrics;
+use crate::relay::Relay;
 use crate::webhook::Verifier;
 
 /// The handler's shared state, built from the settings.
 pub fn webhook_state(
     settings: &Settings,
     pipeline: Pipeline,
+    relay: Option<Relay>,
     metrics: Arc<Metrics>,
 ) -> webhook::WebhookState {
     webhook::WebhookState {
@@ -27,8 +29,10 @@ pub fn webhook_state(
             app_ids: settings.app_ids.clone(),
             token: settings.callback_token.clone(),
             max_skew_secs: settings.sign_max_skew_secs,
+            commands: settings.commands.clone(),
         },
         max_body_bytes: settings.max_body_bytes,
         pipeline,
+        relay,
     }
 }

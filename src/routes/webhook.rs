@@ -1,4 +1,5 @@
-//! `POST {BRIDGE_WEBHOOK_PATH}`: check, normalize, hand to the pipeline, answer.
+//! `POST {BRIDGE_WEBHOOK_PATH}`: check, normalize, hand to the pipeline, answer. A command the bridge
+//! does not publish is answered OK at once, or relayed to the app's own handler.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,12 +8,13 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use futures_util::StreamExt;
 
-use crate::domain::GroupChangeEvent;
+use crate::domain::GroupEvent;
 use crate::metrics::Metrics;
 use crate::publisher::{PublishError, Publisher};
+use crate::relay::{Answer, Relay, RelayError};
 use crate::spool::{Spool, SpoolError};
 use crate::startup::limits::BODY_TIMEOUT;
-use crate::webhook::{Envelope, Refusal, Verifier};
+use crate::webhook::{Envelope, Refusal, Route, Verifier};
 
 /// Where an accepted event goes before the webhook is answered.
 #[derive(Clone)]
@@ -30,7 +32,7 @@ impl Pipeline {
         }
     }
 
-    async fn submit(&self, event: &GroupChangeEvent) -> Result<(), WebhookError> {
+    async fn submit(&self, event: &GroupEvent) -> Result<(), WebhookError> {
         let message = event.to_message();
         // Kafka would refuse it for good after we said OK: refuse it now instead.
         if let Err((size, limit)) = self.publisher().limits().check_size(&message) {
@@ -65,6 +67,49 @@ pub struct WebhookState {
     pub metrics: Arc<Metrics>,
     pub max_body_bytes: usize,
     pub pipeline: Pipeline,
+    /// `BRIDGE_FORWARD_URL`: where commands not published go; `None` answers them OK here.
+    pub relay: Option<Relay>,
+}
+
+/// How a webhook that was not refused was answered.
+// Made once per request and moved once: a box would cost an allocation to save a copy.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+enum Answered {
+    /// Published: on the spool (or in Kafka, in sync mode).
+    Accepted(GroupEvent),
+    /// A command not published, answered with the allow envelope.
+    Ignored { command: String },
+    /// A command not published, relayed; the handler's answer goes back as it is.
+    Forwarded { command: String, answer: Answer },
+    /// A command not published whose relay failed; answered with the allow envelope.
+    ForwardFailed { command: String, error: RelayError },
+}
+
+impl Answered {
+    /// The `outcome` label of `bridge_webhooks_total`.
+    fn outcome(&self) -> &'static str {
+        match self {
+            Answered::Accepted(_) => "accepted",
+            Answered::Ignored { .. } => "ignored_command",
+            Answered::Forwarded { .. } => "forwarded",
+            Answered::ForwardFailed { .. } => "forward_failed",
+        }
+    }
+
+    fn response(self) -> HttpResponse {
+        match self {
+            Answered::Forwarded { answer, .. } => {
+                let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
+                let mut response = HttpResponse::build(status);
+                if let Some(ct) = answer.content_type {
+                    response.insert_header((actix_web::http::header::CONTENT_TYPE, ct));
+                }
+                response.body(answer.body)
+            }
+            _ => HttpResponse::Ok().json(Envelope::ok()),
+        }
+    }
 }
 
 /// Why a webhook was not answered OK. Each variant maps to an HTTP status and a FAIL envelope; the
@@ -162,15 +207,25 @@ pub async fn webhook(
     let received_at_ms = crate::now_ms();
     let mut group_id = None;
     let result = accept(&req, body, &state, received_at_ms, &mut group_id).await;
-    let outcome = result.as_ref().map_or_else(WebhookError::outcome, |_| "accepted");
+    let outcome = result.as_ref().map_or_else(WebhookError::outcome, Answered::outcome);
     state.metrics.webhooks.with_label_values(&[outcome]).inc();
     match &result {
-        Ok(event) => {
+        Ok(Answered::Accepted(event)) => {
             tracing::debug!(
                 group_id = event.group_id().as_str(),
                 event_id = event.event_id().as_str(),
+                event_type = event.event_type().as_str(),
                 "webhook accepted"
             );
+        }
+        Ok(Answered::Ignored { command }) => {
+            tracing::debug!(outcome, command, "command not published; answered OK");
+        }
+        Ok(Answered::Forwarded { command, answer }) => {
+            tracing::debug!(outcome, command, status = answer.status, "command not published; relayed");
+        }
+        Ok(Answered::ForwardFailed { command, error }) => {
+            tracing::warn!(outcome, command, reason = %error, "command not published; relay failed, answered OK");
         }
         Err(e) => {
             let app =
@@ -184,7 +239,7 @@ pub async fn webhook(
             }
         }
     }
-    result.map(|_| HttpResponse::Ok().json(Envelope::ok()))
+    result.map(Answered::response)
 }
 
 async fn accept(
@@ -193,16 +248,29 @@ async fn accept(
     state: &WebhookState,
     received_at_ms: i64,
     group_id: &mut Option<String>,
-) -> Result<GroupChangeEvent, WebhookError> {
-    let query = state.verifier.authenticate(req.query_string(), (received_at_ms / 1000) as u64)?;
+) -> Result<Answered, WebhookError> {
+    let auth = state.verifier.authenticate(req.query_string(), (received_at_ms / 1000) as u64)?;
     let body = tokio::time::timeout(BODY_TIMEOUT, read_body(req, body, state.max_body_bytes))
         .await
         .map_err(|_| WebhookError::BodyTimeout(BODY_TIMEOUT))??;
-    let event = state.verifier.event(&query, &body, received_at_ms).inspect_err(|_| {
+    let command = match auth.route {
+        Route::Publish(command) => command,
+        Route::NotPublished(command) => {
+            state.verifier.not_published(&command, &body)?;
+            let Some(relay) = &state.relay else { return Ok(Answered::Ignored { command }) };
+            let content_type =
+                req.headers().get(actix_web::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+            return Ok(match relay.relay(req.query_string(), content_type, body).await {
+                Ok(answer) => Answered::Forwarded { command, answer },
+                Err(error) => Answered::ForwardFailed { command, error },
+            });
+        }
+    };
+    let event = state.verifier.event(&auth.query, command, &body, received_at_ms).inspect_err(|_| {
         // For the refusal's log line: the GroupId, if the body has a readable one.
         #[derive(serde::Deserialize)]
         struct JustGroup {
-            #[serde(rename = "GroupId")]
+            #[serde(rename = "GroupId", alias = "groupID")]
             group_id: String,
         }
         *group_id =
@@ -210,7 +278,7 @@ async fn accept(
     })?;
     *group_id = Some(event.group_id().as_str().to_owned());
     state.pipeline.submit(&event).await?;
-    Ok(event)
+    Ok(Answered::Accepted(event))
 }
 
 /// Reads at most `limit` bytes: a declared Content-Length over the limit is refused before reading,

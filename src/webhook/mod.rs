@@ -1,27 +1,72 @@
 //! Tencent Cloud Chat's webhook wire protocol, and nothing else.
 //!
 //! A webhook arrives as a query string (who is calling, with which command, signed how) and a JSON body.
-//! This module turns those bytes into a [`GroupChangeEvent`](crate::domain::GroupChangeEvent) or into a
-//! [`Refusal`] that says exactly what was wrong. It does no I/O, so the fuzz target and the property
-//! tests drive the very code the HTTP handler runs.
+//! This module turns those bytes into a [`GroupEvent`](crate::domain::GroupEvent), into the verdict
+//! that the command is not one this bridge publishes, or into a [`Refusal`] that says exactly what was
+//! wrong. It does no I/O, so the fuzz target and the property tests drive the very code the HTTP
+//! handler runs.
 //!
 //! The check runs in two steps because the HTTP handler should not read a body for a caller it will
-//! refuse anyway: [`Verifier::authenticate`] looks only at the query string, [`Verifier::event`] parses
-//! the body of an authenticated request.
+//! refuse anyway: [`Verifier::authenticate`] looks only at the query string and routes the command
+//! ([`Route`]), [`Verifier::event`] parses the body of an authenticated request whose command is
+//! published, [`Verifier::not_published`] checks the body of one whose command is not.
+//!
+//! Every command an app enables in Tencent's console is POSTed to the same URL, so a command the
+//! bridge does not publish is normal traffic, not an error: it is still authenticated (SdkAppid,
+//! Sign) and its body must name the same command as the query, and then it is answered without being
+//! published.
 
+mod command;
 mod envelope;
 mod payload;
 mod query;
 mod signature;
 
+pub use command::Command;
 pub use envelope::Envelope;
 pub use query::CallbackQuery;
 pub use signature::{sign, CallbackToken};
 
-use crate::domain::{GroupChangeEvent, SdkAppId};
+use crate::domain::{EventHead, GroupChangeEvent, GroupEvent, LifecycleEvent, SdkAppId};
+use payload::{Body, Detail};
 
-/// The one callback command this bridge republishes.
-pub const GROUP_INFO_CHANGED: &str = "Group.CallbackAfterGroupInfoChanged";
+/// What to do with an authenticated webhook, by its command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// A command this bridge publishes: its body becomes an event.
+    Publish(Command),
+    /// Any other command (another callback, a "before" callback, or one left out of
+    /// `BRIDGE_COMMANDS`): answered, never published. Holds the command as the query names it.
+    NotPublished(String),
+}
+
+/// An authenticated request: its query string and where its command goes.
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    pub query: CallbackQuery,
+    pub route: Route,
+}
+
+/// The outcome of the whole check of an acceptable webhook.
+// Made once per request and moved once: a box would cost an allocation to save a copy.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// The event to publish.
+    Publish(GroupEvent),
+    /// A command the bridge does not publish, authenticated and consistent.
+    NotPublished,
+}
+
+impl Verdict {
+    /// The event, when there is one to publish.
+    pub fn event(self) -> Option<GroupEvent> {
+        match self {
+            Verdict::Publish(e) => Some(e),
+            Verdict::NotPublished => None,
+        }
+    }
+}
 
 /// Why a webhook was refused. Every variant names its HTTP status and our error code; the text is what
 /// the caller reads in `ErrorInfo`, so it says what was wrong and never echoes a secret.
@@ -43,8 +88,6 @@ pub enum Refusal {
     BadSign,
     #[error("CallbackCommand is missing from the query string")]
     MissingCommand,
-    #[error("CallbackCommand {0:?} is not {GROUP_INFO_CHANGED}")]
-    WrongCommand(String),
     #[error("CallbackCommand in the body ({body:?}) disagrees with the query string ({query:?})")]
     CommandMismatch { query: String, body: String },
     #[error("body is larger than {limit} bytes")]
@@ -61,6 +104,12 @@ pub enum Refusal {
     BadEventTime,
     #[error("{0} must be a string")]
     NotAString(&'static str),
+    #[error("{field} must be {expected}")]
+    BadField { field: &'static str, expected: &'static str },
+    #[error("{0} is missing or empty")]
+    MissingField(&'static str),
+    #[error("UserDefinedDataList names the key {0:?} more than once")]
+    DuplicateCustomField(String),
 }
 
 impl Refusal {
@@ -87,12 +136,14 @@ impl Refusal {
             Refusal::BadRequestTime | Refusal::StaleRequestTime { .. } => 60003,
             Refusal::BadSign => 60004,
             Refusal::BadQuery(_) => 60010,
-            Refusal::MissingCommand | Refusal::WrongCommand(_) => 60011,
+            Refusal::MissingCommand => 60011,
             Refusal::CommandMismatch { .. } => 60012,
             Refusal::NotAnObject | Refusal::BadJson(_) => 60020,
             Refusal::MissingGroupId => 60021,
             Refusal::MissingEventTime | Refusal::BadEventTime => 60022,
-            Refusal::NotAString(_) => 60023,
+            Refusal::NotAString(_) | Refusal::BadField { .. } => 60023,
+            Refusal::MissingField(_) => 60025,
+            Refusal::DuplicateCustomField(_) => 60026,
             Refusal::TooLarge { .. } => 60030,
         }
     }
@@ -108,8 +159,8 @@ impl Refusal {
     }
 }
 
-/// Checks webhooks against this bridge's settings: which apps it serves and, when callback
-/// authentication is on, the token and the allowed clock skew.
+/// Checks webhooks against this bridge's settings: which apps it serves, which commands it publishes
+/// and, when callback authentication is on, the token and the allowed clock skew.
 #[derive(Debug, Clone)]
 pub struct Verifier {
     /// The SdkAppids this bridge accepts (Tencent's guidance: check that the caller is your app).
@@ -118,11 +169,13 @@ pub struct Verifier {
     pub token: Option<CallbackToken>,
     /// How far `RequestTime` may be from now, in seconds, before a signed URL counts as a replay.
     pub max_skew_secs: u64,
+    /// The commands published (`BRIDGE_COMMANDS`); every other one is [`Route::NotPublished`].
+    pub commands: Vec<Command>,
 }
 
 impl Verifier {
     /// Step one: the query string alone. `now_secs` is the current unix time.
-    pub fn authenticate(&self, query: &str, now_secs: u64) -> Result<CallbackQuery, Refusal> {
+    pub fn authenticate(&self, query: &str, now_secs: u64) -> Result<Authenticated, Refusal> {
         let q = CallbackQuery::parse(query)?;
         let app = q.sdk_app_id.as_deref().ok_or(Refusal::MissingAppId)?;
         if !self.app_ids.iter().any(|id| id.as_str() == app) {
@@ -137,49 +190,82 @@ impl Verifier {
                 self.max_skew_secs,
             )?;
         }
-        match q.callback_command.as_deref() {
-            None => return Err(Refusal::MissingCommand),
-            Some(GROUP_INFO_CHANGED) => {}
-            Some(other) => return Err(Refusal::WrongCommand(other.chars().take(128).collect())),
-        }
-        Ok(q)
+        let route = match q.callback_command.as_deref() {
+            None | Some("") => return Err(Refusal::MissingCommand),
+            Some(name) => match Command::from_name(name).filter(|c| self.commands.contains(c)) {
+                Some(c) => Route::Publish(c),
+                None => Route::NotPublished(name.to_owned()),
+            },
+        };
+        Ok(Authenticated { query: q, route })
     }
 
-    /// Step two: the body of an authenticated request becomes the normalized event.
+    /// Step two for a published command: the body becomes the normalized event.
     pub fn event(
         &self,
         query: &CallbackQuery,
+        command: Command,
         body: &[u8],
         received_at_ms: i64,
-    ) -> Result<GroupChangeEvent, Refusal> {
-        let body = payload::GroupInfoChanged::parse(body)?;
-        if let Some(cmd) = &body.callback_command {
-            if cmd != GROUP_INFO_CHANGED {
-                return Err(Refusal::CommandMismatch {
-                    query: GROUP_INFO_CHANGED.to_owned(),
-                    body: cmd.chars().take(128).collect(),
-                });
-            }
-        }
+    ) -> Result<GroupEvent, Refusal> {
+        let body = Body::parse(body, command)?;
+        agree(command.name(), body.callback_command.as_deref())?;
         let app = SdkAppId::parse(query.sdk_app_id.as_deref().unwrap_or_default())
             .map_err(|_| Refusal::MissingAppId)?;
-        Ok(GroupChangeEvent::new(
-            app,
-            body.group_id,
-            body.group_type,
-            body.operator_account,
-            body.changes,
-            body.event_time,
-            received_at_ms,
-            query.client_ip.clone(),
-            query.opt_platform.clone(),
-        ))
+        Ok(match body.detail {
+            Detail::InfoChanged(changes) => GroupChangeEvent::new(
+                app,
+                body.group_id,
+                body.group_type,
+                body.operator_account,
+                changes,
+                body.event_time,
+                received_at_ms,
+                query.client_ip.clone(),
+                query.opt_platform.clone(),
+            )
+            .into(),
+            Detail::Lifecycle(detail) => LifecycleEvent::new(
+                EventHead {
+                    sdk_app_id: app,
+                    group_id: body.group_id,
+                    group_type: body.group_type,
+                    operator_account: body.operator_account,
+                    event_time: body.event_time,
+                    received_at_ms,
+                    client_ip: query.client_ip.clone(),
+                    opt_platform: query.opt_platform.clone(),
+                },
+                detail,
+            )
+            .into(),
+        })
+    }
+
+    /// Step two for a command the bridge does not publish: the body must be a JSON object whose
+    /// `CallbackCommand`, if it has one, is the query's. Nothing else in it is looked at.
+    pub fn not_published(&self, query_command: &str, body: &[u8]) -> Result<(), Refusal> {
+        agree(query_command, payload::command_of(body)?.as_deref())
     }
 
     /// Both steps at once: what the fuzz target and property tests call.
-    pub fn check(&self, query: &str, body: &[u8], now_ms: i64) -> Result<GroupChangeEvent, Refusal> {
-        let q = self.authenticate(query, (now_ms.max(0) / 1000) as u64)?;
-        self.event(&q, body, now_ms)
+    pub fn check(&self, query: &str, body: &[u8], now_ms: i64) -> Result<Verdict, Refusal> {
+        let auth = self.authenticate(query, (now_ms.max(0) / 1000) as u64)?;
+        match &auth.route {
+            Route::Publish(c) => self.event(&auth.query, *c, body, now_ms).map(Verdict::Publish),
+            Route::NotPublished(name) => self.not_published(name, body).map(|()| Verdict::NotPublished),
+        }
+    }
+}
+
+/// The body's `CallbackCommand`, when it has one, must be the query's.
+fn agree(query: &str, body: Option<&str>) -> Result<(), Refusal> {
+    match body {
+        Some(b) if b != query => Err(Refusal::CommandMismatch {
+            query: query.chars().take(128).collect(),
+            body: b.chars().take(128).collect(),
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -187,7 +273,7 @@ impl Verifier {
 /// query string (up to the first newline) and a body, runs the whole check with the callback token
 /// `fuzz-token` at a fixed clock, and asserts what must hold whatever the input: no panic, and an
 /// accepted event that serializes and reads back to itself.
-pub fn fuzz_check(data: &[u8]) -> Result<GroupChangeEvent, Refusal> {
+pub fn fuzz_check(data: &[u8]) -> Result<Verdict, Refusal> {
     let (query, body) = match data.iter().position(|b| *b == b'\n') {
         Some(i) => (&data[..i], &data[i + 1..]),
         None => (data, &[][..]),
@@ -196,12 +282,13 @@ pub fn fuzz_check(data: &[u8]) -> Result<GroupChangeEvent, Refusal> {
         app_ids: vec![SdkAppId::parse("1400000000").expect("a valid id")],
         token: CallbackToken::new(FUZZ_TOKEN.to_owned()),
         max_skew_secs: 60,
+        commands: Command::ALL.to_vec(),
     };
     let query = String::from_utf8_lossy(query);
     let result = verifier.check(&query, body, FUZZ_NOW_MS);
-    if let Ok(event) = &result {
+    if let Ok(Verdict::Publish(event)) = &result {
         let json = event.to_json();
-        assert_eq!(&GroupChangeEvent::from_json(&json).expect("an event reads back"), event);
+        assert_eq!(&GroupEvent::from_json(&json).expect("an event reads back"), event);
     }
     result
 }

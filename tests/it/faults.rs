@@ -379,10 +379,15 @@ async fn a_spooled_record_this_version_cannot_read_is_dead_lettered_whole_and_a_
         app_ids: vec![tim_kafka_bridge::domain::SdkAppId::parse(APP_ID).unwrap()],
         token: CallbackToken::new(TOKEN.into()),
         max_skew_secs: 60,
+        commands: tim_kafka_bridge::webhook::Command::ALL.to_vec(),
     };
     let event = |n| {
         let body = Webhook::rename("@TGS#formats", n).body();
-        verifier.check(&signed_query(now_secs()), body.as_bytes(), tim_kafka_bridge::now_ms()).unwrap()
+        verifier
+            .check(&signed_query(now_secs()), body.as_bytes(), tim_kafka_bridge::now_ms())
+            .unwrap()
+            .event()
+            .unwrap()
     };
     s.append(event(0).to_message().to_bytes()).await.unwrap();
     // Written by a future version: format byte 7.

@@ -736,6 +736,7 @@ pub async fn spool_directly(dir: &Path, group: &str, n: usize) {
         app_ids: vec![tim_kafka_bridge::domain::SdkAppId::parse(APP_ID).unwrap()],
         token: CallbackToken::new(TOKEN.into()),
         max_skew_secs: 60,
+        commands: tim_kafka_bridge::webhook::Command::ALL.to_vec(),
     };
     let query = signed_query(now_secs());
     for chunk in (0..n).collect::<Vec<_>>().chunks(512) {
@@ -745,7 +746,7 @@ pub async fn spool_directly(dir: &Path, group: &str, n: usize) {
                 Webhook::rename(group, *i).body().as_bytes(),
                 tim_kafka_bridge::now_ms(),
             );
-            let bytes = event.expect("a valid webhook").to_message().to_bytes();
+            let bytes = event.expect("a valid webhook").event().expect("published").to_message().to_bytes();
             let spool = spool.clone();
             async move { spool.append(bytes).await.unwrap() }
         });
@@ -770,12 +771,17 @@ pub fn segments(dir: &Path) -> Vec<std::path::PathBuf> {
 // ---------------------------------------------------------------------------------------------------
 // Webhooks
 
-/// The query string Tencent sends, signed now.
+/// The query string Tencent sends for a profile change, signed now.
 pub fn signed_query(now: u64) -> String {
+    signed_query_for("Group.CallbackAfterGroupInfoChanged", now)
+}
+
+/// The query string Tencent sends for `command`, signed now.
+pub fn signed_query_for(command: &str, now: u64) -> String {
     let token = CallbackToken::new(TOKEN.into()).unwrap();
     let t = now.to_string();
     format!(
-        "SdkAppid={APP_ID}&CallbackCommand=Group.CallbackAfterGroupInfoChanged&contenttype=json&ClientIP=10.0.0.7&OptPlatform=RESTAPI&RequestTime={t}&Sign={}",
+        "SdkAppid={APP_ID}&CallbackCommand={command}&contenttype=json&ClientIP=10.0.0.7&OptPlatform=RESTAPI&RequestTime={t}&Sign={}",
         sign(&token, &t)
     )
 }

@@ -1,0 +1,393 @@
+//! The groups table: one last-writer-wins register per (app, group, field), in SQLite or PostgreSQL.
+//!
+//! Registers rather than one row per group with a column per field: Tencent promises no order, so each
+//! field must keep the stamp of the write it holds, custom fields have keys known only at run time, and
+//! one conditional upsert then serves every field on both databases. The `groups` view pivots the
+//! registers into a row per group for people and tools that want a table.
+//!
+//! The upsert only replaces a register with a write of a greater stamp, so applying the same events in
+//! any order, any number of times, ends in the same table: replays after a crash and duplicates are
+//! harmless. `destroyed` is a register like the others (the tombstone): an older event arriving later
+//! still fills in the field it wrote, but cannot bring the group back; only a newer `created` can.
+//! Tombstones are kept for that reason.
+
+use std::collections::BTreeMap;
+
+use super::update::{field, Update};
+
+/// A database failure, with the statement's context.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("SQLite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("PostgreSQL: {0}")]
+    Postgres(#[from] postgres::Error),
+    #[error("DIRECTORY_DATABASE_URL must start with sqlite: or postgres(ql)://, got {0:?}")]
+    UnknownUrl(String),
+}
+
+/// A group as the `groups` view shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Group {
+    pub sdk_app_id: String,
+    pub group_id: String,
+    pub group_type: Option<String>,
+    pub name: Option<String>,
+    pub introduction: Option<String>,
+    pub notification: Option<String>,
+    pub face_url: Option<String>,
+    pub owner_account: Option<String>,
+    pub initial_member_count: Option<u64>,
+    pub custom_fields: BTreeMap<String, String>,
+    pub destroyed: bool,
+    /// The greatest `event_time_ms` among its registers.
+    pub updated_at_ms: i64,
+}
+
+/// Where the registers live.
+pub trait Store: Send {
+    /// Applies the updates in one transaction.
+    fn apply(&mut self, updates: &[Update]) -> Result<(), StoreError>;
+    /// Every group, by app and id.
+    fn groups(&mut self) -> Result<Vec<Group>, StoreError>;
+}
+
+/// Opens `sqlite:<path>` (`sqlite::memory:` for a throwaway one) or `postgres://…`, creating the table
+/// and the view when missing.
+pub fn open(url: &str) -> Result<Box<dyn Store>, StoreError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(Box::new(Postgres::connect(url)?));
+    }
+    match url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+        Some(path) => Ok(Box::new(Sqlite::open(path)?)),
+        None => Err(StoreError::UnknownUrl(url.to_owned())),
+    }
+}
+
+/// The `groups` view, for both databases (`destroyed` compares as a boolean in PostgreSQL, 0/1 in
+/// SQLite).
+fn view_sql() -> String {
+    let column = |f: &str| format!("MAX(CASE WHEN field = '{f}' THEN value END) AS {f}");
+    let columns: Vec<String> = [
+        field::GROUP_TYPE,
+        field::NAME,
+        field::INTRODUCTION,
+        field::NOTIFICATION,
+        field::FACE_URL,
+        field::OWNER_ACCOUNT,
+        field::INITIAL_MEMBER_COUNT,
+    ]
+    .iter()
+    .map(|f| column(f))
+    .collect();
+    format!(
+        "SELECT sdk_app_id, group_id, {}, \
+         COALESCE(MAX(CASE WHEN field = '{d}' THEN value END), 'false') = 'true' AS {d}, \
+         MAX(event_time_ms) AS updated_at_ms FROM group_fields GROUP BY sdk_app_id, group_id",
+        columns.join(", "),
+        d = field::DESTROYED
+    )
+}
+
+/// The conditional upsert, with `$n` placeholders (SQLite reads them as `?n`).
+const UPSERT: &str =
+    "INSERT INTO group_fields (sdk_app_id, group_id, field, value, event_time_ms, event_id) \
+     VALUES ($1, $2, $3, $4, $5, $6) \
+     ON CONFLICT (sdk_app_id, group_id, field) DO UPDATE SET \
+     value = excluded.value, event_time_ms = excluded.event_time_ms, event_id = excluded.event_id \
+     WHERE (excluded.event_time_ms, excluded.event_id) > (group_fields.event_time_ms, group_fields.event_id)";
+
+const SELECT: &str = "SELECT sdk_app_id, group_id, field, value, event_time_ms FROM group_fields \
+     ORDER BY sdk_app_id, group_id, field";
+
+/// Pivots `(app, group, field, value, time)` rows, sorted by app and group, into groups.
+fn pivot(rows: impl IntoIterator<Item = (String, String, String, Option<String>, i64)>) -> Vec<Group> {
+    let mut groups: Vec<Group> = Vec::new();
+    for (app, group, f, value, time) in rows {
+        if groups.last().is_none_or(|g| g.sdk_app_id != app || g.group_id != group) {
+            groups.push(Group { sdk_app_id: app, group_id: group, ..Group::default() });
+        }
+        let g = groups.last_mut().expect("just pushed");
+        g.updated_at_ms = g.updated_at_ms.max(time);
+        match f.as_str() {
+            field::GROUP_TYPE => g.group_type = value,
+            field::NAME => g.name = value,
+            field::INTRODUCTION => g.introduction = value,
+            field::NOTIFICATION => g.notification = value,
+            field::FACE_URL => g.face_url = value,
+            field::OWNER_ACCOUNT => g.owner_account = value,
+            field::INITIAL_MEMBER_COUNT => g.initial_member_count = value.and_then(|v| v.parse().ok()),
+            field::DESTROYED => g.destroyed = value.as_deref() == Some("true"),
+            other => {
+                if let (Some(key), Some(value)) = (other.strip_prefix(field::CUSTOM_PREFIX), value) {
+                    g.custom_fields.insert(key.to_owned(), value);
+                }
+            }
+        }
+    }
+    groups
+}
+
+/// SQLite, in WAL mode so that readers (a test, a report) do not block the consumer.
+pub struct Sqlite {
+    conn: rusqlite::Connection,
+}
+
+impl Sqlite {
+    pub fn open(path: &str) -> Result<Self, StoreError> {
+        let conn = if path == ":memory:" {
+            rusqlite::Connection::open_in_memory()?
+        } else {
+            rusqlite::Connection::open(path)?
+        };
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.execute_batch(&format!(
+            "CREATE TABLE IF NOT EXISTS group_fields (
+                sdk_app_id TEXT NOT NULL, group_id TEXT NOT NULL, field TEXT NOT NULL, value TEXT,
+                event_time_ms INTEGER NOT NULL, event_id TEXT NOT NULL,
+                PRIMARY KEY (sdk_app_id, group_id, field));
+             CREATE VIEW IF NOT EXISTS groups AS {};",
+            view_sql()
+        ))?;
+        Ok(Self { conn })
+    }
+}
+
+impl Store for Sqlite {
+    fn apply(&mut self, updates: &[Update]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(&UPSERT.replace('$', "?"))?;
+            for u in updates {
+                for w in &u.writes {
+                    stmt.execute(rusqlite::params![
+                        u.sdk_app_id,
+                        u.group_id,
+                        w.field,
+                        w.value,
+                        u.stamp.event_time_ms,
+                        u.stamp.event_id
+                    ])?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn groups(&mut self) -> Result<Vec<Group>, StoreError> {
+        let mut stmt = self.conn.prepare(SELECT)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(pivot(rows))
+    }
+}
+
+/// PostgreSQL (no TLS in this reference consumer: keep it on a private network). `event_id` compares in
+/// the C collation, byte by byte, as in SQLite, so both order ties the same way.
+pub struct Postgres {
+    client: postgres::Client,
+}
+
+impl Postgres {
+    pub fn connect(url: &str) -> Result<Self, StoreError> {
+        let mut client = postgres::Client::connect(url, postgres::NoTls)?;
+        client.batch_execute(&format!(
+            "CREATE TABLE IF NOT EXISTS group_fields (
+                sdk_app_id TEXT NOT NULL, group_id TEXT NOT NULL, field TEXT NOT NULL, value TEXT,
+                event_time_ms BIGINT NOT NULL, event_id TEXT COLLATE \"C\" NOT NULL,
+                PRIMARY KEY (sdk_app_id, group_id, field));
+             CREATE OR REPLACE VIEW groups AS {};",
+            view_sql()
+        ))?;
+        Ok(Self { client })
+    }
+}
+
+impl Store for Postgres {
+    fn apply(&mut self, updates: &[Update]) -> Result<(), StoreError> {
+        let mut tx = self.client.transaction()?;
+        let stmt = tx.prepare(UPSERT)?;
+        for u in updates {
+            for w in &u.writes {
+                tx.execute(
+                    &stmt,
+                    &[
+                        &u.sdk_app_id,
+                        &u.group_id,
+                        &w.field,
+                        &w.value,
+                        &u.stamp.event_time_ms,
+                        &u.stamp.event_id,
+                    ],
+                )?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn groups(&mut self) -> Result<Vec<Group>, StoreError> {
+        let rows = self.client.query(SELECT, &[])?;
+        Ok(pivot(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::update::{Stamp, Write};
+    use super::*;
+
+    fn update(group: &str, time: i64, id: &str, writes: &[(&str, Option<&str>)]) -> Update {
+        Update {
+            sdk_app_id: "1".into(),
+            group_id: group.into(),
+            stamp: Stamp { event_time_ms: time, event_id: id.into() },
+            writes: writes
+                .iter()
+                .map(|(f, v)| Write { field: f.to_string(), value: v.map(str::to_owned) })
+                .collect(),
+        }
+    }
+
+    fn memory() -> Box<dyn Store> {
+        open("sqlite::memory:").unwrap()
+    }
+
+    #[test]
+    fn a_register_keeps_the_write_of_the_greatest_stamp_whatever_the_order() {
+        let a = update("g", 1, "b", &[("name", Some("first"))]);
+        let b = update("g", 2, "a", &[("name", Some("second"))]);
+        let tie = update("g", 2, "c", &[("name", Some("tie, greater id"))]);
+        for order in [[&a, &b, &tie], [&tie, &b, &a], [&b, &tie, &a]] {
+            let mut store = memory();
+            for u in order {
+                store.apply(std::slice::from_ref(u)).unwrap();
+            }
+            assert_eq!(store.groups().unwrap()[0].name.as_deref(), Some("tie, greater id"));
+        }
+    }
+
+    #[test]
+    fn an_older_event_cannot_bring_back_a_destroyed_group_but_a_newer_creation_can() {
+        let mut store = memory();
+        store.apply(&[update("g", 5, "d", &[("destroyed", Some("true"))])]).unwrap();
+        store.apply(&[update("g", 4, "x", &[("name", Some("late")), ("destroyed", Some("false"))])]).unwrap();
+        let g = &store.groups().unwrap()[0];
+        assert!(g.destroyed);
+        assert_eq!(g.name.as_deref(), Some("late"), "the field still takes its last value before the end");
+        store.apply(&[update("g", 9, "y", &[("destroyed", Some("false"))])]).unwrap();
+        assert!(!store.groups().unwrap()[0].destroyed);
+    }
+
+    #[test]
+    fn the_view_shows_one_row_per_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("groups.db");
+        let mut store = open(&format!("sqlite:{}", path.display())).unwrap();
+        store
+            .apply(&[
+                update("g", 1, "a", &[("name", Some("n")), ("custom:k", Some("v"))]),
+                update("h", 2, "b", &[("destroyed", Some("true"))]),
+            ])
+            .unwrap();
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let rows: Vec<(String, Option<String>, bool, i64)> = conn
+            .prepare("SELECT group_id, name, destroyed, updated_at_ms FROM groups ORDER BY group_id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(rows, [("g".into(), Some("n".into()), false, 1), ("h".into(), None, true, 2)]);
+        assert_eq!(store.groups().unwrap()[0].custom_fields.get("k").map(String::as_str), Some("v"));
+    }
+
+    mod convergence {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn write() -> impl Strategy<Value = (String, Option<String>)> {
+            (
+                prop_oneof![Just("name"), Just("owner_account"), Just("destroyed"), Just("custom:k")],
+                proptest::option::of("[a-c]{0,2}"),
+            )
+                .prop_map(|(f, v)| (f.to_owned(), v))
+        }
+
+        fn updates() -> impl Strategy<Value = Vec<Update>> {
+            // Few distinct times and ids, so that ties and equal stamps happen.
+            proptest::collection::vec(
+                ("[gh]", 0i64..4, "[ab]", proptest::collection::vec(write(), 1..4)),
+                1..12,
+            )
+            .prop_map(|v| {
+                v.into_iter()
+                    .map(|(g, t, id, writes)| Update {
+                        sdk_app_id: "1".into(),
+                        group_id: g,
+                        // One event id per content: the same id never carries two different writes.
+                        stamp: Stamp { event_time_ms: t, event_id: format!("{id}{writes:?}") },
+                        writes: writes.into_iter().map(|(field, value)| Write { field, value }).collect(),
+                    })
+                    .collect()
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+            #[test]
+            fn any_order_with_any_repeats_ends_in_the_same_table(
+                (events, shuffled) in updates().prop_flat_map(|u| (Just(u.clone()), Just(u).prop_shuffle())),
+                repeat in 0usize..12,
+            ) {
+                let mut in_order = memory();
+                for u in &events {
+                    in_order.apply(std::slice::from_ref(u)).unwrap();
+                }
+                let mut scrambled = memory();
+                scrambled.apply(&shuffled).unwrap();
+                // A replay after a crash: some of it again.
+                scrambled.apply(&shuffled[..repeat.min(shuffled.len())]).unwrap();
+                prop_assert_eq!(in_order.groups().unwrap(), scrambled.groups().unwrap());
+            }
+        }
+    }
+
+    /// The same registers on PostgreSQL, when `TEST_POSTGRES_URL` names a database to use (its
+    /// `group_fields` table is emptied): the SQL is shared, the dialects are not.
+    #[test]
+    fn postgres_keeps_the_same_registers_when_a_server_is_given() {
+        let Ok(url) = std::env::var("TEST_POSTGRES_URL") else {
+            eprintln!("TEST_POSTGRES_URL not set: PostgreSQL not tested");
+            return;
+        };
+        let mut store = Postgres::connect(&url).unwrap();
+        store.client.batch_execute("DELETE FROM group_fields").unwrap();
+        store
+            .apply(&[
+                update("g", 2, "b", &[("name", Some("second")), ("custom:k", Some("v"))]),
+                update("g", 2, "B", &[("name", Some("upper-case id sorts first in C"))]),
+                update("g", 1, "z", &[("name", Some("first")), ("destroyed", Some("true"))]),
+                update("g", 0, "a", &[("owner_account", None)]),
+            ])
+            .unwrap();
+        let g = &store.groups().unwrap()[0];
+        assert_eq!(g.name.as_deref(), Some("second"));
+        assert!(g.destroyed);
+        assert_eq!((g.owner_account.as_deref(), g.updated_at_ms), (None, 2));
+        assert_eq!(g.custom_fields.get("k").map(String::as_str), Some("v"));
+        let row =
+            store.client.query_one("SELECT name, destroyed FROM groups WHERE group_id = 'g'", &[]).unwrap();
+        assert_eq!((row.get::<_, Option<String>>(0), row.get::<_, bool>(1)), (Some("second".into()), true));
+    }
+
+    #[test]
+    fn a_url_of_another_database_is_refused() {
+        assert!(matches!(open("mysql://x").err(), Some(StoreError::UnknownUrl(_))));
+    }
+}

@@ -1,0 +1,211 @@
+//! A record's value → the register writes it makes.
+//!
+//! Read as docs/event.md tells a consumer to: the layout by `type` (absent: info_changed, schema
+//! version 1), unknown members ignored, unknown types and versions skipped rather than guessed at. So
+//! these structs are this consumer's own, lenient ones, not the bridge's domain types (which refuse
+//! what they do not know, as a producer should).
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// The order of writes to one register: last writer wins by `EventTime`, ties broken by `event_id`
+/// (arbitrary but the same on every replica and every replay, so all converge).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Stamp {
+    pub event_time_ms: i64,
+    pub event_id: String,
+}
+
+/// One register write: `field` of a group takes `value` (`None`: known to be unset).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Write {
+    pub field: String,
+    pub value: Option<String>,
+}
+
+/// What one event writes, all under one stamp.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Update {
+    pub sdk_app_id: String,
+    pub group_id: String,
+    pub stamp: Stamp,
+    pub writes: Vec<Write>,
+}
+
+/// Why a record is skipped. A skipped record is logged and its offset committed: waiting would not
+/// make it readable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Skip {
+    #[error("not a group event this consumer reads: {0}")]
+    Unreadable(String),
+    #[error("schema_version {0} is unknown to this consumer")]
+    UnknownVersion(u64),
+    #[error("type {0:?} is unknown to this consumer")]
+    UnknownType(String),
+}
+
+/// The registers of a group, as columns of the `groups` view.
+pub mod field {
+    pub const GROUP_TYPE: &str = "group_type";
+    pub const NAME: &str = "name";
+    pub const INTRODUCTION: &str = "introduction";
+    pub const NOTIFICATION: &str = "notification";
+    pub const FACE_URL: &str = "face_url";
+    pub const OWNER_ACCOUNT: &str = "owner_account";
+    pub const INITIAL_MEMBER_COUNT: &str = "initial_member_count";
+    /// `"true"` once destroyed: the tombstone. A later `created` (a GroupId used again) writes `"false"`.
+    pub const DESTROYED: &str = "destroyed";
+    /// Prefix of a custom group field's register: `custom:<key>`.
+    pub const CUSTOM_PREFIX: &str = "custom:";
+    /// The profile registers a `created` sets, to the value it carries or to unset.
+    pub const PROFILE: [&str; 4] = [NAME, INTRODUCTION, NOTIFICATION, FACE_URL];
+}
+
+#[derive(Deserialize, Default)]
+struct Profile {
+    name: Option<String>,
+    introduction: Option<String>,
+    notification: Option<String>,
+    face_url: Option<String>,
+}
+
+impl Profile {
+    fn get(&self, f: &str) -> Option<&String> {
+        match f {
+            field::NAME => self.name.as_ref(),
+            field::INTRODUCTION => self.introduction.as_ref(),
+            field::NOTIFICATION => self.notification.as_ref(),
+            _ => self.face_url.as_ref(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Value {
+    schema_version: u64,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    event_id: String,
+    sdk_app_id: String,
+    group_id: String,
+    group_type: Option<String>,
+    event_time_ms: i64,
+    changes: Option<Profile>,
+    profile: Option<Profile>,
+    owner_account: Option<String>,
+    new_owner_account: Option<String>,
+    custom_fields: Option<BTreeMap<String, String>>,
+    member_count: Option<u64>,
+}
+
+fn set(field: &str, value: impl Into<String>) -> Write {
+    Write { field: field.to_owned(), value: Some(value.into()) }
+}
+
+/// The update a record's value makes.
+pub fn parse(value: &[u8]) -> Result<Update, Skip> {
+    let v: Value = serde_json::from_slice(value).map_err(|e| Skip::Unreadable(e.to_string()))?;
+    let mut writes = Vec::new();
+    if let Some(t) = &v.group_type {
+        writes.push(set(field::GROUP_TYPE, t));
+    }
+    match (v.schema_version, v.kind.as_deref()) {
+        (1, None) => {
+            let changes = v.changes.unwrap_or_default();
+            for f in field::PROFILE {
+                if let Some(value) = changes.get(f) {
+                    writes.push(set(f, value));
+                }
+            }
+        }
+        (1, Some(other)) => return Err(Skip::UnknownType(other.to_owned())),
+        (2, Some("created")) => {
+            // A creation says what the profile is, so a field it does not carry is unset: a GroupId
+            // used again does not inherit the profile of the group destroyed before.
+            let profile = v.profile.unwrap_or_default();
+            for f in field::PROFILE {
+                writes.push(Write { field: f.to_owned(), value: profile.get(f).cloned() });
+            }
+            writes.push(Write { field: field::OWNER_ACCOUNT.to_owned(), value: v.owner_account });
+            writes.push(Write {
+                field: field::INITIAL_MEMBER_COUNT.to_owned(),
+                value: v.member_count.map(|n| n.to_string()),
+            });
+            for (k, value) in v.custom_fields.unwrap_or_default() {
+                writes.push(set(&format!("{}{k}", field::CUSTOM_PREFIX), value));
+            }
+            writes.push(set(field::DESTROYED, "false"));
+        }
+        (2, Some("owner_changed")) => {
+            let owner = v.new_owner_account.ok_or_else(|| Skip::Unreadable("no new_owner_account".into()))?;
+            writes.push(set(field::OWNER_ACCOUNT, owner));
+        }
+        (2, Some("destroyed")) => writes.push(set(field::DESTROYED, "true")),
+        (2, other) => return Err(Skip::UnknownType(other.unwrap_or("(none)").to_owned())),
+        (version, _) => return Err(Skip::UnknownVersion(version)),
+    }
+    Ok(Update {
+        sdk_app_id: v.sdk_app_id,
+        group_id: v.group_id,
+        stamp: Stamp { event_time_ms: v.event_time_ms, event_id: v.event_id },
+        writes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(u: &Update) -> Vec<(&str, Option<&str>)> {
+        u.writes.iter().map(|w| (w.field.as_str(), w.value.as_deref())).collect()
+    }
+
+    #[test]
+    fn an_info_change_writes_only_what_changed() {
+        let v = br#"{"schema_version":1,"event_id":"a","sdk_app_id":"1","group_id":"g","group_type":"Public",
+            "operator_account":null,"changes":{"notification":""},"event_time_ms":5,"received_at_ms":6}"#;
+        let u = parse(v).unwrap();
+        assert_eq!(fields(&u), [("group_type", Some("Public")), ("notification", Some(""))]);
+        assert_eq!(u.stamp, Stamp { event_time_ms: 5, event_id: "a".into() });
+    }
+
+    #[test]
+    fn a_creation_sets_the_whole_profile_and_revives_the_group() {
+        let v = br#"{"schema_version":2,"type":"created","owner_account":"leckie","profile":{"name":"n"},
+            "custom_fields":{"k":"v"},"member_count":2,"event_id":"b","sdk_app_id":"1","group_id":"g",
+            "group_type":null,"event_time_ms":5}"#;
+        assert_eq!(
+            fields(&parse(v).unwrap()),
+            [
+                ("name", Some("n")),
+                ("introduction", None),
+                ("notification", None),
+                ("face_url", None),
+                ("owner_account", Some("leckie")),
+                ("initial_member_count", Some("2")),
+                ("custom:k", Some("v")),
+                ("destroyed", Some("false")),
+            ]
+        );
+    }
+
+    #[test]
+    fn owner_changes_and_destruction_write_their_register() {
+        let o = br#"{"schema_version":2,"type":"owner_changed","new_owner_account":"u2","event_id":"c","sdk_app_id":"1","group_id":"g","event_time_ms":5}"#;
+        assert_eq!(fields(&parse(o).unwrap()), [("owner_account", Some("u2"))]);
+        let d = br#"{"schema_version":2,"type":"destroyed","event_id":"d","sdk_app_id":"1","group_id":"g","event_time_ms":5}"#;
+        assert_eq!(fields(&parse(d).unwrap()), [("destroyed", Some("true"))]);
+    }
+
+    #[test]
+    fn unknown_members_are_ignored_and_unknown_types_and_versions_skipped() {
+        let extra = br#"{"schema_version":2,"type":"destroyed","future":[1],"event_id":"d","sdk_app_id":"1","group_id":"g","event_time_ms":5}"#;
+        assert!(parse(extra).is_ok());
+        let t = br#"{"schema_version":2,"type":"archived","event_id":"d","sdk_app_id":"1","group_id":"g","event_time_ms":5}"#;
+        assert_eq!(parse(t), Err(Skip::UnknownType("archived".into())));
+        let v = br#"{"schema_version":3,"type":"created","event_id":"d","sdk_app_id":"1","group_id":"g","event_time_ms":5}"#;
+        assert_eq!(parse(v), Err(Skip::UnknownVersion(3)));
+        assert!(matches!(parse(b"from-java"), Err(Skip::Unreadable(_))));
+    }
+}
