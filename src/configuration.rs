@@ -89,6 +89,11 @@ pub const VARIABLES: &[Variable] = &[
         "on SIGTERM, how long to keep forwarding the spool to Kafka",
     ),
     var(
+        "BRIDGE_KAFKA_STALL_SECS",
+        Some("60"),
+        "a producer that confirms nothing for this long while Kafka answers is replaced",
+    ),
+    var(
         "BRIDGE_DRAIN_STALL_SECS",
         Some("120"),
         "tim-kafka-bridge drain: give up (exit 1) when Kafka took nothing for this long",
@@ -263,6 +268,8 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// `drain`: how long without progress before giving up.
     pub drain_stall: Duration,
+    /// How long deliveries may go unconfirmed, while Kafka answers, before the producer is replaced.
+    pub kafka_stall: Duration,
     pub log_format: LogFormat,
     pub ready_kafka_window: Duration,
     pub ready_spool_high_water: f64,
@@ -309,6 +316,7 @@ struct Raw {
     spool_max_bytes: Option<String>,
     shutdown_grace_secs: Option<String>,
     drain_stall_secs: Option<String>,
+    kafka_stall_secs: Option<String>,
     log_format: Option<String>,
     ready_kafka_window_secs: Option<String>,
     ready_spool_high_water: Option<String>,
@@ -425,6 +433,9 @@ impl Settings {
                 raw.shutdown_grace_secs,
             )?),
             drain_stall: Duration::from_secs(number("BRIDGE_DRAIN_STALL_SECS", raw.drain_stall_secs)?),
+            kafka_stall: Duration::from_secs(
+                number::<u64>("BRIDGE_KAFKA_STALL_SECS", raw.kafka_stall_secs)?.max(1),
+            ),
             log_format: match choice("BRIDGE_LOG_FORMAT", raw.log_format, &["text", "json"])? {
                 "json" => LogFormat::Json,
                 _ => LogFormat::Text,

@@ -11,6 +11,13 @@
 //!   starts again from the first unacknowledged record. After a fatal producer error a new producer is
 //!   built first; after [`MAX_FATAL_RESTARTS`] in a row without a delivery the forwarder gives up with
 //!   an error (the process exits non-zero so an orchestrator restarts it).
+//!
+//!   A producer can also wedge without saying so: records in flight, Kafka answering, and no report
+//!   for minutes (seen after a broker restart while the producer held a backlog). When nothing in
+//!   flight has been confirmed for the stall time (`BRIDGE_KAFKA_STALL_SECS`) and Kafka answers a
+//!   metadata request, the producer is replaced the same way (counted as a restart, but not towards
+//!   giving up: Kafka may be slow for reasons a new producer cannot fix, such as too few in-sync
+//!   replicas). While Kafka does not answer, waiting is right and nothing is replaced.
 //! - **Isolating**: one record at a time: to probe a Kafka that failed, or to find, among the records
 //!   of a batch Kafka refused for good, the one it refuses alone (that one goes to the dead-letter
 //!   topic with the reason; the rest flow on).
@@ -78,6 +85,9 @@ enum State {
         until: Instant,
         /// A new producer is needed first.
         fatal: bool,
+        /// The producer stopped confirming anything while Kafka answered: replace it, but this does
+        /// not count towards giving up.
+        stalled: bool,
         /// How many records to send one at a time afterwards.
         isolate: usize,
     },
@@ -119,6 +129,10 @@ pub struct Forwarder {
     publisher: Arc<Publisher>,
     reader: Option<SpoolReader>,
     progress: watch::Sender<Progress>,
+    /// How long records may stay in flight with no report before the producer is suspected.
+    stall_after: Duration,
+    /// Set only by the `forwarder::wedge` failpoint: the producer swallows records until replaced.
+    wedged: std::sync::atomic::AtomicBool,
 }
 
 /// One record in flight: what the loop needs once its report arrives.
@@ -141,15 +155,32 @@ struct Books {
     fatal_in_a_row: u32,
     /// The oldest record a failure left pending (for the produce-lag gauge).
     stalled_received_ms: Option<i64>,
+    /// When the last report arrived, or the window went from empty to busy: the stall clock.
+    last_report: Instant,
 }
 
 impl Forwarder {
-    pub fn new(spool: Spool, publisher: Arc<Publisher>) -> (Self, watch::Receiver<Progress>) {
+    /// `stall_after`: see the module docs (`BRIDGE_KAFKA_STALL_SECS`).
+    pub fn new(
+        spool: Spool,
+        publisher: Arc<Publisher>,
+        stall_after: Duration,
+    ) -> (Self, watch::Receiver<Progress>) {
         let reader = spool.reader();
         let start =
             Progress { acked_seq: reader.position().saturating_sub(1), oldest_pending_received_ms: None };
         let (progress, rx) = watch::channel(start);
-        (Self { spool, publisher, reader: Some(reader), progress }, rx)
+        (
+            Self {
+                spool,
+                publisher,
+                reader: Some(reader),
+                progress,
+                stall_after,
+                wedged: Default::default(),
+            },
+            rx,
+        )
     }
 
     /// Runs until stopped through `stop` (then returns `Ok` once the final position is acknowledged)
@@ -166,6 +197,7 @@ impl Forwarder {
             backoff: MIN_BACKOFF,
             fatal_in_a_row: 0,
             stalled_received_ms: None,
+            last_report: Instant::now(),
         };
         let mut state = State::Delivering;
         let mut stopping: Option<Stopping> = None;
@@ -214,6 +246,9 @@ impl Forwarder {
                     let seq = record.seq;
                     match self.dispatch(record, matches!(state, State::Isolating { .. })) {
                         Ok((tagged, m)) => {
+                            if b.inflight.is_empty() {
+                                b.last_report = Instant::now();
+                            }
                             b.inflight_bytes += m.bytes;
                             b.inflight.push_back(tagged);
                             b.meta.push_back(m);
@@ -236,11 +271,18 @@ impl Forwarder {
             let recovering_until = match state {
                 // After a fatal error the old producer may never report again: its records are
                 // abandoned with it (and published again).
-                State::Recovering { until, fatal: true, .. } => Some(until),
+                State::Recovering { until, fatal: true, .. }
+                | State::Recovering { until, stalled: true, .. } => Some(until),
                 State::Recovering { until, .. } if b.inflight.is_empty() => Some(until),
                 _ => None,
             };
             let wait_for_commit = !have_more && deadline.is_none();
+            // The stall clock runs while something counts in flight and no replacement is pending.
+            let watch_stall = !b.inflight.is_empty()
+                && !matches!(
+                    state,
+                    State::Recovering { fatal: true, .. } | State::Recovering { stalled: true, .. }
+                );
             tokio::select! {
                 Some(done) = b.inflight.next(), if !b.inflight.is_empty() => {
                     let m = b.meta.pop_front().expect("one entry per record in flight");
@@ -254,6 +296,9 @@ impl Forwarder {
                 }
                 _ = tokio::time::sleep_until(recovering_until.unwrap_or_else(Instant::now)), if recovering_until.is_some() => {
                     state = self.resume(state, &mut b)?;
+                }
+                _ = tokio::time::sleep_until(b.last_report + self.stall_after), if watch_stall => {
+                    state = self.stalled(state, &mut b).await;
                 }
                 changed = committed.changed(), if wait_for_commit => {
                     if changed.is_err() {
@@ -279,6 +324,7 @@ impl Forwarder {
                 metrics.kafka_delivery_seconds.observe((now - m.received_at_ms).max(0) as f64 / 1e3);
                 metrics.event_age_seconds.observe((now - m.event_time_ms).max(0) as f64 / 1e3);
                 b.acked = m.seq;
+                b.last_report = Instant::now();
                 b.backoff = MIN_BACKOFF;
                 b.fatal_in_a_row = 0;
                 b.stalled_received_ms = None;
@@ -289,12 +335,16 @@ impl Forwarder {
                 }
             }
             // Delivered after an earlier record failed: it will be published again, after that one.
-            Ok(()) => state,
+            Ok(()) => {
+                b.last_report = Instant::now();
+                state
+            }
             Err(e) if !state.counts(m.seq) => {
                 self.count_error(&e);
                 state
             }
             Err(e) => {
+                b.last_report = Instant::now();
                 b.stalled_received_ms = Some(m.received_at_ms);
                 self.count_error(&e);
                 self.failed(state, m.seq, &e, b)
@@ -315,7 +365,7 @@ impl Forwarder {
                 // records alone; the one still refused alone is dead-lettered.
                 let isolate = b.meta.len() + 1;
                 tracing::info!(error = %e, seq, records = isolate, "Kafka refused a batch; publishing its records one at a time");
-                State::Recovering { failed_seq: seq, until: now, fatal: false, isolate }
+                State::Recovering { failed_seq: seq, until: now, fatal: false, stalled: false, isolate }
             }
             _ => {
                 if fatal {
@@ -327,15 +377,60 @@ impl Forwarder {
                 }
                 let until = now + b.backoff;
                 b.backoff = (b.backoff * 2).min(MAX_BACKOFF);
-                State::Recovering { failed_seq: seq, until, fatal, isolate: 1 }
+                State::Recovering { failed_seq: seq, until, fatal, stalled: false, isolate: 1 }
             }
         }
     }
 
+    /// Nothing in flight was confirmed for the stall time. If Kafka answers, the producer is wedged:
+    /// replace it and publish again from the first unacknowledged record. If not, Kafka is down and
+    /// the producer is right to wait: look again after another stall time.
+    async fn stalled(&self, state: State, b: &mut Books) -> State {
+        let publisher = self.publisher.clone();
+        let answers = tokio::task::spawn_blocking(move || publisher.probe(Duration::from_secs(5)))
+            .await
+            .map(|r| r.is_ok())
+            .unwrap_or(false);
+        b.last_report = Instant::now();
+        let Some(first) = b.meta.front().map(|m| m.seq) else { return state };
+        if !answers {
+            tracing::info!(
+                in_flight = b.meta.len(),
+                "no delivery confirmed for the stall time, and Kafka does not answer: waiting for it"
+            );
+            return state;
+        }
+        tracing::error!(
+            in_flight = b.meta.len(),
+            stalled_secs = self.stall_after.as_secs(),
+            from_seq = first,
+            "Kafka answers but the producer confirmed no delivery for the stall time; replacing it"
+        );
+        b.stalled_received_ms.get_or_insert(b.meta.front().map_or(0, |m| m.received_at_ms));
+        match state {
+            // While draining, the next start publishes them again.
+            State::Draining { .. } => state,
+            State::Recovering { failed_seq, isolate, .. } => State::Recovering {
+                failed_seq: failed_seq.min(first),
+                until: Instant::now(),
+                fatal: false,
+                stalled: true,
+                isolate,
+            },
+            State::Delivering | State::Isolating { .. } => State::Recovering {
+                failed_seq: first,
+                until: Instant::now(),
+                fatal: false,
+                stalled: true,
+                isolate: 1,
+            },
+        }
+    }
+
     /// Everything in flight has settled after a failure and the backoff has passed: publish again
-    /// from the first unacknowledged record (with a new producer after a fatal error).
+    /// from the first unacknowledged record (with a new producer after a fatal error or a stall).
     fn resume(&mut self, state: State, b: &mut Books) -> Result<State, ForwarderError> {
-        let State::Recovering { fatal, isolate, .. } = state else { return Ok(state) };
+        let State::Recovering { fatal, stalled, isolate, .. } = state else { return Ok(state) };
         b.inflight = FuturesOrdered::new();
         b.meta.clear();
         b.inflight_bytes = 0;
@@ -346,7 +441,10 @@ impl Forwarder {
                 self.finish(b);
                 return Err(ForwarderError::ProducerKeepsFailing { restarts: MAX_FATAL_RESTARTS, last });
             }
+        }
+        if fatal || stalled {
             self.publisher.rebuild()?;
+            self.wedged.store(false, std::sync::atomic::Ordering::Relaxed);
             self.publisher.metrics().kafka_producer_restarts.inc();
             tracing::warn!(
                 from_seq = b.acked + 1,
@@ -420,6 +518,16 @@ impl Forwarder {
             received_at_ms: message.received_at_ms,
             event_time_ms: message.event_time_ms,
         };
+        // The failpoint wedges the producer: from then on it takes records and reports on none, until
+        // it is replaced (a wedged librdkafka).
+        #[cfg(feature = "failpoints")]
+        if fail::eval("forwarder::wedge", |_| ()).is_some() {
+            self.wedged.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        if self.wedged.load(std::sync::atomic::Ordering::Relaxed) {
+            let never: Tagged = Box::pin(std::future::pending());
+            return Ok((never, m));
+        }
         match self.publisher.send(&message) {
             Ok(p) => Ok((delivered(p, message, self.publisher.clone(), solo), m)),
             Err(PublishError::Permanent(e)) => {

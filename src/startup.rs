@@ -157,7 +157,8 @@ impl Application {
                 if pending > 0 {
                     tracing::info!(pending, "spool holds events from an earlier run; publishing them first");
                 }
-                let (forwarder, progress) = Forwarder::new(spool.clone(), publisher.clone());
+                let (forwarder, progress) =
+                    Forwarder::new(spool.clone(), publisher.clone(), settings.kafka_stall);
                 let (stop, stop_rx) = watch::channel(None);
                 let running = Running(forwarder_running.clone());
                 let forwarder = tokio::spawn(async move {
@@ -415,7 +416,7 @@ pub async fn drain(settings: Settings, interrupt: impl Future<Output = ()>) -> R
     let committed = spool.committed().borrow().seq;
     let pending = spool.pending_events();
     tracing::info!(pending, spool = %settings.spool_dir.display(), topic = %settings.topic, "draining the spool");
-    let (forwarder, mut progress) = Forwarder::new(spool.clone(), publisher.clone());
+    let (forwarder, mut progress) = Forwarder::new(spool.clone(), publisher.clone(), settings.kafka_stall);
     let start = progress.borrow().acked_seq;
     let (stop, stop_rx) = watch::channel(None);
     let mut task = tokio::spawn(forwarder.run(stop_rx));

@@ -567,7 +567,14 @@ impl Writer {
 
     fn publish_stats(&self) {
         let committed = self.committed.borrow().seq;
-        let burnt: u64 = self.burnt.iter().map(|(from, to)| to - from + 1).sum();
+        // Burnt numbers are never records; count only those between the acknowledged and committed
+        // positions (a failed batch's numbers lie above the committed position until a later batch
+        // commits past them).
+        let burnt: u64 = self
+            .burnt
+            .iter()
+            .map(|&(from, to)| (to.min(committed) + 1).saturating_sub(from.max(self.acked + 1)))
+            .sum();
         let pending = committed.saturating_sub(self.acked).saturating_sub(burnt);
         self.stats.pending_events.store(pending, Ordering::Relaxed);
         self.stats.bytes.store(self.disk_bytes, Ordering::Relaxed);

@@ -83,7 +83,9 @@ async fn webhooks_are_answered_ok_while_kafka_is_down_and_all_arrive_in_order_af
     let kafka = broker();
     let _exclusive = kafka.exclusive().await;
     let spool = tempfile::tempdir().unwrap();
-    let bridge = Bridge::spawn(BridgeOptions::new(spool.path())).await;
+    // A stall time far shorter than the outage: a producer waiting for a Kafka that does not answer
+    // is right to wait, and must not be replaced.
+    let bridge = Bridge::spawn(BridgeOptions::new(spool.path()).env("BRIDGE_KAFKA_STALL_SECS", 1)).await;
     bridge.warm_up("@TGS#warmup").await;
 
     kafka.stop();
@@ -103,6 +105,11 @@ async fn webhooks_are_answered_ok_while_kafka_is_down_and_all_arrive_in_order_af
     }
     let ready = bridge.get("/healthz").await;
     assert_eq!(ready.status().as_u16(), 200);
+    wait_for("the stall check to find Kafka down", Duration::from_secs(30), || async {
+        bridge.logs().contains("Kafka does not answer: waiting for it")
+    })
+    .await;
+    assert_eq!(sample(&scrape(&bridge).await, "bridge_kafka_producer_restarts_total"), Some(0.0));
     kafka.start();
 
     let mut expected: HashSet<(String, usize)> =

@@ -304,6 +304,34 @@ async fn a_fatal_producer_error_builds_a_new_producer_and_loses_nothing() {
 }
 
 #[tokio::test]
+async fn a_producer_that_confirms_nothing_while_kafka_answers_is_replaced_and_nothing_is_lost() {
+    let _up = broker().shared().await;
+    let spool = tempfile::tempdir().unwrap();
+    // After 20 records the producer wedges: it takes records and reports on none (a wedged
+    // librdkafka: seen after a broker restart while it held a backlog).
+    let bridge = Bridge::spawn(
+        BridgeOptions::new(spool.path())
+            .env("FAILPOINTS", "forwarder::wedge=20*off->1*return")
+            .env("BRIDGE_KAFKA_STALL_SECS", 2),
+    )
+    .await;
+    let bridge = Arc::new(bridge);
+
+    let answers = send_streams(&bridge, "wedged", 4, 40).await;
+
+    let ok = answered(&answers, 200);
+    assert_eq!(ok.len(), 160);
+    let records = read_until(&bridge.topic, Duration::from_secs(60), |r| ok.is_subset(&names(r)));
+    assert_per_group_order(&records);
+    assert_valid(&records);
+    let text = scrape(&bridge).await;
+    let restarts = sample(&text, "bridge_kafka_producer_restarts_total").unwrap_or(0.0);
+    assert!(restarts >= 1.0, "{}", bridge.logs());
+    assert!(bridge.logs().contains("confirmed no delivery for the stall time"));
+    assert_eq!(bridge.get("/healthz").await.status().as_u16(), 200, "a stall is not a reason to stop");
+}
+
+#[tokio::test]
 async fn a_producer_that_keeps_failing_stops_the_bridge_with_an_error() {
     let _up = broker().shared().await;
     let spool = tempfile::tempdir().unwrap();
