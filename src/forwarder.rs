@@ -14,8 +14,9 @@
 //!
 //!   A producer can also wedge without saying so: records in flight, Kafka answering, and no report
 //!   for minutes (seen after a broker restart while the producer held a backlog). When nothing in
-//!   flight has been confirmed for the stall time (`BRIDGE_KAFKA_STALL_SECS`) and Kafka answers a
-//!   metadata request, the producer is replaced the same way (counted as a restart, but not towards
+//!   flight has been reported on for the stall time (`BRIDGE_KAFKA_STALL_SECS`) and Kafka answered a
+//!   metadata request (asked through another client) at that check and at the one a stall time
+//!   before, the producer is replaced the same way (counted as a restart, but not towards
 //!   giving up: Kafka may be slow for reasons a new producer cannot fix, such as too few in-sync
 //!   replicas). While Kafka does not answer, waiting is right and nothing is replaced.
 //! - **Isolating**: one record at a time: to probe a Kafka that failed, or to find, among the records
@@ -157,6 +158,9 @@ struct Books {
     stalled_received_ms: Option<i64>,
     /// When the last report arrived, or the window went from empty to busy: the stall clock.
     last_report: Instant,
+    /// Kafka answered at the last stall check too: a producer still silent one stall time after
+    /// Kafka was seen answering is wedged (one that is reconnecting after an outage is not).
+    answered_at_last_check: bool,
 }
 
 impl Forwarder {
@@ -198,6 +202,7 @@ impl Forwarder {
             fatal_in_a_row: 0,
             stalled_received_ms: None,
             last_report: Instant::now(),
+            answered_at_last_check: false,
         };
         let mut state = State::Delivering;
         let mut stopping: Option<Stopping> = None;
@@ -277,11 +282,15 @@ impl Forwarder {
                 _ => None,
             };
             let wait_for_commit = !have_more && deadline.is_none();
-            // The stall clock runs while something counts in flight and no replacement is pending.
+            // The stall clock runs while something counts in flight and no replacement is pending; not
+            // while stopping (the next start publishes again whatever is unconfirmed).
             let watch_stall = !b.inflight.is_empty()
+                && stopping.is_none()
                 && !matches!(
                     state,
-                    State::Recovering { fatal: true, .. } | State::Recovering { stalled: true, .. }
+                    State::Recovering { fatal: true, .. }
+                        | State::Recovering { stalled: true, .. }
+                        | State::Draining { .. }
                 );
             tokio::select! {
                 Some(done) = b.inflight.next(), if !b.inflight.is_empty() => {
@@ -316,6 +325,9 @@ impl Forwarder {
 
     /// A record's report arrived (in send order).
     fn settled(&self, state: State, m: InFlight, result: Result<(), PublishError>, b: &mut Books) -> State {
+        // Any report, good or bad, shows the producer is alive: the stall clock starts again.
+        b.last_report = Instant::now();
+        b.answered_at_last_check = false;
         match result {
             Ok(()) if state.counts(m.seq) => {
                 let metrics = self.publisher.metrics();
@@ -324,7 +336,6 @@ impl Forwarder {
                 metrics.kafka_delivery_seconds.observe((now - m.received_at_ms).max(0) as f64 / 1e3);
                 metrics.event_age_seconds.observe((now - m.event_time_ms).max(0) as f64 / 1e3);
                 b.acked = m.seq;
-                b.last_report = Instant::now();
                 b.backoff = MIN_BACKOFF;
                 b.fatal_in_a_row = 0;
                 b.stalled_received_ms = None;
@@ -335,16 +346,12 @@ impl Forwarder {
                 }
             }
             // Delivered after an earlier record failed: it will be published again, after that one.
-            Ok(()) => {
-                b.last_report = Instant::now();
-                state
-            }
+            Ok(()) => state,
             Err(e) if !state.counts(m.seq) => {
                 self.count_error(&e);
                 state
             }
             Err(e) => {
-                b.last_report = Instant::now();
                 b.stalled_received_ms = Some(m.received_at_ms);
                 self.count_error(&e);
                 self.failed(state, m.seq, &e, b)
@@ -382,21 +389,30 @@ impl Forwarder {
         }
     }
 
-    /// Nothing in flight was confirmed for the stall time. If Kafka answers, the producer is wedged:
-    /// replace it and publish again from the first unacknowledged record. If not, Kafka is down and
-    /// the producer is right to wait: look again after another stall time.
+    /// Nothing in flight was reported on for the stall time. If Kafka answered at the last check too
+    /// (a whole stall time ago), the producer is wedged: replace it and publish again from the first
+    /// unacknowledged record. If Kafka does not answer, the producer is right to wait; if it has just
+    /// come back, the producer gets one more stall time to reconnect.
     async fn stalled(&self, state: State, b: &mut Books) -> State {
         let publisher = self.publisher.clone();
-        let answers = tokio::task::spawn_blocking(move || publisher.probe(Duration::from_secs(5)))
+        let answers = tokio::task::spawn_blocking(move || publisher.probe_apart(Duration::from_secs(2)))
             .await
             .map(|r| r.is_ok())
             .unwrap_or(false);
         b.last_report = Instant::now();
+        let answered_before = std::mem::replace(&mut b.answered_at_last_check, answers);
         let Some(first) = b.meta.front().map(|m| m.seq) else { return state };
         if !answers {
             tracing::info!(
                 in_flight = b.meta.len(),
                 "no delivery confirmed for the stall time, and Kafka does not answer: waiting for it"
+            );
+            return state;
+        }
+        if !answered_before {
+            tracing::info!(
+                in_flight = b.meta.len(),
+                "no delivery confirmed for the stall time; Kafka answers: the producer gets one more"
             );
             return state;
         }
@@ -422,7 +438,10 @@ impl Forwarder {
                 until: Instant::now(),
                 fatal: false,
                 stalled: true,
-                isolate: 1,
+                isolate: match state {
+                    State::Isolating { left } => left,
+                    _ => 1,
+                },
             },
         }
     }

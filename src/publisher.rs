@@ -426,6 +426,12 @@ impl Publisher {
         self.producer().client().fetch_metadata(Some(&self.topic), timeout).map(drop)
     }
 
+    /// [`probe`](Self::probe) through the admin client: whether Kafka answers, asked by a client other
+    /// than the producer (whose own connections may be what is stuck). Blocking.
+    pub fn probe_apart(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.admin.inner().fetch_metadata(Some(&self.topic), timeout).map(drop)
+    }
+
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
     }

@@ -249,6 +249,7 @@ async fn accept(
     received_at_ms: i64,
     group_id: &mut Option<String>,
 ) -> Result<Answered, WebhookError> {
+    let arrived = tokio::time::Instant::now();
     let auth = state.verifier.authenticate(req.query_string(), (received_at_ms / 1000) as u64)?;
     let body = tokio::time::timeout(BODY_TIMEOUT, read_body(req, body, state.max_body_bytes))
         .await
@@ -260,7 +261,7 @@ async fn accept(
             let Some(relay) = &state.relay else { return Ok(Answered::Ignored { command }) };
             let content_type =
                 req.headers().get(actix_web::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-            return Ok(match relay.relay(req.query_string(), content_type, body).await {
+            return Ok(match relay.relay(req.query_string(), content_type, body, arrived).await {
                 Ok(answer) => Answered::Forwarded { command, answer },
                 Err(error) => Answered::ForwardFailed { command, error },
             });
