@@ -503,10 +503,11 @@ fn main() {
     let seconds: u64 = env_or("BENCH_SECONDS", "10").parse().unwrap();
     let rates: Vec<u64> =
         env_or("BENCH_RATES", "2000,10000,30000").split(',').map(|r| r.trim().parse().unwrap()).collect();
-    let mut targets: Vec<String> = env_or("BENCH_TARGETS", "ceiling,always,interval,never,sync,peer-sync,peer-spool")
-        .split(',')
-        .map(str::to_owned)
-        .collect();
+    let mut targets: Vec<String> =
+        env_or("BENCH_TARGETS", "ceiling,always,interval,never,sync,peer-sync,peer-spool")
+            .split(',')
+            .map(str::to_owned)
+            .collect();
     let mut skipped = Vec::new();
     if std::env::var_os("BENCH_PEER").is_none() {
         skipped.extend(targets.iter().filter(|t| t.starts_with("peer-")).cloned());
@@ -668,7 +669,9 @@ fn main() {
     let against: Vec<String> = pairs
         .iter()
         .filter_map(|(bridge, peer)| Some((bridge, peer, closed(bridge)?, closed(peer)?)))
-        .map(|(bridge, peer, b, p)| format!("- {bridge}: {:.2}× {peer} ({b:.0}/s against {p:.0}/s)", b / p.max(1.0)))
+        .map(|(bridge, peer, b, p)| {
+            format!("- {bridge}: {:.2}× {peer} ({b:.0}/s against {p:.0}/s)", b / p.max(1.0))
+        })
         .collect();
     if !against.is_empty() {
         md.push_str("\nClosed-loop throughput relative to the peer (Benthos 4.27, same run):\n\n");
