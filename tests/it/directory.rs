@@ -464,6 +464,26 @@ async fn deliver(http: &reqwest::Client, url: &str, hook: &Hook) -> usize {
     }
 }
 
+/// Delivers `hooks[i]` for each `i` of `deliveries`, 8 at a time, counting each answered in `answered`;
+/// how many attempts failed.
+async fn deliver_all(
+    http: &reqwest::Client,
+    url: &str,
+    hooks: &[Hook],
+    deliveries: &[usize],
+    answered: &std::sync::atomic::AtomicUsize,
+) -> usize {
+    futures_util::stream::iter(deliveries)
+        .map(|i| async move {
+            let failed = deliver(http, url, &hooks[*i]).await;
+            answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            failed
+        })
+        .buffer_unordered(8)
+        .fold(0, |failed, f| async move { failed + f })
+        .await
+}
+
 /// `tim-group-directory dump`: the table, one JSON object per row, by group id.
 fn dump(database_url: &str) -> BTreeMap<String, serde_json::Value> {
     let out = Command::new(env!("CARGO_BIN_EXE_tim-group-directory"))
@@ -504,7 +524,11 @@ async fn converges_exactly(db: &str, url: &str) {
     let _up = kafka.shared().await;
     let seed = match std::env::var("TEST_SEED") {
         Ok(s) => s.parse().expect("TEST_SEED is a number"),
-        Err(_) => tim_kafka_bridge::now_ms() as u64,
+        // Each run and each database a history of its own.
+        Err(_) => {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+                ^ db.len() as u64
+        }
     };
     println!("{db}: seed {seed} (TEST_SEED={seed} replays this history)");
     let mut rng = Rng(seed);
@@ -532,37 +556,44 @@ async fn converges_exactly(db: &str, url: &str) {
     let consumer_group = unique("it-directory-proof");
     let mut directory = Directory::spawn(url, &topic, &consumer_group);
 
-    // Up to 8 webhooks in flight at once (more reordering still), in three phases: all up; one bridge
-    // and the directory killed (-9); both restarted.
-    let (half, three_quarters) = (order.len() / 2, order.len() * 3 / 4);
-    let send = |range: std::ops::Range<usize>| {
-        let (http, url_in, hooks, order) = (&http, &url_in, &hooks, &order);
-        futures_util::stream::iter(range)
-            .map(move |i| deliver(http, url_in, &hooks[order[i]]))
-            .buffer_unordered(8)
-            .fold(0, |failed, f| async move { failed + f })
-    };
-    let mut failed = send(0..half).await;
-    // The directory has applied part of it: the crash comes in the middle of its work.
+    // Up to 8 webhooks in flight at once (more reordering still). The first few hundred, then a wait
+    // until the directory has committed some of them (it is consuming); then the rest, and meanwhile,
+    // once half of all are answered, one bridge and the directory are killed (-9) under load; once
+    // three quarters are, both are started again.
+    let answered = std::sync::atomic::AtomicUsize::new(0);
+    let send = |deliveries| deliver_all(&http, &url_in, &hooks, deliveries, &answered);
+    let warm_up = order.len() / 10;
     let bootstrap = kafka.bootstrap();
-    wait_for("the directory to commit some of it", Duration::from_secs(60), || {
+    let lag = || {
         let (b, t, g) = (bootstrap.clone(), topic.clone(), consumer_group.clone());
-        async move {
-            let (lag, total) =
-                tokio::task::spawn_blocking(move || (consumer_group_lag(&b, &t, &g), topic_len_on(&b, &t)))
-                    .await
-                    .unwrap();
-            lag < total
-        }
+        async move { tokio::task::spawn_blocking(move || consumer_group_lag(&b, &t, &g).ok()).await.unwrap() }
+    };
+    let mut failed = send(&order[..warm_up]).await;
+    wait_for("the directory to commit some of it", Duration::from_secs(60), || async {
+        lag().await.is_some_and(|l| l < warm_up as i64)
     })
     .await;
-    bridges[0].kill9();
-    directory.kill9();
-    failed += send(half..three_quarters).await;
-    let port = bridges[0].port.to_string();
-    bridges[0].restart(&[("BRIDGE_LISTEN", &format!("127.0.0.1:{port}"))]).await;
-    let mut directory = Directory::spawn(url, &topic, &consumer_group);
-    failed += send(three_quarters..order.len()).await;
+    let answered_at_least = |n: usize| {
+        let answered = &answered;
+        move || async move { answered.load(std::sync::atomic::Ordering::Relaxed) >= n }
+    };
+    let chaos = async {
+        wait_for("half the webhooks answered", Duration::from_secs(120), answered_at_least(order.len() / 2))
+            .await;
+        bridges[0].kill9();
+        directory.kill9();
+        let killed_at = answered.load(std::sync::atomic::Ordering::Relaxed);
+        let lag_at_kill = lag().await;
+        wait_for("three quarters answered", Duration::from_secs(120), answered_at_least(order.len() * 3 / 4))
+            .await;
+        let port = bridges[0].port.to_string();
+        bridges[0].restart(&[("BRIDGE_LISTEN", &format!("127.0.0.1:{port}"))]).await;
+        directory = Directory::spawn(url, &topic, &consumer_group);
+        (killed_at, lag_at_kill)
+    };
+    let (rest, (killed_at, lag_at_kill)) = tokio::join!(send(&order[warm_up..]), chaos);
+    failed += rest;
+    assert!(killed_at < order.len() * 3 / 4, "the crash came while webhooks were still coming ({killed_at})");
 
     // Everything answered 200 is in a spool; wait until both spools are empty (all of it on the topic),
     // then until the directory's consumer group has committed all of the topic (lag 0): everything is
@@ -576,7 +607,12 @@ async fn converges_exactly(db: &str, url: &str) {
     let on_topic = topic_len_on(&bootstrap, &topic);
     wait_for("the directory's lag to be 0", Duration::from_secs(90), || {
         let (b, t, g) = (bootstrap.clone(), topic.clone(), consumer_group.clone());
-        async move { tokio::task::spawn_blocking(move || consumer_group_lag(&b, &t, &g)).await.unwrap() == 0 }
+        async move {
+            tokio::task::spawn_blocking(move || consumer_group_lag(&b, &t, &g))
+                .await
+                .unwrap()
+                .is_ok_and(|l| l == 0)
+        }
     })
     .await;
 
@@ -594,7 +630,9 @@ async fn converges_exactly(db: &str, url: &str) {
     println!(
         "{db}: {} operations over {} groups ({counts:?}); {} webhooks delivered ({repeats} repeats, \
          {swaps} local reorders, {failed} attempts failed and retried), {on_topic} records on the topic; \
-         crashes: 1 bridge and the directory (kill -9), both restarted; {} rows compared, {} differ; {:.1?}",
+         crashes: 1 bridge and the directory (kill -9 after {killed_at} answers, the directory {lag_at_kill:?} \
+         records behind), both restarted; \
+         {} rows compared, {} differ; {:.1?}",
         hooks.len(),
         truth.len(),
         order.len(),

@@ -375,8 +375,8 @@ pub fn topic_len_on(bootstrap: &str, topic: &str) -> i64 {
 /// How many records of `topic` the consumer group `group` has not committed yet (its lag, as
 /// `kafka-consumer-groups --describe` reports it): the sum over partitions of the high watermark less
 /// the committed offset (none committed: the whole partition). Asks the group coordinator without
-/// joining the group.
-pub fn consumer_group_lag(bootstrap: &str, topic: &str, group: &str) -> i64 {
+/// joining the group. An error (the coordinator busy with a rebalance, say) is for the caller to retry.
+pub fn consumer_group_lag(bootstrap: &str, topic: &str, group: &str) -> rdkafka::error::KafkaResult<i64> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", group)
@@ -388,18 +388,17 @@ pub fn consumer_group_lag(bootstrap: &str, topic: &str, group: &str) -> i64 {
     for p in &parts {
         tpl.add_partition(topic, *p);
     }
-    let committed = c.committed_offsets(tpl, Duration::from_secs(10)).expect("committed offsets");
-    parts
-        .iter()
-        .map(|p| {
-            let end = c.fetch_watermarks(topic, *p, Duration::from_secs(10)).expect("watermarks").1;
-            let done = match committed.find_partition(topic, *p).map(|e| e.offset()) {
-                Some(Offset::Offset(o)) => o,
-                _ => 0,
-            };
-            end - done
-        })
-        .sum()
+    let committed = c.committed_offsets(tpl, Duration::from_secs(10))?;
+    let mut lag = 0;
+    for p in &parts {
+        let end = c.fetch_watermarks(topic, *p, Duration::from_secs(10))?.1;
+        let done = match committed.find_partition(topic, *p).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => o,
+            _ => 0,
+        };
+        lag += end - done;
+    }
+    Ok(lag)
 }
 
 /// Reads `topic` from the beginning until `until` says the records are all there, or panics at
