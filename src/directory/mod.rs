@@ -5,7 +5,8 @@
 //! about it (order by `event_time_ms` then `event_id`, drop duplicates, skip unknown types). This is
 //! that advice as running code, small enough to read and copy: every field of a group is a
 //! last-writer-wins register, so replays, duplicates and out-of-order delivery all converge to the same
-//! table, and `destroyed` is a tombstone.
+//! table; a `created` starts the group afresh (registers older than it are hidden), and `destroyed` is
+//! a tombstone. docs/event.md ("How to consume") states the rule for any consumer.
 //!
 //! ## Layout
 //! - [`update`]: a record's value → the register writes it makes (lenient, as the versioning policy
