@@ -13,7 +13,7 @@
 //!
 //! A `created` starts a new life of its GroupId: it writes the `created` register, and a register whose
 //! stamp is less than the `created` register's belongs to an earlier life, so it is not shown (the
-//! [`VISIBLE`] registers). The rule is in the reading, not in the writing, so it too holds whatever the
+//! registers of [`visible_sql`]). The rule is in the reading, not in the writing, so it too holds whatever the
 //! order: a change older than the latest creation, delivered after it, may still win its register but
 //! stays hidden; a custom field of an earlier life, whose key the new creation does not know, is hidden
 //! rather than deleted.
@@ -79,10 +79,15 @@ pub fn open(url: &str) -> Result<Box<dyn Store>, StoreError> {
 /// The registers shown: those of a group without a `created` register, and those whose stamp is not less
 /// than the `created` register's (the creation's own writes and everything after it). Row values compare
 /// `event_id` byte by byte in both databases (BINARY in SQLite, the column's C collation in PostgreSQL).
-pub const VISIBLE: &str = "SELECT f.sdk_app_id, f.group_id, f.field, f.value, f.event_time_ms, f.event_id \
-     FROM group_fields f LEFT JOIN group_fields c \
-     ON c.sdk_app_id = f.sdk_app_id AND c.group_id = f.group_id AND c.field = 'created' \
-     WHERE c.field IS NULL OR (f.event_time_ms, f.event_id) >= (c.event_time_ms, c.event_id)";
+fn visible_sql() -> String {
+    format!(
+        "SELECT f.sdk_app_id, f.group_id, f.field, f.value, f.event_time_ms, f.event_id \
+         FROM group_fields f LEFT JOIN group_fields c \
+         ON c.sdk_app_id = f.sdk_app_id AND c.group_id = f.group_id AND c.field = '{}' \
+         WHERE c.field IS NULL OR (f.event_time_ms, f.event_id) >= (c.event_time_ms, c.event_id)",
+        field::CREATED
+    )
+}
 
 /// The `groups` view, for both databases (`destroyed` compares as a boolean in PostgreSQL, 0/1 in
 /// SQLite). `created_at_ms` comes last, so that PostgreSQL's `CREATE OR REPLACE VIEW` can add it to the
@@ -106,8 +111,9 @@ fn view_sql() -> String {
          COALESCE(MAX(CASE WHEN field = '{d}' THEN value END), 'false') = 'true' AS {d}, \
          MAX(event_time_ms) AS updated_at_ms, \
          MAX(CASE WHEN field = '{c}' THEN event_time_ms END) AS created_at_ms \
-         FROM ({VISIBLE}) v GROUP BY sdk_app_id, group_id",
+         FROM ({}) v GROUP BY sdk_app_id, group_id",
         columns.join(", "),
+        visible_sql(),
         d = field::DESTROYED,
         c = field::CREATED,
     )
@@ -123,7 +129,10 @@ const UPSERT: &str =
 
 /// The shown registers of every group, as [`pivot`] takes them.
 fn select_sql() -> String {
-    format!("SELECT sdk_app_id, group_id, field, value, event_time_ms FROM ({VISIBLE}) v ORDER BY sdk_app_id, group_id, field")
+    format!(
+        "SELECT sdk_app_id, group_id, field, value, event_time_ms FROM ({}) v ORDER BY sdk_app_id, group_id, field",
+        visible_sql()
+    )
 }
 
 /// Pivots `(app, group, field, value, time)` rows, sorted by app and group, into groups.

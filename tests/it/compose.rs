@@ -100,6 +100,9 @@ fn the_directory_service_runs_tim_group_directory_from_the_bridge_image_with_var
 
     // The image has the binary: built with its feature, and copied into the runtime stage.
     let dockerfile = std::fs::read_to_string(repo().join("Dockerfile")).unwrap();
-    assert!(dockerfile.contains("--features directory --bin tim-group-directory"), "the Dockerfile builds it");
+    assert!(
+        dockerfile.contains("--features directory --bin tim-group-directory"),
+        "the Dockerfile builds it"
+    );
     assert!(dockerfile.contains("/src/target/release/tim-group-directory /usr/local/bin/tim-group-directory"));
 }
