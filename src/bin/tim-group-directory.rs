@@ -29,6 +29,7 @@ fn main() -> ExitCode {
                 "  {NAME} get GROUP_ID  print that group (one line per app that has it); exit 1 if none\n"
             );
             for (name, default, meaning) in VARIABLES {
+                let default = if default.is_empty() { "none" } else { default };
                 println!("  {name}\n      {meaning} [default: {default}]");
             }
             ExitCode::SUCCESS

@@ -653,3 +653,30 @@ async fn converges_exactly(db: &str, url: &str) {
     );
     assert!(directory.terminate().success());
 }
+
+#[test]
+fn the_command_line_names_its_commands_and_variables_and_get_fails_for_an_unknown_group() {
+    let bin = env!("CARGO_BIN_EXE_tim-group-directory");
+    let help = Command::new(bin).arg("--help").output().unwrap();
+    let text = String::from_utf8(help.stdout).unwrap();
+    assert!(help.status.success());
+    for word in ["dump", "get GROUP_ID", "run"] {
+        assert!(text.contains(word), "--help names {word}:\n{text}");
+    }
+    for (name, _, _) in tim_kafka_bridge::directory::VARIABLES {
+        assert!(text.contains(name), "--help lists {name}:\n{text}");
+    }
+    assert_eq!(Command::new(bin).arg("nonsense").status().unwrap().code(), Some(2));
+
+    let db = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}", db.path().join("groups.db").display());
+    let get = Command::new(bin)
+        .args(["get", "@TGS#none"])
+        .env_clear()
+        .env("DIRECTORY_DATABASE_URL", &url)
+        .output()
+        .unwrap();
+    assert_eq!(get.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&get.stderr).contains("no group \"@TGS#none\""));
+    assert!(dump(&url).is_empty(), "an empty table dumps nothing");
+}
