@@ -5,7 +5,8 @@
 //! about it (order by `event_time_ms` then `event_id`, drop duplicates, skip unknown types). This is
 //! that advice as running code, small enough to read and copy: every field of a group is a
 //! last-writer-wins register, so replays, duplicates and out-of-order delivery all converge to the same
-//! table, and `destroyed` is a tombstone.
+//! table; a `created` starts the group afresh (registers older than it are hidden), and `destroyed` is
+//! a tombstone. docs/event.md ("How to consume") states the rule for any consumer.
 //!
 //! ## Layout
 //! - [`update`]: a record's value → the register writes it makes (lenient, as the versioning policy
@@ -40,6 +41,10 @@ pub struct Settings {
     pub topic: String,
     /// Kafka consumer group: its committed offsets are where a restart resumes.
     pub consumer_group: String,
+    /// Kafka static membership (`group.instance.id`), empty for none: a consumer restarted with the same
+    /// id (after a crash, by systemd or a StatefulSet) takes its partitions back at once, instead of
+    /// waiting out the session timeout of the process it replaces.
+    pub instance_id: String,
 }
 
 /// Every variable, with its default, for `--help`.
@@ -48,6 +53,11 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
     ("DIRECTORY_KAFKA_BROKERS", "127.0.0.1:9092", "Kafka bootstrap servers"),
     ("DIRECTORY_TOPIC", "group-change", "the bridge's topic"),
     ("DIRECTORY_CONSUMER_GROUP", "tim-group-directory", "Kafka consumer group (where a restart resumes)"),
+    (
+        "DIRECTORY_INSTANCE_ID",
+        "",
+        "Kafka group.instance.id (static membership: a restart with the same id resumes at once)",
+    ),
     ("DIRECTORY_LOG_FORMAT", "text", "text | json (level from RUST_LOG)"),
 ];
 
@@ -66,6 +76,7 @@ impl Settings {
             kafka_brokers: get("DIRECTORY_KAFKA_BROKERS"),
             topic: get("DIRECTORY_TOPIC"),
             consumer_group: get("DIRECTORY_CONSUMER_GROUP"),
+            instance_id: get("DIRECTORY_INSTANCE_ID"),
         }
     }
 }
@@ -83,12 +94,16 @@ pub enum DirectoryError {
 /// they cover is in the database (at least once; the registers make a replay harmless).
 pub fn run(settings: &Settings, stop: &AtomicBool) -> Result<(), DirectoryError> {
     let mut store = store::open(&settings.database_url)?;
-    let consumer: BaseConsumer = ClientConfig::new()
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", &settings.kafka_brokers)
         .set("group.id", &settings.consumer_group)
         .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .create()?;
+        .set("auto.offset.reset", "earliest");
+    if !settings.instance_id.is_empty() {
+        config.set("group.instance.id", &settings.instance_id);
+    }
+    let consumer: BaseConsumer = config.create()?;
     consumer.subscribe(&[&settings.topic])?;
     tracing::info!(topic = %settings.topic, group = %settings.consumer_group, "tim-group-directory consuming");
     let (mut applied, mut skipped) = (0u64, 0u64);

@@ -10,8 +10,17 @@
 //! harmless. `destroyed` is a register like the others (the tombstone): an older event arriving later
 //! still fills in the field it wrote, but cannot bring the group back; only a newer `created` can.
 //! Tombstones are kept for that reason.
+//!
+//! A `created` starts a new life of its GroupId: it writes the `created` register, and a register whose
+//! stamp is less than the `created` register's belongs to an earlier life, so it is not shown (the
+//! registers of [`visible_sql`]). The rule is in the reading, not in the writing, so it too holds whatever the
+//! order: a change older than the latest creation, delivered after it, may still win its register but
+//! stays hidden; a custom field of an earlier life, whose key the new creation does not know, is hidden
+//! rather than deleted.
 
 use std::collections::BTreeMap;
+
+use rusqlite::OptionalExtension;
 
 use super::update::{field, Update};
 
@@ -26,8 +35,9 @@ pub enum StoreError {
     UnknownUrl(String),
 }
 
-/// A group as the `groups` view shows it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// A group as the `groups` view shows it (and `tim-group-directory dump` prints it, one JSON object per
+/// line, with these member names).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Group {
     pub sdk_app_id: String,
     pub group_id: String,
@@ -40,7 +50,9 @@ pub struct Group {
     pub initial_member_count: Option<u64>,
     pub custom_fields: BTreeMap<String, String>,
     pub destroyed: bool,
-    /// The greatest `event_time_ms` among its registers.
+    /// The `event_time_ms` of its latest `created` (none seen: `None`, and no register is hidden).
+    pub created_at_ms: Option<i64>,
+    /// The greatest `event_time_ms` among its shown registers: the time of its latest event.
     pub updated_at_ms: i64,
 }
 
@@ -64,8 +76,22 @@ pub fn open(url: &str) -> Result<Box<dyn Store>, StoreError> {
     }
 }
 
+/// The registers shown: those of a group without a `created` register, and those whose stamp is not less
+/// than the `created` register's (the creation's own writes and everything after it). Row values compare
+/// `event_id` byte by byte in both databases (BINARY in SQLite, the column's C collation in PostgreSQL).
+fn visible_sql() -> String {
+    format!(
+        "SELECT f.sdk_app_id, f.group_id, f.field, f.value, f.event_time_ms, f.event_id \
+         FROM group_fields f LEFT JOIN group_fields c \
+         ON c.sdk_app_id = f.sdk_app_id AND c.group_id = f.group_id AND c.field = '{}' \
+         WHERE c.field IS NULL OR (f.event_time_ms, f.event_id) >= (c.event_time_ms, c.event_id)",
+        field::CREATED
+    )
+}
+
 /// The `groups` view, for both databases (`destroyed` compares as a boolean in PostgreSQL, 0/1 in
-/// SQLite).
+/// SQLite). `created_at_ms` comes last, so that PostgreSQL's `CREATE OR REPLACE VIEW` can add it to the
+/// view of an earlier version.
 fn view_sql() -> String {
     let column = |f: &str| format!("MAX(CASE WHEN field = '{f}' THEN value END) AS {f}");
     let columns: Vec<String> = [
@@ -83,9 +109,13 @@ fn view_sql() -> String {
     format!(
         "SELECT sdk_app_id, group_id, {}, \
          COALESCE(MAX(CASE WHEN field = '{d}' THEN value END), 'false') = 'true' AS {d}, \
-         MAX(event_time_ms) AS updated_at_ms FROM group_fields GROUP BY sdk_app_id, group_id",
+         MAX(event_time_ms) AS updated_at_ms, \
+         MAX(CASE WHEN field = '{c}' THEN event_time_ms END) AS created_at_ms \
+         FROM ({}) v GROUP BY sdk_app_id, group_id",
         columns.join(", "),
-        d = field::DESTROYED
+        visible_sql(),
+        d = field::DESTROYED,
+        c = field::CREATED,
     )
 }
 
@@ -97,8 +127,13 @@ const UPSERT: &str =
      value = excluded.value, event_time_ms = excluded.event_time_ms, event_id = excluded.event_id \
      WHERE (excluded.event_time_ms, excluded.event_id) > (group_fields.event_time_ms, group_fields.event_id)";
 
-const SELECT: &str = "SELECT sdk_app_id, group_id, field, value, event_time_ms FROM group_fields \
-     ORDER BY sdk_app_id, group_id, field";
+/// The shown registers of every group, as [`pivot`] takes them.
+fn select_sql() -> String {
+    format!(
+        "SELECT sdk_app_id, group_id, field, value, event_time_ms FROM ({}) v ORDER BY sdk_app_id, group_id, field",
+        visible_sql()
+    )
+}
 
 /// Pivots `(app, group, field, value, time)` rows, sorted by app and group, into groups.
 fn pivot(rows: impl IntoIterator<Item = (String, String, String, Option<String>, i64)>) -> Vec<Group> {
@@ -118,6 +153,7 @@ fn pivot(rows: impl IntoIterator<Item = (String, String, String, Option<String>,
             field::OWNER_ACCOUNT => g.owner_account = value,
             field::INITIAL_MEMBER_COUNT => g.initial_member_count = value.and_then(|v| v.parse().ok()),
             field::DESTROYED => g.destroyed = value.as_deref() == Some("true"),
+            field::CREATED => g.created_at_ms = Some(time),
             other => {
                 if let (Some(key), Some(value)) = (other.strip_prefix(field::CUSTOM_PREFIX), value) {
                     g.custom_fields.insert(key.to_owned(), value);
@@ -135,21 +171,32 @@ pub struct Sqlite {
 
 impl Sqlite {
     pub fn open(path: &str) -> Result<Self, StoreError> {
-        let conn = if path == ":memory:" {
+        let mut conn = if path == ":memory:" {
             rusqlite::Connection::open_in_memory()?
         } else {
             rusqlite::Connection::open(path)?
         };
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.execute_batch(&format!(
+        conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS group_fields (
                 sdk_app_id TEXT NOT NULL, group_id TEXT NOT NULL, field TEXT NOT NULL, value TEXT,
                 event_time_ms INTEGER NOT NULL, event_id TEXT NOT NULL,
-                PRIMARY KEY (sdk_app_id, group_id, field));
-             CREATE VIEW IF NOT EXISTS groups AS {};",
-            view_sql()
-        ))?;
+                PRIMARY KEY (sdk_app_id, group_id, field));",
+        )?;
+        // SQLite has no CREATE OR REPLACE VIEW: the view of an earlier version is replaced when its
+        // text differs, in one write transaction (two consumers starting at once take turns).
+        let view = format!("CREATE VIEW groups AS {}", view_sql());
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let current: Option<String> = tx
+            .query_row("SELECT sql FROM sqlite_master WHERE type = 'view' AND name = 'groups'", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        if current.as_deref() != Some(view.as_str()) {
+            tx.execute_batch(&format!("DROP VIEW IF EXISTS groups; {view};"))?;
+        }
+        tx.commit()?;
         Ok(Self { conn })
     }
 }
@@ -177,7 +224,7 @@ impl Store for Sqlite {
     }
 
     fn groups(&mut self) -> Result<Vec<Group>, StoreError> {
-        let mut stmt = self.conn.prepare(SELECT)?;
+        let mut stmt = self.conn.prepare(&select_sql())?;
         let rows = stmt
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?
             .collect::<Result<Vec<_>, _>>()?;
@@ -230,7 +277,7 @@ impl Store for Postgres {
     }
 
     fn groups(&mut self) -> Result<Vec<Group>, StoreError> {
-        let rows = self.client.query(SELECT, &[])?;
+        let rows = self.client.query(&select_sql(), &[])?;
         Ok(pivot(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))))
     }
 }
@@ -305,6 +352,98 @@ mod tests {
         assert_eq!(store.groups().unwrap()[0].custom_fields.get("k").map(String::as_str), Some("v"));
     }
 
+    #[test]
+    fn a_creation_hides_every_register_of_the_earlier_life_of_its_group_id() {
+        let mut store = memory();
+        store
+            .apply(&[
+                update(
+                    "g",
+                    1,
+                    "a",
+                    &[("created", Some("1")), ("name", Some("old")), ("custom:tier", Some("gold"))],
+                ),
+                update("g", 2, "b", &[("introduction", Some("old intro")), ("group_type", Some("Public"))]),
+                update("g", 3, "c", &[("destroyed", Some("true"))]),
+                update(
+                    "g",
+                    5,
+                    "e",
+                    &[("created", Some("5")), ("name", Some("new")), ("destroyed", Some("false"))],
+                ),
+            ])
+            .unwrap();
+        let g = &store.groups().unwrap()[0];
+        assert_eq!(g.name.as_deref(), Some("new"));
+        assert_eq!((g.introduction.as_deref(), g.group_type.as_deref()), (None, None), "not inherited");
+        assert!(g.custom_fields.is_empty(), "a custom field of the earlier life is hidden: {g:?}");
+        assert_eq!((g.destroyed, g.created_at_ms, g.updated_at_ms), (false, Some(5), 5));
+    }
+
+    #[test]
+    fn a_change_older_than_the_latest_creation_does_not_leak_into_the_new_life_whenever_it_comes() {
+        let mut store = memory();
+        store.apply(&[update("g", 5, "e", &[("created", Some("5")), ("name", Some("new"))])]).unwrap();
+        // Delivered late: a change of the earlier life, to a field the creation set and to one it did not.
+        store
+            .apply(&[update("g", 4, "d", &[("name", Some("stale")), ("notification", Some("stale"))])])
+            .unwrap();
+        store.apply(&[update("g", 3, "c", &[("custom:tier", Some("stale"))])]).unwrap();
+        let g = &store.groups().unwrap()[0];
+        assert_eq!((g.name.as_deref(), g.notification.as_deref()), (Some("new"), None));
+        assert!(g.custom_fields.is_empty());
+        assert_eq!(g.updated_at_ms, 5, "hidden registers do not count");
+        // A change after the creation shows, even with an event id that sorts first.
+        store.apply(&[update("g", 6, "0", &[("notification", Some("fresh"))])]).unwrap();
+        assert_eq!(store.groups().unwrap()[0].notification.as_deref(), Some("fresh"));
+    }
+
+    #[test]
+    fn a_creation_with_the_same_time_and_a_greater_event_id_starts_the_new_life() {
+        let mut store = memory();
+        store.apply(&[update("g", 5, "b", &[("created", Some("5")), ("name", Some("second"))])]).unwrap();
+        store.apply(&[update("g", 5, "a", &[("custom:k", Some("first life"))])]).unwrap();
+        let g = &store.groups().unwrap()[0];
+        assert_eq!((g.name.as_deref(), g.custom_fields.len()), (Some("second"), 0));
+    }
+
+    #[test]
+    fn the_view_applies_the_same_rule_and_is_replaced_when_it_is_of_an_earlier_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("groups.db");
+        {
+            // The view an earlier version created: no created_at_ms, no rule.
+            let conn = rusqlite::Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE group_fields (sdk_app_id TEXT NOT NULL, group_id TEXT NOT NULL, field TEXT NOT NULL,
+                 value TEXT, event_time_ms INTEGER NOT NULL, event_id TEXT NOT NULL,
+                 PRIMARY KEY (sdk_app_id, group_id, field));
+                 CREATE VIEW groups AS SELECT sdk_app_id, group_id, 1 AS name FROM group_fields;",
+            )
+            .unwrap();
+        }
+        let url = format!("sqlite:{}", path.display());
+        let mut store = open(&url).unwrap();
+        store
+            .apply(&[
+                update("g", 1, "a", &[("name", Some("old")), ("custom:k", Some("v"))]),
+                update("g", 2, "b", &[("created", Some("2")), ("owner_account", Some("u"))]),
+            ])
+            .unwrap();
+        drop(open(&url).unwrap());
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let row: (Option<String>, Option<String>, i64, i64) = conn
+            .query_row("SELECT name, owner_account, created_at_ms, updated_at_ms FROM groups", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+            .unwrap();
+        assert_eq!(row, (None, Some("u".into()), 2, 2));
+        let views: i64 = conn
+            .query_row("SELECT COUNT(*) FROM sqlite_master WHERE type = 'view'", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(views, 1);
+    }
+
     mod convergence {
         use proptest::prelude::*;
 
@@ -312,7 +451,13 @@ mod tests {
 
         fn write() -> impl Strategy<Value = (String, Option<String>)> {
             (
-                prop_oneof![Just("name"), Just("owner_account"), Just("destroyed"), Just("custom:k")],
+                prop_oneof![
+                    Just("name"),
+                    Just("owner_account"),
+                    Just("destroyed"),
+                    Just("custom:k"),
+                    Just("created")
+                ],
                 proptest::option::of("[a-c]{0,2}"),
             )
                 .prop_map(|(f, v)| (f.to_owned(), v))
@@ -337,8 +482,91 @@ mod tests {
             })
         }
 
+        /// One event of a group's history, as the bridge publishes it.
+        #[derive(Debug, Clone)]
+        enum Op {
+            Created { name: Option<String>, custom: Vec<(String, String)> },
+            Renamed(String),
+            Destroyed,
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                (proptest::option::of("[a-c]{0,2}"), proptest::collection::vec(("[kl]", "[a-c]{1,2}"), 0..3))
+                    .prop_map(|(name, custom)| Op::Created { name, custom }),
+                "[a-c]{0,2}".prop_map(Op::Renamed),
+                Just(Op::Destroyed),
+            ]
+        }
+
+        /// Event `i` of the history: two events share each `event_time_ms`, so ties are broken by
+        /// `event_id`, which sorts as `i` does.
+        fn record(i: usize, op: &Op) -> Vec<u8> {
+            let mut v = serde_json::json!({"sdk_app_id": "1", "group_id": "g", "event_id": format!("{i:03}"),
+                "event_time_ms": i / 2});
+            match op {
+                Op::Created { name, custom } => {
+                    v["schema_version"] = 2.into();
+                    v["type"] = "created".into();
+                    v["profile"] = serde_json::json!({"name": name});
+                    v["custom_fields"] =
+                        custom.iter().cloned().collect::<BTreeMap<_, _>>().into_iter().collect();
+                }
+                Op::Renamed(name) => {
+                    v["schema_version"] = 1.into();
+                    v["changes"] = serde_json::json!({"name": name});
+                }
+                Op::Destroyed => {
+                    v["schema_version"] = 2.into();
+                    v["type"] = "destroyed".into();
+                }
+            }
+            v.to_string().into_bytes()
+        }
+
+        /// The group the history makes when its events are applied one by one in the order they happened:
+        /// a creation starts afresh.
+        fn truth(ops: &[Op]) -> Group {
+            let mut g = Group { sdk_app_id: "1".into(), group_id: "g".into(), ..Group::default() };
+            for (i, op) in ops.iter().enumerate() {
+                let t = (i / 2) as i64;
+                match op {
+                    Op::Created { name, custom } => {
+                        g = Group {
+                            sdk_app_id: "1".into(),
+                            group_id: "g".into(),
+                            name: name.clone(),
+                            custom_fields: custom.iter().cloned().collect(),
+                            created_at_ms: Some(t),
+                            ..Group::default()
+                        };
+                    }
+                    Op::Renamed(name) => g.name = Some(name.clone()),
+                    Op::Destroyed => g.destroyed = true,
+                }
+                g.updated_at_ms = t;
+            }
+            g
+        }
+
         proptest! {
             #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+            #[test]
+            fn delivered_in_any_order_with_repeats_a_history_ends_as_applying_it_in_order_does(
+                (ops, order) in proptest::collection::vec(op(), 1..14)
+                    .prop_flat_map(|ops| { let n = ops.len(); (Just(ops), Just((0..n).collect::<Vec<_>>()).prop_shuffle()) }),
+                repeat in 0usize..14,
+            ) {
+                let updates: Vec<Update> =
+                    order.iter().map(|i| crate::directory::update::parse(&record(*i, &ops[*i])).unwrap()).collect();
+                let mut store = memory();
+                for u in &updates {
+                    store.apply(std::slice::from_ref(u)).unwrap();
+                }
+                store.apply(&updates[..repeat.min(updates.len())]).unwrap();
+                prop_assert_eq!(store.groups().unwrap(), vec![truth(&ops)]);
+            }
 
             #[test]
             fn any_order_with_any_repeats_ends_in_the_same_table(
@@ -356,34 +584,6 @@ mod tests {
                 prop_assert_eq!(in_order.groups().unwrap(), scrambled.groups().unwrap());
             }
         }
-    }
-
-    /// The same registers on PostgreSQL, when `TEST_POSTGRES_URL` names a database to use (its
-    /// `group_fields` table is emptied): the SQL is shared, the dialects are not.
-    #[test]
-    fn postgres_keeps_the_same_registers_when_a_server_is_given() {
-        let Ok(url) = std::env::var("TEST_POSTGRES_URL") else {
-            eprintln!("TEST_POSTGRES_URL not set: PostgreSQL not tested");
-            return;
-        };
-        let mut store = Postgres::connect(&url).unwrap();
-        store.client.batch_execute("DELETE FROM group_fields").unwrap();
-        store
-            .apply(&[
-                update("g", 2, "b", &[("name", Some("second")), ("custom:k", Some("v"))]),
-                update("g", 2, "B", &[("name", Some("upper-case id sorts first in C"))]),
-                update("g", 1, "z", &[("name", Some("first")), ("destroyed", Some("true"))]),
-                update("g", 0, "a", &[("owner_account", None)]),
-            ])
-            .unwrap();
-        let g = &store.groups().unwrap()[0];
-        assert_eq!(g.name.as_deref(), Some("second"));
-        assert!(g.destroyed);
-        assert_eq!((g.owner_account.as_deref(), g.updated_at_ms), (None, 2));
-        assert_eq!(g.custom_fields.get("k").map(String::as_str), Some("v"));
-        let row =
-            store.client.query_one("SELECT name, destroyed FROM groups WHERE group_id = 'g'", &[]).unwrap();
-        assert_eq!((row.get::<_, Option<String>>(0), row.get::<_, bool>(1)), (Some("second".into()), true));
     }
 
     #[test]

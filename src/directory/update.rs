@@ -56,6 +56,10 @@ pub mod field {
     pub const INITIAL_MEMBER_COUNT: &str = "initial_member_count";
     /// `"true"` once destroyed: the tombstone. A later `created` (a GroupId used again) writes `"false"`.
     pub const DESTROYED: &str = "destroyed";
+    /// The stamp of the group's latest `created` (its value: that `event_time_ms`). A creation starts a
+    /// new life of the GroupId: a register whose stamp is older than this one's belongs to an earlier
+    /// life and is not shown (see [`store`](crate::directory::store)).
+    pub const CREATED: &str = "created";
     /// Prefix of a custom group field's register: `custom:<key>`.
     pub const CUSTOM_PREFIX: &str = "custom:";
     /// The profile registers a `created` sets, to the value it carries or to unset.
@@ -121,8 +125,11 @@ pub fn parse(value: &[u8]) -> Result<Update, Skip> {
         }
         (1, Some(other)) => return Err(Skip::UnknownType(other.to_owned())),
         (2, Some("created")) => {
-            // A creation says what the profile is, so a field it does not carry is unset: a GroupId
-            // used again does not inherit the profile of the group destroyed before.
+            // A creation says what the group is. It writes the `created` register, which hides every
+            // register older than itself (a GroupId used again inherits nothing from its earlier life,
+            // custom fields included); a field it does not carry is written unset all the same, so
+            // that the table itself says so.
+            writes.push(set(field::CREATED, v.event_time_ms.to_string()));
             let profile = v.profile.unwrap_or_default();
             for f in field::PROFILE {
                 writes.push(Write { field: f.to_owned(), value: profile.get(f).cloned() });
@@ -178,6 +185,7 @@ mod tests {
         assert_eq!(
             fields(&parse(v).unwrap()),
             [
+                ("created", Some("5")),
                 ("name", Some("n")),
                 ("introduction", None),
                 ("notification", None),

@@ -1,5 +1,6 @@
 //! No Docker engine runs here, so the dev stack is kept honest by reading it: every `BRIDGE_*`
-//! variable docker-compose.yml sets must be one the bridge reads.
+//! variable docker-compose.yml sets must be one the bridge reads, every `DIRECTORY_*` one
+//! tim-group-directory reads, and the image must carry both binaries.
 
 use tim_kafka_bridge::configuration::{RDKAFKA_PREFIX, VARIABLES};
 
@@ -72,4 +73,36 @@ fn every_bridge_variable_in_the_kubernetes_base_is_one_the_bridge_knows_and_pars
     }
     // And the bridge takes them as they are.
     tim_kafka_bridge::configuration::Settings::from_vars(vars).expect("bridge.env parses");
+}
+
+#[test]
+fn the_directory_service_runs_tim_group_directory_from_the_bridge_image_with_variables_it_knows() {
+    let compose: serde_norway::Value =
+        serde_norway::from_str(&std::fs::read_to_string(repo().join("docker-compose.yml")).unwrap()).unwrap();
+    let (bridge, directory) = (&compose["services"]["bridge"], &compose["services"]["directory"]);
+    assert!(directory.is_mapping(), "docker-compose.yml runs the directory");
+    assert_eq!(directory["image"], bridge["image"], "the directory runs the bridge's image");
+    assert!(directory["image"].is_string());
+    let entrypoint = serde_norway::to_string(&directory["entrypoint"]).unwrap();
+    assert!(entrypoint.contains("/usr/local/bin/tim-group-directory"), "{entrypoint}");
+    let env = directory["environment"].as_mapping().expect("environment as a mapping");
+    for k in env.keys().filter_map(|k| k.as_str()).filter(|k| k.starts_with("DIRECTORY_")) {
+        assert!(
+            tim_kafka_bridge::directory::VARIABLES.iter().any(|v| v.0 == k),
+            "the directory service sets {k}, which tim-group-directory does not read"
+        );
+    }
+    assert_eq!(env[&serde_norway::Value::from("DIRECTORY_TOPIC")], bridge["environment"]["BRIDGE_TOPIC"]);
+    assert_eq!(
+        env[&serde_norway::Value::from("DIRECTORY_KAFKA_BROKERS")],
+        bridge["environment"]["BRIDGE_KAFKA_BROKERS"]
+    );
+
+    // The image has the binary: built with its feature, and copied into the runtime stage.
+    let dockerfile = std::fs::read_to_string(repo().join("Dockerfile")).unwrap();
+    assert!(
+        dockerfile.contains("--features directory --bin tim-group-directory"),
+        "the Dockerfile builds it"
+    );
+    assert!(dockerfile.contains("/src/target/release/tim-group-directory /usr/local/bin/tim-group-directory"));
 }

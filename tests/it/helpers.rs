@@ -1,7 +1,8 @@
 //! The test harness: one real Kafka broker per test run (and a three-node cluster for the tests that
-//! need one), the bridge as a real process, a signing webhook client, a topic reader, and for tests of
-//! load: concurrent senders ([`Load`]), a round-robin load balancer ([`RoundRobin`]) and the check of
-//! what reached the topic ([`Tally`]).
+//! need one), one PostgreSQL server per run for tim-group-directory ([`postgres`]), the bridge as a real
+//! process, a signing webhook client, a topic reader, and for tests of load: concurrent senders
+//! ([`Load`]), a round-robin load balancer ([`RoundRobin`]) and the check of what reached the topic
+//! ([`Tally`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead, BufReader};
@@ -371,6 +372,35 @@ pub fn topic_len_on(bootstrap: &str, topic: &str) -> i64 {
         .sum()
 }
 
+/// How many records of `topic` the consumer group `group` has not committed yet (its lag, as
+/// `kafka-consumer-groups --describe` reports it): the sum over partitions of the high watermark less
+/// the committed offset (none committed: the whole partition). Asks the group coordinator without
+/// joining the group. An error (the coordinator busy with a rebalance, say) is for the caller to retry.
+pub fn consumer_group_lag(bootstrap: &str, topic: &str, group: &str) -> rdkafka::error::KafkaResult<i64> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let parts = partitions(&c, topic, Instant::now() + Duration::from_secs(30));
+    let mut tpl = TopicPartitionList::new();
+    for p in &parts {
+        tpl.add_partition(topic, *p);
+    }
+    let committed = c.committed_offsets(tpl, Duration::from_secs(10))?;
+    let mut lag = 0;
+    for p in &parts {
+        let end = c.fetch_watermarks(topic, *p, Duration::from_secs(10))?.1;
+        let done = match committed.find_partition(topic, *p).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => o,
+            _ => 0,
+        };
+        lag += end - done;
+    }
+    Ok(lag)
+}
+
 /// Reads `topic` from the beginning until `until` says the records are all there, or panics at
 /// `timeout` with what it has.
 pub fn read_until(topic: &str, timeout: Duration, until: impl Fn(&[Record]) -> bool) -> Vec<Record> {
@@ -449,6 +479,80 @@ pub fn read_exactly(topic: &str, n: usize, timeout: Duration) -> Vec<Record> {
     let records = read_until(topic, timeout, |r| r.len() >= n);
     assert_eq!(topic_len(topic), n as i64, "topic {topic} holds more than the {n} records expected");
     records
+}
+
+// ---------------------------------------------------------------------------------------------------
+// PostgreSQL
+
+/// The run's PostgreSQL server, for tim-group-directory: Debian's binaries run by `scripts/postgres` on a
+/// free port with their own data directory, started on first use and stopped and wiped by a watchdog when
+/// the test process exits; or the server `TEST_POSTGRES_URL` names (a role that may create databases).
+pub struct PostgresServer {
+    /// The URL of a database to connect to for `CREATE DATABASE`.
+    admin_url: String,
+}
+
+static POSTGRES: OnceLock<PostgresServer> = OnceLock::new();
+
+pub fn postgres() -> &'static PostgresServer {
+    POSTGRES.get_or_init(|| {
+        if let Ok(url) = std::env::var("TEST_POSTGRES_URL") {
+            return PostgresServer { admin_url: url };
+        }
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let data = repo().join("target").join("it-postgres").join(port.to_string());
+        let env = [("POSTGRES_PORT", port.to_string()), ("POSTGRES_DATA_DIR", data.display().to_string())];
+        let script = |args: &str| {
+            let out = Command::new(repo().join("scripts/postgres"))
+                .arg(args)
+                .envs(env.clone())
+                .output()
+                .expect("scripts/postgres runs");
+            let text =
+                format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            assert!(out.status.success(), "scripts/postgres {args} failed:\n{text}");
+            text
+        };
+        script("reset");
+        // As for the broker: stopped and wiped once this process is gone, however it ends.
+        let watchdog = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; exec '{script}' reset",
+            pid = std::process::id(),
+            script = repo().join("scripts/postgres").display()
+        );
+        #[allow(clippy::zombie_processes)]
+        Command::new("setsid")
+            .args(["bash", "-c", &watchdog])
+            .envs(env.clone())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("watchdog starts");
+        script("start");
+        PostgresServer { admin_url: script("url").trim().to_owned() }
+    })
+}
+
+impl PostgresServer {
+    /// A new, empty database of its own; its URL. Blocking (call it off the runtime's threads, or from
+    /// a plain `#[test]`).
+    pub fn database(&self) -> String {
+        let name = unique("it_directory").replace('-', "_").to_lowercase();
+        let admin = self.admin_url.clone();
+        let create = name.clone();
+        // The postgres client runs a runtime of its own: on a thread of its own, wherever this is called.
+        std::thread::spawn(move || {
+            let mut client = postgres::Client::connect(&admin, postgres::NoTls).expect("PostgreSQL answers");
+            client.batch_execute(&format!("CREATE DATABASE {create}")).expect("CREATE DATABASE");
+        })
+        .join()
+        .expect("the database is created");
+        // The same server and credentials, the new database (any query string dropped).
+        let base = self.admin_url.split('?').next().unwrap();
+        let (server, _) = base.rsplit_once('/').filter(|(s, _)| s.contains("://")).unwrap_or((base, ""));
+        format!("{server}/{name}")
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------
