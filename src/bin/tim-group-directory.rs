@@ -1,14 +1,15 @@
 //! tim-group-directory: keeps a table of groups from the bridge's topic (see `directory` in the
-//! library). Thin: settings, logs, a worker thread for the consumer, and a stop on SIGTERM or Ctrl-C;
-//! `dump` and `get` print the table as JSON lines.
+//! library). Thin: settings, logs, a worker thread for the consumer, the `/metrics` server, and a stop
+//! on SIGTERM or Ctrl-C; `dump` and `get` print the table as JSON lines.
 
 use std::io::Write;
+use std::net::TcpListener;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tim_kafka_bridge::configuration::LogFormat;
-use tim_kafka_bridge::directory::{self, Settings, VARIABLES};
+use tim_kafka_bridge::directory::{self, Metrics, Settings, VARIABLES};
 use tim_kafka_bridge::{shutdown, telemetry};
 
 const NAME: &str = "tim-group-directory";
@@ -45,7 +46,7 @@ fn main() -> ExitCode {
 
 /// `dump` and `get`: the groups as the `groups` view shows them, one JSON object per line.
 fn print(group_id: Option<&str>) -> ExitCode {
-    let settings = Settings::from_vars(std::env::vars());
+    let Some(settings) = settings() else { return ExitCode::from(2) };
     let groups = match directory::store::open(&settings.database_url).and_then(|mut s| s.groups()) {
         Ok(groups) => groups,
         Err(e) => {
@@ -71,38 +72,90 @@ fn print(group_id: Option<&str>) -> ExitCode {
     }
 }
 
+/// The settings from the environment; a variable that does not parse is said on stderr.
+fn settings() -> Option<Settings> {
+    Settings::from_vars(std::env::vars()).map_err(|e| eprintln!("{NAME}: {e}")).ok()
+}
+
 /// `run`: consume until a signal.
 fn run() -> ExitCode {
-    let settings = Settings::from_vars(std::env::vars());
+    let Some(settings) = settings() else { return ExitCode::from(2) };
     let format = match std::env::var("DIRECTORY_LOG_FORMAT").as_deref() {
         Ok("json") => LogFormat::Json,
         _ => LogFormat::Text,
     };
     telemetry::init(format, std::io::stdout);
 
+    // Bound before consuming starts: a port already taken is an error now, not metrics silently missing.
+    let listener = match settings.metrics_listen.map(|addr| (addr, TcpListener::bind(addr))) {
+        None => None,
+        Some((_, Ok(listener))) => Some(listener),
+        Some((addr, Err(e))) => {
+            eprintln!("{NAME}: DIRECTORY_METRICS_LISTEN={addr}: cannot listen: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let metrics = Arc::new(Metrics::new());
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime starts");
+    // The metrics server runs on this runtime (its one worker on a thread of its own), the consumer on
+    // another thread: a scrape reads counters and never waits for, nor holds up, a batch.
+    let server = match runtime
+        .block_on(async { listener.map(|l| directory::metrics::serve(l, metrics.clone())).transpose() })
+    {
+        Ok(server) => server,
+        Err(e) => {
+            eprintln!("{NAME}: the metrics server does not start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(addr) = settings.metrics_listen {
+        tracing::info!(%addr, "serving GET /metrics");
+    }
+
     // The consumer and its database driver are blocking: they get a thread of their own, and the
-    // runtime only waits for a signal or for that thread to end.
+    // runtime only serves metrics and waits for a signal or for that thread to end.
     let stop = Arc::new(AtomicBool::new(false));
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let worker = std::thread::spawn({
-        let stop = stop.clone();
+        let (stop, metrics) = (stop.clone(), metrics.clone());
         move || {
-            let result = directory::run(&settings, &stop);
+            let result = directory::run(&settings, &stop, &metrics);
             let _ = done_tx.send(());
             result
         }
     });
-    let runtime =
-        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime starts");
-    runtime.block_on(async {
-        tokio::select! {
-            () = shutdown::signal() => {}
-            _ = done_rx => {}
+    let server_failed = runtime.block_on(async {
+        let handle = server.as_ref().map(|s| s.handle());
+        let mut serving = server.map(tokio::spawn);
+        let ended = async {
+            match serving.as_mut() {
+                Some(s) => s.await,
+                None => std::future::pending().await,
+            }
+        };
+        let failed = tokio::select! {
+            () = shutdown::signal() => false,
+            _ = done_rx => false,
+            r = ended => {
+                let why = match r {
+                    Ok(Ok(())) => "stopped".to_owned(),
+                    Ok(Err(e)) => e.to_string(),
+                    Err(e) => e.to_string(),
+                };
+                eprintln!("{NAME}: the metrics server ended: {why}");
+                true
+            }
+        };
+        if let Some(h) = handle {
+            h.stop(false).await;
         }
+        failed
     });
     stop.store(true, Ordering::Relaxed);
     match worker.join().expect("the consumer thread does not panic") {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) if !server_failed => ExitCode::SUCCESS,
+        Ok(()) => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("{NAME}: {e}");
             ExitCode::FAILURE

@@ -13,24 +13,35 @@
 //!   asks of consumers).
 //! - [`store`]: the registers in SQLite (default) or PostgreSQL, and the `groups` view.
 //! - [`run`]: the Kafka loop: poll a batch, apply it in one transaction, then commit the offsets.
+//! - [`metrics`]: what the loop counts (applied events, skipped records, lag) and the `/metrics`
+//!   server that exports it.
 
+pub mod metrics;
 pub mod store;
 pub mod update;
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
+pub use metrics::Metrics;
 pub use store::{Group, Store, StoreError};
-pub use update::{Skip, Stamp, Update, Write};
+pub use update::{Kind, Skip, Stamp, Update, Write};
 
 /// At most this many records per transaction: bounds the work redone after a crash.
 const MAX_BATCH: usize = 500;
 /// How long one poll waits for a record; also how soon a stop is noticed.
 const POLL: Duration = Duration::from_millis(200);
+/// How often `directory_lag_records` is refreshed. Each refresh asks the partitions' leaders for their
+/// high watermarks (a round trip per partition, on the consumer's thread): rare enough to cost nothing.
+const LAG_REFRESH: Duration = Duration::from_secs(5);
+/// How long one of those requests may take; the first to fail ends the refresh (the gauge keeps its
+/// value), so a broker in trouble delays consuming by at most this much per refresh.
+const LAG_QUERY_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The consumer's settings, from `DIRECTORY_*` variables.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +56,8 @@ pub struct Settings {
     /// id (after a crash, by systemd or a StatefulSet) takes its partitions back at once, instead of
     /// waiting out the session timeout of the process it replaces.
     pub instance_id: String,
+    /// Where `GET /metrics` is served; `None` (the variable set to an empty value): nowhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Every variable, with its default, for `--help`.
@@ -58,26 +71,53 @@ pub const VARIABLES: &[(&str, &str, &str)] = &[
         "",
         "Kafka group.instance.id (static membership: a restart with the same id resumes at once)",
     ),
+    (
+        "DIRECTORY_METRICS_LISTEN",
+        "127.0.0.1:9466",
+        "address of the HTTP listener serving GET /metrics (Prometheus text format); empty: none",
+    ),
     ("DIRECTORY_LOG_FORMAT", "text", "text | json (level from RUST_LOG)"),
 ];
 
+/// A variable that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{name}={value:?} is not an address (host-IP:port, such as 127.0.0.1:9466)")]
+pub struct SettingsError {
+    pub name: &'static str,
+    pub value: String,
+}
+
 impl Settings {
-    /// Reads the variables from `vars`, defaults for what is missing or empty.
-    pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Self {
-        let vars: std::collections::HashMap<String, String> =
-            vars.into_iter().filter(|(_, v)| !v.trim().is_empty()).collect();
+    /// Reads the variables from `vars`, defaults for what is missing or empty; except that
+    /// `DIRECTORY_METRICS_LISTEN` set to an empty value turns the metrics listener off.
+    pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, SettingsError> {
+        let mut vars: std::collections::HashMap<String, String> = vars.into_iter().collect();
+        let metrics_off = vars.get("DIRECTORY_METRICS_LISTEN").is_some_and(|v| v.trim().is_empty());
+        vars.retain(|_, v| !v.trim().is_empty());
         let get = |name: &str| {
             vars.get(name).cloned().unwrap_or_else(|| {
                 VARIABLES.iter().find(|v| v.0 == name).expect("a known variable").1.to_owned()
             })
         };
-        Self {
+        let metrics_listen = match metrics_off {
+            true => None,
+            false => {
+                let value = get("DIRECTORY_METRICS_LISTEN");
+                let addr = value
+                    .trim()
+                    .parse()
+                    .map_err(|_| SettingsError { name: "DIRECTORY_METRICS_LISTEN", value })?;
+                Some(addr)
+            }
+        };
+        Ok(Self {
             database_url: get("DIRECTORY_DATABASE_URL"),
             kafka_brokers: get("DIRECTORY_KAFKA_BROKERS"),
             topic: get("DIRECTORY_TOPIC"),
             consumer_group: get("DIRECTORY_CONSUMER_GROUP"),
             instance_id: get("DIRECTORY_INSTANCE_ID"),
-        }
+            metrics_listen,
+        })
     }
 }
 
@@ -91,8 +131,10 @@ pub enum DirectoryError {
 }
 
 /// Consumes the topic into the store until `stop` is set. Offsets are committed only after the batch
-/// they cover is in the database (at least once; the registers make a replay harmless).
-pub fn run(settings: &Settings, stop: &AtomicBool) -> Result<(), DirectoryError> {
+/// they cover is in the database (at least once; the registers make a replay harmless). `metrics`
+/// counts what is applied once its transaction has committed, and what is skipped; every
+/// [`LAG_REFRESH`] the lag is measured (between two batches, when every record polled is applied).
+pub fn run(settings: &Settings, stop: &AtomicBool, metrics: &Metrics) -> Result<(), DirectoryError> {
     let mut store = store::open(&settings.database_url)?;
     let mut config = ClientConfig::new();
     config
@@ -107,7 +149,17 @@ pub fn run(settings: &Settings, stop: &AtomicBool) -> Result<(), DirectoryError>
     consumer.subscribe(&[&settings.topic])?;
     tracing::info!(topic = %settings.topic, group = %settings.consumer_group, "tim-group-directory consuming");
     let (mut applied, mut skipped) = (0u64, 0u64);
+    // The first measurement a refresh period after the start: by then the group has usually assigned
+    // partitions (measured before, an empty assignment would read as a misleading 0). Until then -1.
+    let mut lag_measured = Instant::now();
     while !stop.load(Ordering::Relaxed) {
+        if lag_measured.elapsed() >= LAG_REFRESH {
+            lag_measured = Instant::now();
+            match lag(&consumer) {
+                Ok(records) => metrics.lag_records.set(records),
+                Err(e) => tracing::debug!(error = %e, "lag not measured this time"),
+            }
+        }
         let mut batch = Vec::new();
         let mut next = TopicPartitionList::new();
         while batch.len() < MAX_BATCH {
@@ -123,6 +175,7 @@ pub fn run(settings: &Settings, stop: &AtomicBool) -> Result<(), DirectoryError>
                 Ok(u) => batch.push(u),
                 Err(skip) => {
                     skipped += 1;
+                    metrics.skipped(&skip);
                     tracing::warn!(partition = m.partition(), offset = m.offset(), reason = %skip, "record skipped");
                 }
             }
@@ -132,10 +185,64 @@ pub fn run(settings: &Settings, stop: &AtomicBool) -> Result<(), DirectoryError>
             continue;
         }
         store.apply(&batch)?;
+        metrics.applied(&batch);
         applied += batch.len() as u64;
         consumer.commit(&next, CommitMode::Sync)?;
         tracing::debug!(applied, skipped, "batch applied");
     }
     tracing::info!(applied, skipped, "tim-group-directory stopped");
     Ok(())
+}
+
+/// Σ over the partitions assigned to `consumer` of (high watermark − the next offset to apply). Called
+/// between batches, when every record polled has been applied and committed: a partition's position
+/// (the offset after the last record polled) is then its next offset to apply. A partition polled
+/// nothing from since it was assigned has no position yet: its group's committed offset is used, or,
+/// with none, its low watermark (where `auto.offset.reset=earliest` starts).
+fn lag(consumer: &BaseConsumer) -> Result<i64, rdkafka::error::KafkaError> {
+    let positions = consumer.position()?;
+    let mut unknown = TopicPartitionList::new();
+    for p in positions.elements() {
+        if !matches!(p.offset(), Offset::Offset(_)) {
+            unknown.add_partition(p.topic(), p.partition());
+        }
+    }
+    let committed = match unknown.count() {
+        0 => unknown,
+        _ => consumer.committed_offsets(unknown, LAG_QUERY_TIMEOUT)?,
+    };
+    let mut total = 0;
+    for p in positions.elements() {
+        let (low, high) = consumer.fetch_watermarks(p.topic(), p.partition(), LAG_QUERY_TIMEOUT)?;
+        let next = match p.offset() {
+            Offset::Offset(next) => next,
+            _ => match committed.find_partition(p.topic(), p.partition()).map(|c| c.offset()) {
+                Some(Offset::Offset(next)) => next,
+                _ => low,
+            },
+        };
+        total += (high - next).max(0);
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(vars: &[(&str, &str)]) -> Result<Settings, SettingsError> {
+        Settings::from_vars(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    #[test]
+    fn the_metrics_listener_has_a_default_an_empty_value_turns_it_off_and_a_bad_one_is_refused() {
+        assert_eq!(settings(&[]).unwrap().metrics_listen, Some("127.0.0.1:9466".parse().unwrap()));
+        assert_eq!(settings(&[("DIRECTORY_METRICS_LISTEN", "")]).unwrap().metrics_listen, None);
+        let any = settings(&[("DIRECTORY_METRICS_LISTEN", "0.0.0.0:9500")]).unwrap();
+        assert_eq!(any.metrics_listen, Some("0.0.0.0:9500".parse().unwrap()));
+        let e = settings(&[("DIRECTORY_METRICS_LISTEN", "localhost:9466")]).unwrap_err();
+        assert_eq!(e.name, "DIRECTORY_METRICS_LISTEN");
+        // An empty value of another variable still means its default.
+        assert_eq!(settings(&[("DIRECTORY_TOPIC", " ")]).unwrap().topic, "group-change");
+    }
 }

@@ -284,11 +284,12 @@ impl Store for Postgres {
 
 #[cfg(test)]
 mod tests {
-    use super::super::update::{Stamp, Write};
+    use super::super::update::{Kind, Stamp, Write};
     use super::*;
 
     fn update(group: &str, time: i64, id: &str, writes: &[(&str, Option<&str>)]) -> Update {
         Update {
+            kind: Kind::InfoChanged,
             sdk_app_id: "1".into(),
             group_id: group.into(),
             stamp: Stamp { event_time_ms: time, event_id: id.into() },
@@ -472,6 +473,7 @@ mod tests {
             .prop_map(|v| {
                 v.into_iter()
                     .map(|(g, t, id, writes)| Update {
+                        kind: Kind::InfoChanged,
                         sdk_app_id: "1".into(),
                         group_id: g,
                         // One event id per content: the same id never carries two different writes.

@@ -24,9 +24,34 @@ pub struct Write {
     pub value: Option<String>,
 }
 
+/// The type of a group event, as docs/event.md names it (`info_changed`: schema version 1, no `type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Created,
+    InfoChanged,
+    OwnerChanged,
+    Destroyed,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 4] = [Kind::Created, Kind::InfoChanged, Kind::OwnerChanged, Kind::Destroyed];
+
+    /// The name docs/event.md gives it (and the `type` label of `directory_applied_events_total`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Created => "created",
+            Kind::InfoChanged => "info_changed",
+            Kind::OwnerChanged => "owner_changed",
+            Kind::Destroyed => "destroyed",
+        }
+    }
+}
+
 /// What one event writes, all under one stamp.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Update {
+    /// Which event made it: the store does not read it (every write is a register write); metrics do.
+    pub kind: Kind,
     pub sdk_app_id: String,
     pub group_id: String,
     pub stamp: Stamp,
@@ -43,6 +68,20 @@ pub enum Skip {
     UnknownVersion(u64),
     #[error("type {0:?} is unknown to this consumer")]
     UnknownType(String),
+}
+
+impl Skip {
+    /// Every value of [`reason`](Self::reason).
+    pub const REASONS: [&'static str; 3] = ["unreadable", "unknown_version", "unknown_type"];
+
+    /// Why, as one word (the `reason` label of `directory_skipped_records_total`).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Skip::Unreadable(_) => Self::REASONS[0],
+            Skip::UnknownVersion(_) => Self::REASONS[1],
+            Skip::UnknownType(_) => Self::REASONS[2],
+        }
+    }
 }
 
 /// The registers of a group, as columns of the `groups` view.
@@ -111,11 +150,13 @@ fn set(field: &str, value: impl Into<String>) -> Write {
 pub fn parse(value: &[u8]) -> Result<Update, Skip> {
     let v: Value = serde_json::from_slice(value).map_err(|e| Skip::Unreadable(e.to_string()))?;
     let mut writes = Vec::new();
+    let kind;
     if let Some(t) = &v.group_type {
         writes.push(set(field::GROUP_TYPE, t));
     }
     match (v.schema_version, v.kind.as_deref()) {
         (1, None) => {
+            kind = Kind::InfoChanged;
             let changes = v.changes.unwrap_or_default();
             for f in field::PROFILE {
                 if let Some(value) = changes.get(f) {
@@ -125,6 +166,7 @@ pub fn parse(value: &[u8]) -> Result<Update, Skip> {
         }
         (1, Some(other)) => return Err(Skip::UnknownType(other.to_owned())),
         (2, Some("created")) => {
+            kind = Kind::Created;
             // A creation says what the group is. It writes the `created` register, which hides every
             // register older than itself (a GroupId used again inherits nothing from its earlier life,
             // custom fields included); a field it does not carry is written unset all the same, so
@@ -147,12 +189,17 @@ pub fn parse(value: &[u8]) -> Result<Update, Skip> {
         (2, Some("owner_changed")) => {
             let owner = v.new_owner_account.ok_or_else(|| Skip::Unreadable("no new_owner_account".into()))?;
             writes.push(set(field::OWNER_ACCOUNT, owner));
+            kind = Kind::OwnerChanged;
         }
-        (2, Some("destroyed")) => writes.push(set(field::DESTROYED, "true")),
+        (2, Some("destroyed")) => {
+            writes.push(set(field::DESTROYED, "true"));
+            kind = Kind::Destroyed;
+        }
         (2, other) => return Err(Skip::UnknownType(other.unwrap_or("(none)").to_owned())),
         (version, _) => return Err(Skip::UnknownVersion(version)),
     }
     Ok(Update {
+        kind,
         sdk_app_id: v.sdk_app_id,
         group_id: v.group_id,
         stamp: Stamp { event_time_ms: v.event_time_ms, event_id: v.event_id },
@@ -175,6 +222,7 @@ mod tests {
         let u = parse(v).unwrap();
         assert_eq!(fields(&u), [("group_type", Some("Public")), ("notification", Some(""))]);
         assert_eq!(u.stamp, Stamp { event_time_ms: 5, event_id: "a".into() });
+        assert_eq!(u.kind, Kind::InfoChanged);
     }
 
     #[test]
@@ -182,6 +230,7 @@ mod tests {
         let v = br#"{"schema_version":2,"type":"created","owner_account":"leckie","profile":{"name":"n"},
             "custom_fields":{"k":"v"},"member_count":2,"event_id":"b","sdk_app_id":"1","group_id":"g",
             "group_type":null,"event_time_ms":5}"#;
+        assert_eq!(parse(v).unwrap().kind, Kind::Created);
         assert_eq!(
             fields(&parse(v).unwrap()),
             [
@@ -202,8 +251,10 @@ mod tests {
     fn owner_changes_and_destruction_write_their_register() {
         let o = br#"{"schema_version":2,"type":"owner_changed","new_owner_account":"u2","event_id":"c","sdk_app_id":"1","group_id":"g","event_time_ms":5}"#;
         assert_eq!(fields(&parse(o).unwrap()), [("owner_account", Some("u2"))]);
+        assert_eq!(parse(o).unwrap().kind, Kind::OwnerChanged);
         let d = br#"{"schema_version":2,"type":"destroyed","event_id":"d","sdk_app_id":"1","group_id":"g","event_time_ms":5}"#;
         assert_eq!(fields(&parse(d).unwrap()), [("destroyed", Some("true"))]);
+        assert_eq!(parse(d).unwrap().kind, Kind::Destroyed);
     }
 
     #[test]
@@ -212,8 +263,10 @@ mod tests {
         assert!(parse(extra).is_ok());
         let t = br#"{"schema_version":2,"type":"archived","event_id":"d","sdk_app_id":"1","group_id":"g","event_time_ms":5}"#;
         assert_eq!(parse(t), Err(Skip::UnknownType("archived".into())));
+        assert_eq!(parse(t).unwrap_err().reason(), "unknown_type");
         let v = br#"{"schema_version":3,"type":"created","event_id":"d","sdk_app_id":"1","group_id":"g","event_time_ms":5}"#;
         assert_eq!(parse(v), Err(Skip::UnknownVersion(3)));
         assert!(matches!(parse(b"from-java"), Err(Skip::Unreadable(_))));
+        assert_eq!(parse(b"from-java").unwrap_err().reason(), "unreadable");
     }
 }

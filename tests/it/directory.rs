@@ -15,7 +15,17 @@ use crate::helpers::*;
 struct Directory(Child);
 
 impl Directory {
+    /// Without a metrics listener: tests run side by side, and the default port is one.
     fn spawn(database_url: &str, topic: &str, consumer_group: &str) -> Self {
+        Self::spawn_with_metrics(database_url, topic, consumer_group, "")
+    }
+
+    fn spawn_with_metrics(
+        database_url: &str,
+        topic: &str,
+        consumer_group: &str,
+        metrics_listen: &str,
+    ) -> Self {
         // Static membership: a restart (after a kill -9 too) takes the partitions back at once.
         let child = Command::new(env!("CARGO_BIN_EXE_tim-group-directory"))
             .env_clear()
@@ -24,6 +34,7 @@ impl Directory {
             .env("DIRECTORY_TOPIC", topic)
             .env("DIRECTORY_CONSUMER_GROUP", consumer_group)
             .env("DIRECTORY_INSTANCE_ID", format!("{consumer_group}-0"))
+            .env("DIRECTORY_METRICS_LISTEN", metrics_listen)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(if std::env::var_os("TEST_LOG").is_some() { Stdio::inherit() } else { Stdio::null() })
@@ -98,8 +109,9 @@ async fn the_directory_converges_on_the_latest_state_whatever_the_delivery_order
 /// collation of `event_id`, a boolean `destroyed`).
 #[test]
 fn postgres_keeps_the_same_registers_and_view_as_sqlite() {
-    use tim_kafka_bridge::directory::{Stamp, Update, Write};
+    use tim_kafka_bridge::directory::{Kind, Stamp, Update, Write};
     let update = |time: i64, id: &str, writes: &[(&str, Option<&str>)]| Update {
+        kind: Kind::InfoChanged,
         sdk_app_id: "1".into(),
         group_id: "g".into(),
         stamp: Stamp { event_time_ms: time, event_id: id.into() },
@@ -236,6 +248,121 @@ async fn converges(url: &str) {
     let groups =
         wait_for_groups(&url, |gs| gs.iter().any(|x| x.group_id == live && x.face_url.is_some())).await;
     assert_eq!(groups.iter().find(|x| x.group_id == live).unwrap().notification.as_deref(), Some("n"));
+}
+
+/// `directory_applied_events_total` by type, and its sum.
+fn applied_by_type(text: &str) -> (BTreeMap<String, f64>, f64) {
+    let by_type: BTreeMap<String, f64> = tim_kafka_bridge::directory::Kind::ALL
+        .iter()
+        .map(|k| {
+            let name = format!("directory_applied_events_total{{type=\"{}\"}}", k.as_str());
+            (k.as_str().to_owned(), sample(text, &name).unwrap_or(0.0))
+        })
+        .collect();
+    let sum = by_type.values().sum();
+    (by_type, sum)
+}
+
+#[tokio::test]
+async fn the_directory_exports_applied_events_by_type_skipped_records_and_a_lag_of_0_once_caught_up() {
+    let kafka = broker();
+    let _up = kafka.shared().await;
+    let spool = tempfile::tempdir().unwrap();
+    let bridge = Bridge::spawn(BridgeOptions::new(spool.path())).await;
+    let db = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}", db.path().join("groups.db").display());
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let _directory = Directory::spawn_with_metrics(
+        &url,
+        &bridge.topic,
+        &unique("it-directory-metrics"),
+        &format!("127.0.0.1:{port}"),
+    );
+    let t = 1_700_000_000_000u64;
+
+    // 3 created, 4 info_changed, 2 owner_changed, 1 destroyed over three groups; and one record no
+    // version of the bridge wrote.
+    let groups = [unique("@TGS#m0"), unique("@TGS#m1"), unique("@TGS#m2")];
+    for (i, g) in groups.iter().enumerate() {
+        send(
+            &bridge,
+            "Group.CallbackAfterCreateGroup",
+            json!({"GroupId": g, "Type": "Public", "Owner_Account": "u1", "EventTime": t + i as u64}),
+        )
+        .await;
+    }
+    for i in 0..4u64 {
+        send(
+            &bridge,
+            "Group.CallbackAfterGroupInfoChanged",
+            json!({"GroupId": groups[i as usize % 3], "Name": format!("n{i}"), "EventTime": t + 10 + i}),
+        )
+        .await;
+    }
+    for i in 0..2u64 {
+        send(
+            &bridge,
+            "Group.CallbackAfterChangeGroupOwner",
+            json!({"GroupId": groups[i as usize],
+            "OldOwner_Account": "u1", "NewOwner_Account": "u2", "EventTime": t + 20 + i}),
+        )
+        .await;
+    }
+    send(
+        &bridge,
+        "Group.CallbackAfterGroupDestroyed",
+        json!({"GroupId": groups[2], "Owner_Account": "u1", "EventTime": t + 30}),
+    )
+    .await;
+    kafka.java_produce(&bridge.topic, &groups[0], "from-java");
+
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+    let metrics_url = format!("http://127.0.0.1:{port}/metrics");
+    let scrape = || async {
+        match http.get(&metrics_url).send().await {
+            Ok(r) if r.status() == 200 => r.text().await.ok(),
+            _ => None,
+        }
+    };
+    let mut last = String::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(text) = scrape().await {
+            let caught_up = sample(&text, "directory_lag_records") == Some(0.0)
+                && applied_by_type(&text).1 >= 10.0
+                && sample(&text, "directory_skipped_records_total{reason=\"unreadable\"}") == Some(1.0);
+            last = text;
+            if caught_up {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the metrics never showed 10 events applied and a lag of 0:\n{last}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let (by_type, sum) = applied_by_type(&last);
+    assert_eq!(
+        by_type,
+        BTreeMap::from(
+            [("created", 3.0), ("info_changed", 4.0), ("owner_changed", 2.0), ("destroyed", 1.0)]
+                .map(|(k, v)| (k.to_owned(), v))
+        ),
+        "{last}"
+    );
+    assert_eq!(sum, 10.0);
+    for reason in ["unknown_version", "unknown_type"] {
+        let name = format!("directory_skipped_records_total{{reason=\"{reason}\"}}");
+        assert_eq!(sample(&last, &name), Some(0.0), "{last}");
+    }
+    assert_eq!(sample(&last, "directory_last_applied_event_time_seconds"), Some((t + 30) as f64 / 1000.0));
+    // The table agrees: the metrics count what is in it.
+    let table = wait_for_groups(&url, |gs| gs.len() == 3).await;
+    assert_eq!(table.iter().filter(|g| g.destroyed).count(), 1);
+    let other = http.get(format!("http://127.0.0.1:{port}/")).send().await.unwrap();
+    assert_eq!(other.status(), 404);
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -666,7 +793,12 @@ fn the_command_line_names_its_commands_and_variables_and_get_fails_for_an_unknow
     for (name, _, _) in tim_kafka_bridge::directory::VARIABLES {
         assert!(text.contains(name), "--help lists {name}:\n{text}");
     }
+    assert!(text.contains("DIRECTORY_METRICS_LISTEN") && text.contains("/metrics"), "{text}");
     assert_eq!(Command::new(bin).arg("nonsense").status().unwrap().code(), Some(2));
+    let bad =
+        Command::new(bin).arg("run").env_clear().env("DIRECTORY_METRICS_LISTEN", "nowhere").output().unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("DIRECTORY_METRICS_LISTEN=\"nowhere\""));
 
     let db = tempfile::tempdir().unwrap();
     let url = format!("sqlite:{}", db.path().join("groups.db").display());
