@@ -46,7 +46,7 @@ const LAG_QUERY_TIMEOUT: Duration = Duration::from_secs(1);
 /// The consumer's settings, from `DIRECTORY_*` variables.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
-    /// `sqlite:<path>` or `postgres://…`.
+    /// `sqlite://<path>` (or `sqlite:<path>`) or `postgres://…`.
     pub database_url: String,
     pub kafka_brokers: String,
     pub topic: String,
@@ -62,7 +62,11 @@ pub struct Settings {
 
 /// Every variable, with its default, for `--help`.
 pub const VARIABLES: &[(&str, &str, &str)] = &[
-    ("DIRECTORY_DATABASE_URL", "sqlite:groups.db", "sqlite:<path> or postgres://user:pass@host/db"),
+    (
+        "DIRECTORY_DATABASE_URL",
+        "sqlite://groups.db",
+        "sqlite://<path> (or sqlite:<path>) or postgres://user:pass@host/db",
+    ),
     ("DIRECTORY_KAFKA_BROKERS", "127.0.0.1:9092", "Kafka bootstrap servers"),
     ("DIRECTORY_TOPIC", "group-change", "the bridge's topic"),
     ("DIRECTORY_CONSUMER_GROUP", "tim-group-directory", "Kafka consumer group (where a restart resumes)"),
