@@ -62,6 +62,30 @@ fn free_port_pair() -> u16 {
     panic!("no free pair of ports for the test broker");
 }
 
+/// Runs `script args` (with `env`) once this test process is gone, however it ends: how the servers
+/// the tests start get stopped and wiped. The watchdog outlives this process on purpose, so it is never
+/// waited for.
+fn after_this_process<K: AsRef<std::ffi::OsStr>, V: AsRef<std::ffi::OsStr>>(
+    script: &str,
+    args: &str,
+    env: impl IntoIterator<Item = (K, V)>,
+) {
+    let watchdog = format!(
+        "while kill -0 {pid} 2>/dev/null; do sleep 1; done; exec '{script}' {args}",
+        pid = std::process::id(),
+        script = repo().join(script).display()
+    );
+    #[allow(clippy::zombie_processes)]
+    Command::new("setsid")
+        .args(["bash", "-c", &watchdog])
+        .envs(env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("watchdog starts");
+}
+
 pub fn broker() -> &'static Broker {
     BROKER.get_or_init(|| {
         let port = match std::env::var("TEST_KAFKA_PORT") {
@@ -72,22 +96,8 @@ pub fn broker() -> &'static Broker {
         let b = Broker { port, data };
         b.script("reset");
         b.script("start");
-        // Stop and wipe the broker once this process is gone, however it ends. The watchdog outlives
-        // this process on purpose, so it is never waited for.
-        let watchdog = format!(
-            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; exec '{script}' reset",
-            pid = std::process::id(),
-            script = repo().join("scripts/kafka").display()
-        );
-        #[allow(clippy::zombie_processes)]
-        Command::new("setsid")
-            .args(["bash", "-c", &watchdog])
-            .envs(b.env())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("watchdog starts");
+        // Stop and wipe the broker once this process is gone, however it ends.
+        after_this_process("scripts/kafka", "reset", b.env());
         b
     })
 }
@@ -181,20 +191,7 @@ pub fn cluster() -> &'static Cluster {
         let c = Cluster { base_port, dir };
         c.script("cluster reset");
         // As for the single broker: wiped once this process is gone, however it ends.
-        let watchdog = format!(
-            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; exec '{script}' cluster reset",
-            pid = std::process::id(),
-            script = repo().join("scripts/kafka").display()
-        );
-        #[allow(clippy::zombie_processes)]
-        Command::new("setsid")
-            .args(["bash", "-c", &watchdog])
-            .envs(c.env())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("watchdog starts");
+        after_this_process("scripts/kafka", "cluster reset", c.env());
         c.script(&format!("cluster start {CLUSTER_NODES}"));
         c
     })
@@ -515,20 +512,7 @@ pub fn postgres() -> &'static PostgresServer {
         };
         script("reset");
         // As for the broker: stopped and wiped once this process is gone, however it ends.
-        let watchdog = format!(
-            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; exec '{script}' reset",
-            pid = std::process::id(),
-            script = repo().join("scripts/postgres").display()
-        );
-        #[allow(clippy::zombie_processes)]
-        Command::new("setsid")
-            .args(["bash", "-c", &watchdog])
-            .envs(env.clone())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("watchdog starts");
+        after_this_process("scripts/postgres", "reset", env.clone());
         script("start");
         PostgresServer { admin_url: script("url").trim().to_owned() }
     })
