@@ -62,6 +62,18 @@ fn free_port_pair() -> u16 {
     panic!("no free pair of ports for the test broker");
 }
 
+/// Runs the repository's `script` with `args` (split on whitespace) and `env`: whether it succeeded,
+/// and what it printed (stdout, then stderr).
+fn run_script(script: &str, args: &str, env: Vec<(&'static str, String)>) -> (bool, String) {
+    let out = Command::new(repo().join(script))
+        .args(args.split_whitespace())
+        .envs(env)
+        .output()
+        .unwrap_or_else(|e| panic!("{script} runs: {e}"));
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
 /// Runs `script args` (with `env`) once this test process is gone, however it ends: how the servers
 /// the tests start get stopped and wiped. The watchdog outlives this process on purpose, so it is never
 /// waited for.
@@ -108,14 +120,8 @@ impl Broker {
     }
 
     pub fn script(&self, args: &str) -> String {
-        let out = Command::new(repo().join("scripts/kafka"))
-            .args(args.split_whitespace())
-            .envs(self.env())
-            .output()
-            .expect("scripts/kafka runs");
-        let text =
-            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        assert!(out.status.success(), "scripts/kafka {args} failed:\n{text}");
+        let (ok, text) = run_script("scripts/kafka", args, self.env());
+        assert!(ok, "scripts/kafka {args} failed:\n{text}");
         text
     }
 
@@ -207,14 +213,7 @@ impl Cluster {
 
     /// Runs `scripts/kafka ARGS`; whether it succeeded, and what it said.
     fn try_script(&self, args: &str) -> (bool, String) {
-        let out = Command::new(repo().join("scripts/kafka"))
-            .args(args.split_whitespace())
-            .envs(self.env())
-            .output()
-            .expect("scripts/kafka runs");
-        let text =
-            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        (out.status.success(), text)
+        run_script("scripts/kafka", args, self.env())
     }
 
     pub fn script(&self, args: &str) -> String {
@@ -500,14 +499,8 @@ pub fn postgres() -> &'static PostgresServer {
         let data = repo().join("target").join("it-postgres").join(port.to_string());
         let env = [("POSTGRES_PORT", port.to_string()), ("POSTGRES_DATA_DIR", data.display().to_string())];
         let script = |args: &str| {
-            let out = Command::new(repo().join("scripts/postgres"))
-                .arg(args)
-                .envs(env.clone())
-                .output()
-                .expect("scripts/postgres runs");
-            let text =
-                format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-            assert!(out.status.success(), "scripts/postgres {args} failed:\n{text}");
+            let (ok, text) = run_script("scripts/postgres", args, env.to_vec());
+            assert!(ok, "scripts/postgres {args} failed:\n{text}");
             text
         };
         script("reset");
