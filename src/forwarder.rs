@@ -1,8 +1,10 @@
 //! Spool → Kafka: publishes spooled records in order and acknowledges the spool only after delivery.
 //!
-//! Up to [`WINDOW`] records (and [`WINDOW_BYTES`]) are in flight at once, and their reports are taken
-//! in the order they were sent (`FuturesOrdered`), so the acknowledged position is always a clean
-//! prefix of the spool. The loop is a small state machine ([`State`]):
+//! Up to [`WINDOW`] records (and [`WINDOW_BYTES`]) are in flight at once. librdkafka reports on each
+//! through one callback into one channel ([`Report`], tagged with the record's sequence number and
+//! the producer's generation); reports of different partitions arrive in any order, and the loop
+//! settles records strictly in the order they were sent, so the acknowledged position is always a
+//! clean prefix of the spool. The loop is a small state machine ([`State`]):
 //!
 //! - **Delivering**: records go out as they are committed.
 //! - **Recovering** after a failure: nothing new is sent. Reports of records before the failed one
@@ -34,13 +36,14 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::stream::{FuturesOrdered, StreamExt};
-use tokio::sync::watch;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use rdkafka::Message as _;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::domain::GroupChangeEvent;
-use crate::message::Message;
-use crate::publisher::{error_kind, Pending, PublishError, Publisher};
+use crate::message::{Message, MessageRef};
+use crate::publisher::{error_kind, Pending, PublishError, Publisher, Report};
 use crate::spool::{Committed, Spool, SpoolReader, SpooledRecord};
 
 /// Most records in flight to Kafka at once: enough to keep librdkafka's batches full, small enough
@@ -130,6 +133,8 @@ pub struct Forwarder {
     publisher: Arc<Publisher>,
     reader: Option<SpoolReader>,
     progress: watch::Sender<Progress>,
+    /// The main producer's delivery reports (see [`Publisher::send_spooled`]).
+    reports: mpsc::UnboundedReceiver<Report>,
     /// How long records may stay in flight with no report before the producer is suspected.
     stall_after: Duration,
     /// Set only by the `forwarder::wedge` failpoint: the producer swallows records until replaced.
@@ -142,14 +147,25 @@ struct InFlight {
     bytes: usize,
     received_at_ms: i64,
     event_time_ms: i64,
+    /// Sent alone (isolating): a permanent refusal is this record's own, and it is dead-lettered.
+    solo: bool,
+    /// Its outcome, once reported (records settle in send order, reports arrive in any).
+    outcome: Option<Result<(), PublishError>>,
 }
+
+/// A record on its way to the dead-letter topic: its sequence number and the outcome.
+type Detour = std::pin::Pin<Box<dyn std::future::Future<Output = (u64, Result<(), PublishError>)> + Send>>;
 
 /// The loop's bookkeeping, apart from its state.
 struct Books {
     acked: u64,
     acked_sent: u64,
-    inflight: FuturesOrdered<Tagged>,
-    meta: VecDeque<InFlight>,
+    /// The records sent and not yet settled, in send order (increasing sequence numbers).
+    inflight: VecDeque<InFlight>,
+    /// Dead-letter sends under way (rare: records Kafka refuses for good).
+    detours: FuturesUnordered<Detour>,
+    /// The generation of the producer whose reports count (a replaced producer's are stale).
+    generation: u64,
     inflight_bytes: usize,
     backoff: Duration,
     /// Fatal producer errors since the last delivery.
@@ -165,9 +181,12 @@ struct Books {
 
 impl Forwarder {
     /// `stall_after`: see the module docs (`BRIDGE_KAFKA_STALL_SECS`).
+    /// `reports`: the receiving end of the channel the publisher was built with
+    /// ([`Confirmations::Reports`](crate::publisher::Confirmations::Reports)).
     pub fn new(
         spool: Spool,
         publisher: Arc<Publisher>,
+        reports: mpsc::UnboundedReceiver<Report>,
         stall_after: Duration,
     ) -> (Self, watch::Receiver<Progress>) {
         let reader = spool.reader();
@@ -180,6 +199,7 @@ impl Forwarder {
                 publisher,
                 reader: Some(reader),
                 progress,
+                reports,
                 stall_after,
                 wedged: Default::default(),
             },
@@ -195,8 +215,9 @@ impl Forwarder {
         let mut b = Books {
             acked,
             acked_sent: acked,
-            inflight: FuturesOrdered::new(),
-            meta: VecDeque::new(),
+            inflight: VecDeque::new(),
+            detours: FuturesUnordered::new(),
+            generation: self.publisher.generation(),
             inflight_bytes: 0,
             backoff: MIN_BACKOFF,
             fatal_in_a_row: 0,
@@ -250,13 +271,13 @@ impl Forwarder {
                 for record in batch {
                     let seq = record.seq;
                     match self.dispatch(record, matches!(state, State::Isolating { .. })) {
-                        Ok((tagged, m)) => {
+                        Ok((m, detour)) => {
                             if b.inflight.is_empty() {
                                 b.last_report = Instant::now();
                             }
                             b.inflight_bytes += m.bytes;
-                            b.inflight.push_back(tagged);
-                            b.meta.push_back(m);
+                            b.inflight.push_back(m);
+                            b.detours.extend(detour);
                         }
                         Err((received_at_ms, e)) => {
                             // Not enqueued (e.g. librdkafka's queue is full): what is in flight is
@@ -293,15 +314,19 @@ impl Forwarder {
                         | State::Draining { .. }
                 );
             tokio::select! {
-                Some(done) = b.inflight.next(), if !b.inflight.is_empty() => {
-                    let m = b.meta.pop_front().expect("one entry per record in flight");
-                    b.inflight_bytes -= m.bytes;
-                    state = self.settled(state, m, done.result, &mut b);
-                    if b.acked != b.acked_sent && (b.inflight.is_empty() || b.acked - b.acked_sent >= ACK_EVERY) {
-                        self.spool.ack(b.acked);
-                        b.acked_sent = b.acked;
+                Some(report) = self.reports.recv() => {
+                    // Take every report already there before settling: one wake-up, many records.
+                    self.take(report, &mut b);
+                    while let Ok(report) = self.reports.try_recv() {
+                        self.take(report, &mut b);
                     }
-                    self.report(&b, upto);
+                    state = self.settle_ready(state, &mut b, upto);
+                }
+                Some((seq, result)) = b.detours.next(), if !b.detours.is_empty() => {
+                    if let Ok(i) = b.inflight.binary_search_by_key(&seq, |m| m.seq) {
+                        b.inflight[i].outcome = Some(result);
+                    }
+                    state = self.settle_ready(state, &mut b, upto);
                 }
                 _ = tokio::time::sleep_until(recovering_until.unwrap_or_else(Instant::now)), if recovering_until.is_some() => {
                     state = self.resume(state, &mut b)?;
@@ -323,7 +348,53 @@ impl Forwarder {
         }
     }
 
-    /// A record's report arrived (in send order).
+    /// Notes a report's outcome on its record; a record Kafka refused for good, sent alone, is
+    /// dead-lettered first. Reports of a replaced producer, or of records no longer in flight, are
+    /// stale and ignored.
+    fn take(&self, report: Report, b: &mut Books) {
+        if report.generation != b.generation {
+            return;
+        }
+        // Any report, good or bad, shows the producer is alive: the stall clock starts again.
+        b.last_report = Instant::now();
+        b.answered_at_last_check = false;
+        let Ok(i) = b.inflight.binary_search_by_key(&report.seq, |m| m.seq) else { return };
+        let m = &mut b.inflight[i];
+        if m.outcome.is_some() {
+            return;
+        }
+        match (report.result, report.refused) {
+            (Err(PublishError::Permanent(e)), Some(refused)) if m.solo => {
+                let key = refused.key().unwrap_or_default().to_vec();
+                b.detours.push(detour(
+                    m.seq,
+                    self.publisher.clone(),
+                    e.to_string(),
+                    key,
+                    move |p, reason| p.send_refused_dead_letter(&refused, reason),
+                ));
+            }
+            (result, _) => m.outcome = Some(result),
+        }
+    }
+
+    /// Settles, in send order, every record at the front whose outcome is known.
+    fn settle_ready(&self, mut state: State, b: &mut Books, upto: Committed) -> State {
+        while b.inflight.front().is_some_and(|m| m.outcome.is_some()) {
+            let mut m = b.inflight.pop_front().expect("checked above");
+            b.inflight_bytes -= m.bytes;
+            let result = m.outcome.take().expect("checked above");
+            state = self.settled(state, m, result, b);
+            if b.acked != b.acked_sent && (b.inflight.is_empty() || b.acked - b.acked_sent >= ACK_EVERY) {
+                self.spool.ack(b.acked);
+                b.acked_sent = b.acked;
+            }
+        }
+        self.report(b, upto);
+        state
+    }
+
+    /// A record's outcome, in send order.
     fn settled(&self, state: State, m: InFlight, result: Result<(), PublishError>, b: &mut Books) -> State {
         // Any report, good or bad, shows the producer is alive: the stall clock starts again.
         b.last_report = Instant::now();
@@ -370,7 +441,7 @@ impl Forwarder {
             PublishError::Permanent(_) if !fatal => {
                 // Kafka refused a whole batch (its size counts against the topic's limit): send its
                 // records alone; the one still refused alone is dead-lettered.
-                let isolate = b.meta.len() + 1;
+                let isolate = b.inflight.len() + 1;
                 tracing::info!(error = %e, seq, records = isolate, "Kafka refused a batch; publishing its records one at a time");
                 State::Recovering { failed_seq: seq, until: now, fatal: false, stalled: false, isolate }
             }
@@ -401,28 +472,28 @@ impl Forwarder {
             .unwrap_or(false);
         b.last_report = Instant::now();
         let answered_before = std::mem::replace(&mut b.answered_at_last_check, answers);
-        let Some(first) = b.meta.front().map(|m| m.seq) else { return state };
+        let Some(first) = b.inflight.front().map(|m| m.seq) else { return state };
         if !answers {
             tracing::info!(
-                in_flight = b.meta.len(),
+                in_flight = b.inflight.len(),
                 "no delivery confirmed for the stall time, and Kafka does not answer: waiting for it"
             );
             return state;
         }
         if !answered_before {
             tracing::info!(
-                in_flight = b.meta.len(),
+                in_flight = b.inflight.len(),
                 "no delivery confirmed for the stall time; Kafka answers: the producer gets one more"
             );
             return state;
         }
         tracing::error!(
-            in_flight = b.meta.len(),
+            in_flight = b.inflight.len(),
             stalled_secs = self.stall_after.as_secs(),
             from_seq = first,
             "Kafka answers but the producer confirmed no delivery for the stall time; replacing it"
         );
-        b.stalled_received_ms.get_or_insert(b.meta.front().map_or(0, |m| m.received_at_ms));
+        b.stalled_received_ms.get_or_insert(b.inflight.front().map_or(0, |m| m.received_at_ms));
         match state {
             // While draining, the next start publishes them again.
             State::Draining { .. } => state,
@@ -450,8 +521,8 @@ impl Forwarder {
     /// from the first unacknowledged record (with a new producer after a fatal error or a stall).
     fn resume(&mut self, state: State, b: &mut Books) -> Result<State, ForwarderError> {
         let State::Recovering { fatal, stalled, isolate, .. } = state else { return Ok(state) };
-        b.inflight = FuturesOrdered::new();
-        b.meta.clear();
+        b.inflight.clear();
+        b.detours = FuturesUnordered::new();
         b.inflight_bytes = 0;
         if fatal {
             b.fatal_in_a_row += 1;
@@ -463,6 +534,8 @@ impl Forwarder {
         }
         if fatal || stalled {
             self.publisher.rebuild()?;
+            // The old producer's reports (it purges what it held as it goes) no longer count.
+            b.generation = self.publisher.generation();
             self.wedged.store(false, std::sync::atomic::Ordering::Relaxed);
             self.publisher.metrics().kafka_producer_restarts.inc();
             tracing::warn!(
@@ -500,17 +573,37 @@ impl Forwarder {
         })
     }
 
-    /// Enqueues one record; a record Kafka refuses outright, or one this version cannot read, is
-    /// dead-lettered here. A `solo` record is one Kafka may have refused only for its neighbours:
-    /// refused alone, it is dead-lettered; refused in a batch, the failure goes back to the loop.
+    /// Enqueues one record; a record Kafka refuses outright, or one this version cannot read, goes to
+    /// the dead-letter topic (the returned [`Detour`]). A `solo` record is one Kafka may have refused
+    /// only for its neighbours: refused alone, it is dead-lettered; refused in a batch, the failure
+    /// goes back to the loop.
     #[allow(clippy::result_large_err)]
-    fn dispatch(&self, record: SpooledRecord, solo: bool) -> Result<(Tagged, InFlight), (i64, PublishError)> {
+    fn dispatch(
+        &self,
+        record: SpooledRecord,
+        solo: bool,
+    ) -> Result<(InFlight, Option<Detour>), (i64, PublishError)> {
         let seq = record.seq;
         let bytes = record.payload.len();
         failpoint!("forwarder::dispatch");
-        let message = match Message::decode(record.payload, GroupChangeEvent::message_from_v1_spool) {
+        let legacy;
+        let message = match MessageRef::parse(&record.payload) {
+            Ok(m) => Ok(m),
+            // Written before format 2: the bare event JSON.
+            Err(_) if record.payload.first() == Some(&b'{') => {
+                match GroupChangeEvent::message_from_v1_spool(&record.payload) {
+                    Ok(m) => {
+                        legacy = m;
+                        Ok(legacy.as_ref())
+                    }
+                    Err(e) => Err(crate::message::DecodeError::LegacyJson(e)),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        let message = match message {
             Ok(m) => m,
-            Err((e, payload)) => {
+            Err(e) => {
                 // Checksummed, so written by a bridge whose format this one cannot read (a newer
                 // version, rolled back): never drop it silently; the dead-letter topic keeps it whole.
                 let now = crate::now_ms();
@@ -520,15 +613,16 @@ impl Forwarder {
                     key: Vec::new(),
                     timestamp_ms: now,
                     headers: Vec::new(),
-                    value: payload,
+                    value: record.payload,
                     received_at_ms: now,
                     event_time_ms: now,
                 };
-                let m = InFlight { seq, bytes, received_at_ms: now, event_time_ms: now };
-                return Ok((
-                    dead_lettered(format!("unreadable spool record: {e}"), raw, self.publisher.clone()),
-                    m,
-                ));
+                let m = InFlight { seq, bytes, received_at_ms: now, event_time_ms: now, solo, outcome: None };
+                let reason = format!("unreadable spool record: {e}");
+                let d = detour(seq, self.publisher.clone(), reason, Vec::new(), move |p, reason| {
+                    p.send_dead_letter(&raw.as_ref(), reason)
+                });
+                return Ok((m, Some(d)));
             }
         };
         let m = InFlight {
@@ -536,6 +630,8 @@ impl Forwarder {
             bytes,
             received_at_ms: message.received_at_ms,
             event_time_ms: message.event_time_ms,
+            solo,
+            outcome: None,
         };
         // The failpoint wedges the producer: from then on it takes records and reports on none, until
         // it is replaced (a wedged librdkafka).
@@ -544,13 +640,20 @@ impl Forwarder {
             self.wedged.store(true, std::sync::atomic::Ordering::Relaxed);
         }
         if self.wedged.load(std::sync::atomic::Ordering::Relaxed) {
-            let never: Tagged = Box::pin(std::future::pending());
-            return Ok((never, m));
+            return Ok((m, None));
         }
-        match self.publisher.send(&message) {
-            Ok(p) => Ok((delivered(p, message, self.publisher.clone(), solo), m)),
+        match self.publisher.send_spooled(&message, seq) {
+            Ok(()) => Ok((m, None)),
             Err(PublishError::Permanent(e)) => {
-                Ok((dead_lettered(e.to_string(), message, self.publisher.clone()), m))
+                let owned = message.to_message();
+                let d = detour(
+                    seq,
+                    self.publisher.clone(),
+                    e.to_string(),
+                    owned.key.clone(),
+                    move |p, reason| p.send_dead_letter(&owned.as_ref(), reason),
+                );
+                Ok((m, Some(d)))
             }
             Err(e) => Err((m.received_at_ms, e)),
         }
@@ -561,7 +664,7 @@ impl Forwarder {
     }
 
     fn report(&self, b: &Books, committed: Committed) {
-        let oldest = b.stalled_received_ms.or_else(|| b.meta.front().map(|m| m.received_at_ms));
+        let oldest = b.stalled_received_ms.or_else(|| b.inflight.front().map(|m| m.received_at_ms));
         let pending = committed.seq > b.acked;
         self.progress.send_if_modified(|p| {
             let next = Progress {
@@ -597,51 +700,40 @@ impl Stopping {
     }
 }
 
-/// The outcome of one record, once Kafka (or the dead-letter topic) has answered.
-struct Done {
-    result: Result<(), PublishError>,
-}
-
-/// A record's delivery, with the dead-letter detour for a permanent refusal folded in, so the main
-/// loop sees one result per record, in order.
-type Tagged = std::pin::Pin<Box<dyn std::future::Future<Output = Done> + Send>>;
-
-fn delivered(p: Pending, message: Message, publisher: Arc<Publisher>, solo: bool) -> Tagged {
+/// Sends a record to the dead-letter topic (through `send`) and resolves to its outcome: `Ok` once
+/// the dead-letter topic has it, or when that topic refuses it too (then it is dropped, loudly: nothing
+/// more can be done).
+fn detour(
+    seq: u64,
+    publisher: Arc<Publisher>,
+    reason: String,
+    key: Vec<u8>,
+    send: impl FnOnce(&Publisher, &str) -> Result<Pending, PublishError> + Send + 'static,
+) -> Detour {
     Box::pin(async move {
-        match p.await {
-            Ok(_) => Done { result: Ok(()) },
-            Err(PublishError::Permanent(e)) if solo => dead_letter(e.to_string(), &message, &publisher).await,
-            Err(e) => Done { result: Err(e) },
-        }
+        let key = String::from_utf8_lossy(&key).into_owned();
+        tracing::error!(
+            key = %key,
+            reason = %reason,
+            dlq_topic = publisher.dlq_topic(),
+            "Kafka refused the event for good; sending it to the dead-letter topic"
+        );
+        let sent = match send(&publisher, &reason) {
+            Ok(p) => p.await.map(drop),
+            Err(e) => Err(e),
+        };
+        let result = match sent {
+            Ok(()) => {
+                publisher.metrics().kafka_dead_lettered.inc();
+                Ok(())
+            }
+            Err(PublishError::Permanent(e)) => {
+                tracing::error!(error = %e, key = %key,
+                    "the dead-letter topic refused the event too; it is dropped");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        };
+        (seq, result)
     })
-}
-
-fn dead_lettered(reason: String, message: Message, publisher: Arc<Publisher>) -> Tagged {
-    Box::pin(async move { dead_letter(reason, &message, &publisher).await })
-}
-
-async fn dead_letter(reason: String, message: &Message, publisher: &Publisher) -> Done {
-    tracing::error!(
-        key = %String::from_utf8_lossy(&message.key),
-        reason = %reason,
-        dlq_topic = publisher.dlq_topic(),
-        "Kafka refused the event for good; sending it to the dead-letter topic"
-    );
-    let sent = match publisher.send_dead_letter(message, &reason) {
-        Ok(p) => p.await,
-        Err(e) => Err(e),
-    };
-    match sent {
-        Ok(_) => {
-            publisher.metrics().kafka_dead_lettered.inc();
-            Done { result: Ok(()) }
-        }
-        // The dead-letter topic refuses it too: nothing more can be done; say so loudly.
-        Err(PublishError::Permanent(e)) => {
-            tracing::error!(error = %e, key = %String::from_utf8_lossy(&message.key),
-                "the dead-letter topic refused the event too; it is dropped");
-            Done { result: Ok(()) }
-        }
-        Err(e) => Done { result: Err(e) },
-    }
 }

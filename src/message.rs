@@ -110,57 +110,126 @@ impl Message {
         mut bytes: Vec<u8>,
         legacy: impl FnOnce(&[u8]) -> Result<Message, String>,
     ) -> Result<Message, (DecodeError, Vec<u8>)> {
-        let head = match bytes.first() {
-            None => Err(DecodeError::Empty),
-            Some(b'{') => return legacy(&bytes).map_err(|e| (DecodeError::LegacyJson(e), bytes)),
-            Some(&V2) => Head::parse(&bytes),
-            Some(&other) => Err(DecodeError::UnknownVersion(other)),
+        if bytes.first() == Some(&b'{') {
+            return legacy(&bytes).map_err(|e| (DecodeError::LegacyJson(e), bytes));
+        }
+        let head = match MessageRef::parse(&bytes) {
+            Ok(m) => Ok((
+                m.key.to_vec(),
+                m.headers().map(|(n, v)| (n.to_owned(), v.to_owned())).collect(),
+                m.timestamp_ms,
+                m.received_at_ms,
+                m.event_time_ms,
+                bytes.len() - m.value.len(),
+            )),
+            Err(e) => Err(e),
         };
         match head {
-            Ok(h) => {
+            Ok((key, headers, timestamp_ms, received_at_ms, event_time_ms, value_at)) => {
                 // The value is the tail: move it to the front instead of copying it out.
-                bytes.drain(..h.value_at);
-                Ok(Message {
-                    key: h.key,
-                    timestamp_ms: h.timestamp_ms,
-                    headers: h.headers,
-                    value: bytes,
-                    received_at_ms: h.received_at_ms,
-                    event_time_ms: h.event_time_ms,
-                })
+                bytes.drain(..value_at);
+                Ok(Message { key, timestamp_ms, headers, value: bytes, received_at_ms, event_time_ms })
             }
             Err(e) => Err((e, bytes)),
         }
     }
+
+    /// The message, borrowed.
+    pub fn as_ref(&self) -> MessageRef<'_> {
+        MessageRef {
+            key: &self.key,
+            timestamp_ms: self.timestamp_ms,
+            headers: Headers::Owned(&self.headers),
+            value: &self.value,
+            received_at_ms: self.received_at_ms,
+            event_time_ms: self.event_time_ms,
+        }
+    }
 }
 
-/// Everything of a version 2 encoding but the value, which starts at `value_at`.
-struct Head {
-    received_at_ms: i64,
-    event_time_ms: i64,
-    timestamp_ms: i64,
-    key: Vec<u8>,
-    headers: Vec<(String, String)>,
-    value_at: usize,
+/// A message borrowed from its version 2 encoding (or from a [`Message`]): what the forwarder hands
+/// to the publisher, which copies key, headers and value into librdkafka once. Reading a spooled
+/// record this way allocates nothing.
+#[derive(Debug, Clone, Copy)]
+pub struct MessageRef<'a> {
+    pub key: &'a [u8],
+    pub timestamp_ms: i64,
+    headers: Headers<'a>,
+    pub value: &'a [u8],
+    pub received_at_ms: i64,
+    pub event_time_ms: i64,
 }
 
-impl Head {
-    fn parse(bytes: &[u8]) -> Result<Head, DecodeError> {
+#[derive(Debug, Clone, Copy)]
+enum Headers<'a> {
+    /// The encoded header section (already checked: every length fits, every name and value is
+    /// UTF-8) and how many headers it holds.
+    Encoded(&'a [u8], u8),
+    Owned(&'a [(String, String)]),
+}
+
+impl<'a> MessageRef<'a> {
+    /// Reads a version 2 encoding (a version 1 record is for [`Message::decode`]).
+    pub fn parse(bytes: &'a [u8]) -> Result<MessageRef<'a>, DecodeError> {
+        match bytes.first() {
+            None => return Err(DecodeError::Empty),
+            Some(&V2) => {}
+            Some(b'{') => return Err(DecodeError::LegacyJson("a version 1 record".into())),
+            Some(&other) => return Err(DecodeError::UnknownVersion(other)),
+        }
         let mut r = Cursor { bytes, at: 1 };
         let received_at_ms = r.i64()?;
         let event_time_ms = r.i64()?;
         let timestamp_ms = r.i64()?;
         let key_len = r.u16()? as usize;
-        let key = r.take(key_len)?.to_vec();
+        let key = r.take(key_len)?;
         let count = r.u8()?;
-        let mut headers = Vec::with_capacity(count as usize);
+        let start = r.at;
         for _ in 0..count {
             let n = r.u8()? as usize;
-            let name = r.str(n)?;
+            r.str(n)?;
             let v = r.u16()? as usize;
-            headers.push((name, r.str(v)?));
+            r.str(v)?;
         }
-        Ok(Head { received_at_ms, event_time_ms, timestamp_ms, key, headers, value_at: r.at })
+        let headers = Headers::Encoded(&bytes[start..r.at], count);
+        Ok(MessageRef { key, timestamp_ms, headers, value: &bytes[r.at..], received_at_ms, event_time_ms })
+    }
+
+    /// The headers, in order.
+    pub fn headers(&self) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
+        let (encoded, count, owned) = match self.headers {
+            Headers::Encoded(bytes, count) => (bytes, count, &[][..]),
+            Headers::Owned(list) => (&[][..], 0, list),
+        };
+        let mut r = Cursor { bytes: encoded, at: 0 };
+        let decoded = (0..count).map(move |_| {
+            // Checked by `parse`: these cannot fail.
+            let n = r.u8().unwrap_or(0) as usize;
+            let name = r.str(n).unwrap_or_default();
+            let v = r.u16().unwrap_or(0) as usize;
+            (name, r.str(v).unwrap_or_default())
+        });
+        decoded.chain(owned.iter().map(|(n, v)| (n.as_str(), v.as_str())))
+    }
+
+    /// An owned copy.
+    pub fn to_message(&self) -> Message {
+        Message {
+            key: self.key.to_vec(),
+            timestamp_ms: self.timestamp_ms,
+            headers: self.headers().map(|(n, v)| (n.to_owned(), v.to_owned())).collect(),
+            value: self.value.to_vec(),
+            received_at_ms: self.received_at_ms,
+            event_time_ms: self.event_time_ms,
+        }
+    }
+
+    /// How many headers there are.
+    pub fn header_count(&self) -> usize {
+        match self.headers {
+            Headers::Encoded(_, count) => count as usize,
+            Headers::Owned(list) => list.len(),
+        }
     }
 }
 
@@ -186,8 +255,8 @@ impl<'a> Cursor<'a> {
     fn i64(&mut self) -> Result<i64, DecodeError> {
         Ok(i64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
     }
-    fn str(&mut self, n: usize) -> Result<String, DecodeError> {
-        String::from_utf8(self.take(n)?.to_vec()).map_err(|_| DecodeError::Malformed("a header is not UTF-8"))
+    fn str(&mut self, n: usize) -> Result<&'a str, DecodeError> {
+        std::str::from_utf8(self.take(n)?).map_err(|_| DecodeError::Malformed("a header is not UTF-8"))
     }
 }
 
@@ -216,6 +285,23 @@ mod tests {
         let bytes = m.to_bytes();
         assert_eq!(bytes.len(), m.encoded_len());
         assert_eq!(Message::decode(bytes, no_legacy).unwrap(), m);
+    }
+
+    #[test]
+    fn the_borrowed_view_reads_what_the_owned_decode_reads() {
+        let m = sample();
+        let bytes = m.to_bytes();
+        let view = MessageRef::parse(&bytes).unwrap();
+        assert_eq!(view.to_message(), m);
+        assert_eq!(view.header_count(), 2);
+        assert_eq!(view.headers().collect::<Vec<_>>(), m.as_ref().headers().collect::<Vec<_>>());
+        assert_eq!(view.value, &m.value[..]);
+        assert!(matches!(MessageRef::parse(b"{}"), Err(DecodeError::LegacyJson(_))));
+        let bad_utf8 = Message { headers: vec![("n".into(), "\u{e9}".into())], ..sample() }.to_bytes();
+        let at = bad_utf8.windows(2).position(|w| w == "\u{e9}".as_bytes()).unwrap();
+        let mut broken = bad_utf8.clone();
+        broken[at + 1] = 0xff;
+        assert_eq!(MessageRef::parse(&broken).unwrap_err(), DecodeError::Malformed("a header is not UTF-8"));
     }
 
     #[test]

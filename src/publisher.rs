@@ -1,7 +1,11 @@
 //! The Kafka producer: turns a [`Message`] into a record, and a delivery report into a verdict.
 //!
-//! One `FutureProducer` is created at start and shared. Enqueued is not delivered: a record counts only
-//! when its [`Pending`] future resolves `Ok`, which with `acks=all` means every in-sync replica has it.
+//! One main producer is created at start and shared. Enqueued is not delivered: a record counts only
+//! once librdkafka reports it delivered, which with `acks=all` means every in-sync replica has it. In
+//! spool mode every report goes through one delivery callback into one channel, tagged with the
+//! record's spool sequence number ([`Report`], [`Publisher::send_spooled`]): no future, oneshot
+//! channel or allocation per record. In `sync` mode, where each webhook's answer waits on its own
+//! record, the record's [`Pending`] future resolves with the report.
 //! The publisher never decides to drop anything; it only says whether a failure is worth retrying
 //! ([`PublishError::Retriable`]), final for this record ([`PublishError::Permanent`]: Kafka will refuse
 //! it whatever we do), or final for the producer ([`PublishError::Fatal`]: librdkafka's idempotent
@@ -25,14 +29,18 @@ use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::{Header, Message as _, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::future_producer::Delivery;
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{
+    BaseRecord, DeliveryFuture, DeliveryResult, FutureProducer, FutureRecord, Producer, ProducerContext,
+    ThreadedProducer,
+};
 use rdkafka::statistics::Statistics;
 use rdkafka::ClientContext;
+use tokio::sync::mpsc;
 
 use crate::configuration::{RdkafkaOverrides, Settings, RDKAFKA_PREFIX};
-use crate::message::Message;
+use crate::message::{Message, MessageRef};
 use crate::metrics::Metrics;
 
 /// Why a record is not (yet) in Kafka.
@@ -115,6 +123,114 @@ impl ClientContext for BridgeContext {
     }
 }
 
+/// What the main producer says about one record sent with [`Publisher::send_spooled`]: every report
+/// goes through one callback into one channel (no future, no allocation per record).
+#[derive(Debug)]
+pub struct Report {
+    /// Which producer sent it (see [`Publisher::generation`]): reports of a replaced producer are
+    /// stale.
+    pub generation: u64,
+    /// The spool sequence number the record was sent with.
+    pub seq: u64,
+    pub result: Result<(), PublishError>,
+    /// The record itself, when Kafka refused it for good (for the dead-letter topic).
+    pub refused: Option<OwnedMessage>,
+}
+
+/// [`BridgeContext`] plus the delivery callback of the spool's producer: the record's sequence number
+/// is its delivery opaque, the report goes to the forwarder's channel.
+pub struct ReportingContext {
+    base: BridgeContext,
+    generation: u64,
+    reports: mpsc::UnboundedSender<Report>,
+}
+
+impl ClientContext for ReportingContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        self.base.log(level, fac, message)
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.base.error(error, reason)
+    }
+
+    fn stats(&self, statistics: Statistics) {
+        self.base.stats(statistics)
+    }
+}
+
+impl ProducerContext for ReportingContext {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, seq: usize) {
+        let (result, refused) = match result {
+            Ok(_) => (Ok(()), None),
+            Err((e, m)) => match classify(e.clone()) {
+                PublishError::Permanent(e) => (Err(PublishError::Permanent(e)), Some(m.detach())),
+                other => (Err(other), None),
+            },
+        };
+        // The forwarder may be gone (shutdown): nobody needs the report then.
+        let _ = self.reports.send(Report { generation: self.generation, seq: seq as u64, result, refused });
+    }
+}
+
+/// The main producer: a future per record when the webhook's answer waits on it (`sync` mode), one
+/// callback for all when the forwarder publishes the spool.
+#[derive(Clone)]
+enum Main {
+    Futures(FutureProducer<BridgeContext>),
+    Reports(ThreadedProducer<ReportingContext>),
+}
+
+impl Main {
+    fn fatal_error(&self) -> Option<(RDKafkaErrorCode, String)> {
+        match self {
+            Main::Futures(p) => p.client().fatal_error(),
+            Main::Reports(p) => p.client().fatal_error(),
+        }
+    }
+
+    fn fetch_metadata(&self, topic: Option<&str>, timeout: Duration) -> Result<(), KafkaError> {
+        match self {
+            Main::Futures(p) => p.client().fetch_metadata(topic, timeout).map(drop),
+            Main::Reports(p) => p.client().fetch_metadata(topic, timeout).map(drop),
+        }
+    }
+
+    /// The id of the first broker the cluster's metadata names.
+    fn first_broker(&self, timeout: Duration) -> Result<Option<i32>, KafkaError> {
+        let metadata = match self {
+            Main::Futures(p) => p.client().fetch_metadata(None, timeout)?,
+            Main::Reports(p) => p.client().fetch_metadata(None, timeout)?,
+        };
+        Ok(metadata.brokers().first().map(|b| b.id()))
+    }
+
+    fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        match self {
+            Main::Futures(p) => p.flush(timeout),
+            Main::Reports(p) => p.flush(timeout),
+        }
+    }
+
+    #[cfg(feature = "failpoints")]
+    fn native_ptr(&self) -> *mut rdkafka::bindings::rd_kafka_t {
+        match self {
+            Main::Futures(p) => p.client().native_ptr(),
+            Main::Reports(p) => p.client().native_ptr(),
+        }
+    }
+}
+
+/// How the main producer confirms deliveries.
+pub enum Confirmations {
+    /// A future per record ([`Publisher::send`]).
+    PerRecord,
+    /// One report per record through `reports` ([`Publisher::send_spooled`]).
+    Reports(mpsc::UnboundedSender<Report>),
+}
+
 /// A low-cardinality name for a Kafka error: librdkafka's error code.
 pub fn error_kind(error: &KafkaError) -> String {
     match error.rdkafka_error_code() {
@@ -176,7 +292,7 @@ impl TopicLimits {
 
     /// The timestamp to send `message` with at `now_ms`: its own when the topic takes it, else the
     /// receive time, else now. (The value keeps the event's own time in `event_time_ms`.)
-    pub fn timestamp_for(&self, message: &Message, now_ms: i64) -> i64 {
+    pub fn timestamp_for(&self, message: &MessageRef<'_>, now_ms: i64) -> i64 {
         if self.log_append_time.load(Ordering::Relaxed) {
             return message.timestamp_ms;
         }
@@ -213,7 +329,11 @@ impl TopicLimits {
 
 pub struct Publisher {
     /// The main producer; replaced by a new one after a fatal error (see [`Publisher::rebuild`]).
-    producer: RwLock<FutureProducer<BridgeContext>>,
+    producer: RwLock<Main>,
+    /// Counts the main producers built: the generation of the current one.
+    generation: AtomicU64,
+    /// Where a reporting producer sends its reports (`None`: futures).
+    reports: Option<mpsc::UnboundedSender<Report>>,
     /// The settings the main producer is built from, for rebuilding it.
     config: ClientConfig,
     /// The dead-letter topic's own producer: the same settings, except that it keeps librdkafka's
@@ -234,11 +354,13 @@ impl Publisher {
     /// wait for Kafka indefinitely (spool mode, where the spool and not librdkafka decides when to
     /// give up, which is never). `linger` is `linger.ms`. A `BRIDGE_RDKAFKA_*` property overrides any
     /// default set here (those that would void the guarantees are refused by the configuration).
+    /// `confirmations`: a future per record, or reports through a channel (see [`Report`]).
     pub fn new(
         settings: &Settings,
         message_timeout: Option<Duration>,
         linger: Duration,
         metrics: Arc<Metrics>,
+        confirmations: Confirmations,
     ) -> Result<Self, ProducerConfigError> {
         let mut config = ClientConfig::new();
         config
@@ -256,7 +378,11 @@ impl Publisher {
         }
         config.set_log_level(RDKafkaLogLevel::Warning);
         let overrides = settings.rdkafka.clone();
-        let producer = create(&config, &metrics, &overrides)?;
+        let reports = match confirmations {
+            Confirmations::PerRecord => None,
+            Confirmations::Reports(tx) => Some(tx),
+        };
+        let producer = create_main(&config, &metrics, &overrides, reports.as_ref(), 0)?;
         let mut dlq = config.clone();
         dlq.remove("message.max.bytes");
         dlq.set("statistics.interval.ms", "0");
@@ -269,6 +395,8 @@ impl Publisher {
         let admin = admin.create().map_err(|e| ProducerConfigError::new(&e, &overrides))?;
         Ok(Self {
             producer: RwLock::new(producer),
+            generation: AtomicU64::new(0),
+            reports,
             config,
             dlq_producer,
             admin,
@@ -280,8 +408,14 @@ impl Publisher {
         })
     }
 
-    fn producer(&self) -> FutureProducer<BridgeContext> {
+    fn producer(&self) -> Main {
         self.producer.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The generation of the current main producer: 0 for the first, one more for each
+    /// [`rebuild`](Self::rebuild).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Replaces the main producer with a new one (after a fatal error). Records in flight in the old
@@ -290,8 +424,12 @@ impl Publisher {
     pub fn rebuild(&self) -> Result<(), ProducerConfigError> {
         let mut config = self.config.clone();
         self.fit_batches(&mut config);
-        let fresh = create(&config, &self.metrics, &self.overrides)?;
-        let old = std::mem::replace(&mut *self.producer.write().unwrap_or_else(|e| e.into_inner()), fresh);
+        let mut current = self.producer.write().unwrap_or_else(|e| e.into_inner());
+        let generation = self.generation.load(Ordering::Acquire) + 1;
+        let fresh = create_main(&config, &self.metrics, &self.overrides, self.reports.as_ref(), generation)?;
+        let old = std::mem::replace(&mut *current, fresh);
+        self.generation.store(generation, Ordering::Release);
+        drop(current);
         // Dropping purges what the old producer still held (nobody waits for it any more) and
         // blocks for up to half a second: not on the caller's thread.
         std::thread::spawn(move || drop(old));
@@ -316,15 +454,11 @@ impl Publisher {
             Some(Ok(resource)) => resource.entries,
             _ => {
                 let producer = self.producer();
-                let broker = tokio::task::spawn_blocking(move || {
-                    producer.client().fetch_metadata(None, Duration::from_secs(2))
-                })
-                .await
-                .map_err(|_| KafkaError::Canceled)??
-                .brokers()
-                .first()
-                .map(|b| b.id())
-                .ok_or(KafkaError::MetadataFetch(RDKafkaErrorCode::BrokerNotAvailable))?;
+                let broker =
+                    tokio::task::spawn_blocking(move || producer.first_broker(Duration::from_secs(2)))
+                        .await
+                        .map_err(|_| KafkaError::Canceled)??
+                        .ok_or(KafkaError::MetadataFetch(RDKafkaErrorCode::BrokerNotAvailable))?;
                 let answer = self.admin.describe_configs([&ResourceSpecifier::Broker(broker)], &opts).await?;
                 match answer.into_iter().next() {
                     Some(Ok(resource)) => resource.entries,
@@ -369,35 +503,74 @@ impl Publisher {
     }
 
     /// Enqueues `message` on the main topic, with a timestamp the topic takes. The record is in Kafka
-    /// once the returned future resolves `Ok`.
+    /// once the returned future resolves `Ok`. For a publisher built with
+    /// [`Confirmations::PerRecord`].
     pub fn send(&self, message: &Message) -> Result<Pending, PublishError> {
+        let Main::Futures(producer) = self.producer() else {
+            return Err(PublishError::Fatal(KafkaError::Canceled));
+        };
+        let m = message.as_ref();
+        let timestamp = self.limits.timestamp_for(&m, crate::now_ms());
+        let record = FutureRecord::to(&self.topic)
+            .key(m.key)
+            .payload(m.value)
+            .headers(headers(&m, &[]))
+            .timestamp(timestamp);
+        producer.send_result(record).map(Pending).map_err(|(e, _)| classify(e))
+    }
+
+    /// Enqueues `message`, spooled as `seq`, on the main topic, with a timestamp the topic takes. Its
+    /// [`Report`] comes through the channel given to [`Publisher::new`] (a publisher built with
+    /// [`Confirmations::Reports`]).
+    pub fn send_spooled(&self, message: &MessageRef<'_>, seq: u64) -> Result<(), PublishError> {
         #[cfg(feature = "failpoints")]
         fail::eval("publisher::fatal", |_| self.inject_fatal_error());
+        let Main::Reports(producer) = self.producer() else {
+            return Err(PublishError::Fatal(KafkaError::Canceled));
+        };
         let timestamp = self.limits.timestamp_for(message, crate::now_ms());
-        let record = FutureRecord::to(&self.topic)
-            .key(&message.key)
-            .payload(&message.value)
+        let record = BaseRecord::with_opaque_to(&self.topic, seq as usize)
+            .key(message.key)
+            .payload(message.value)
             .headers(headers(message, &[]))
             .timestamp(timestamp);
-        self.producer().send_result(record).map(Pending).map_err(|(e, _)| classify(e))
+        producer.send(record).map_err(|(e, _)| classify(e))
     }
 
     /// Enqueues a record Kafka refused for good (or one the bridge cannot read) on the dead-letter
     /// topic, with the reason in the `bridge_dlq_reason` header and the original topic in
     /// `bridge_dlq_topic`. Its timestamp is now, not the event's (an invalid timestamp may be why it is
     /// here).
-    pub fn send_dead_letter(&self, message: &Message, reason: &str) -> Result<Pending, PublishError> {
+    pub fn send_dead_letter(&self, message: &MessageRef<'_>, reason: &str) -> Result<Pending, PublishError> {
         let extra = [("bridge_dlq_reason", reason), ("bridge_dlq_topic", self.topic.as_str())];
         let record = FutureRecord::to(&self.dlq_topic)
-            .key(&message.key)
-            .payload(&message.value)
+            .key(message.key)
+            .payload(message.value)
             .headers(headers(message, &extra));
+        self.dlq_producer.send_result(record).map(Pending).map_err(|(e, _)| classify(e))
+    }
+
+    /// [`send_dead_letter`](Self::send_dead_letter) for a record a [`Report`] gave back.
+    pub fn send_refused_dead_letter(
+        &self,
+        refused: &OwnedMessage,
+        reason: &str,
+    ) -> Result<Pending, PublishError> {
+        let mut h = refused.headers().cloned().unwrap_or_else(|| OwnedHeaders::new_with_capacity(2));
+        for (key, value) in [("bridge_dlq_reason", reason), ("bridge_dlq_topic", self.topic.as_str())] {
+            h = h.insert(Header { key, value: Some(value.as_bytes()) });
+        }
+        let mut record =
+            FutureRecord::to(&self.dlq_topic).payload(refused.payload().unwrap_or_default()).headers(h);
+        if let Some(key) = refused.key() {
+            record = record.key(key);
+        }
         self.dlq_producer.send_result(record).map(Pending).map_err(|(e, _)| classify(e))
     }
 
     /// librdkafka's fatal error, if the main producer is in that state.
     pub fn fatal_error(&self) -> Option<String> {
-        self.producer().client().fatal_error().map(|(code, reason)| format!("{code:?}: {reason}"))
+        self.producer().fatal_error().map(|(code, reason)| format!("{code:?}: {reason}"))
     }
 
     /// Puts the producer in librdkafka's fatal state, as a broker that fenced it would (tests only).
@@ -408,7 +581,7 @@ impl Publisher {
         // SAFETY: the pointer is the live client of `producer`, which outlives the call.
         unsafe {
             rdkafka::bindings::rd_kafka_test_fatal_error(
-                producer.client().native_ptr(),
+                producer.native_ptr(),
                 rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
                 reason.as_ptr(),
             );
@@ -423,7 +596,7 @@ impl Publisher {
 
     /// Asks the cluster for the topic's metadata: whether Kafka answers at all. Blocking.
     pub fn probe(&self, timeout: Duration) -> Result<(), KafkaError> {
-        self.producer().client().fetch_metadata(Some(&self.topic), timeout).map(drop)
+        self.producer().fetch_metadata(Some(&self.topic), timeout)
     }
 
     /// [`probe`](Self::probe) through the admin client: whether Kafka answers, asked by a client other
@@ -445,6 +618,27 @@ impl Publisher {
     }
 }
 
+fn create_main(
+    config: &ClientConfig,
+    metrics: &Arc<Metrics>,
+    overrides: &RdkafkaOverrides,
+    reports: Option<&mpsc::UnboundedSender<Report>>,
+    generation: u64,
+) -> Result<Main, ProducerConfigError> {
+    Ok(match reports {
+        None => Main::Futures(create(config, metrics, overrides)?),
+        Some(tx) => Main::Reports(
+            config
+                .create_with_context(ReportingContext {
+                    base: BridgeContext { metrics: metrics.clone() },
+                    generation,
+                    reports: tx.clone(),
+                })
+                .map_err(|e| ProducerConfigError::new(&e, overrides))?,
+        ),
+    })
+}
+
 fn create(
     config: &ClientConfig,
     metrics: &Arc<Metrics>,
@@ -455,9 +649,9 @@ fn create(
         .map_err(|e| ProducerConfigError::new(&e, overrides))
 }
 
-fn headers(message: &Message, extra: &[(&str, &str)]) -> OwnedHeaders {
-    let mut h = OwnedHeaders::new_with_capacity(message.headers.len() + extra.len());
-    for (key, value) in &message.headers {
+fn headers(message: &MessageRef<'_>, extra: &[(&str, &str)]) -> OwnedHeaders {
+    let mut h = OwnedHeaders::new_with_capacity(message.header_count() + extra.len());
+    for (key, value) in message.headers() {
         h = h.insert(Header { key, value: Some(value.as_bytes()) });
     }
     for (key, value) in extra {
@@ -550,17 +744,17 @@ mod tests {
     fn a_timestamp_the_topic_would_refuse_is_replaced_by_the_receive_time() {
         let limits = TopicLimits::default();
         let now = 1_800_000_000_000;
-        assert_eq!(limits.timestamp_for(&message(now - 5_000, now), now), now - 5_000);
+        assert_eq!(limits.timestamp_for(&message(now - 5_000, now).as_ref(), now), now - 5_000);
         // Two hours ahead: Kafka 4 refuses anything more than one hour ahead by default.
-        assert_eq!(limits.timestamp_for(&message(now + 7_200_000, now - 10), now), now - 10);
+        assert_eq!(limits.timestamp_for(&message(now + 7_200_000, now - 10).as_ref(), now), now - 10);
         // Far in the past is fine by default (no before-limit) ...
-        assert_eq!(limits.timestamp_for(&message(1, now), now), 1);
+        assert_eq!(limits.timestamp_for(&message(1, now).as_ref(), now), 1);
         // ... but not once the topic sets one; and a receive time too old falls back to now.
         limits.update(&[("message.timestamp.before.max.ms".into(), Some("86400000".into()))]);
-        assert_eq!(limits.timestamp_for(&message(1, now - 10), now), now - 10);
-        assert_eq!(limits.timestamp_for(&message(1, now - 172_800_000), now), now);
+        assert_eq!(limits.timestamp_for(&message(1, now - 10).as_ref(), now), now - 10);
+        assert_eq!(limits.timestamp_for(&message(1, now - 172_800_000).as_ref(), now), now);
         limits.update(&[("message.timestamp.type".into(), Some("LogAppendTime".into()))]);
-        assert_eq!(limits.timestamp_for(&message(1, 2), now), 1, "the broker stamps it anyway");
+        assert_eq!(limits.timestamp_for(&message(1, 2).as_ref(), now), 1, "the broker stamps it anyway");
     }
 
     #[test]

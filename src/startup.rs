@@ -13,7 +13,7 @@ use crate::configuration::{DeliveryMode, Settings};
 use crate::forwarder::{Forwarder, ForwarderError, Progress, SETTLE_TIME};
 use crate::health::Health;
 use crate::metrics::Metrics;
-use crate::publisher::{ProducerConfigError, Publisher};
+use crate::publisher::{Confirmations, ProducerConfigError, Publisher};
 use crate::routes::{self, Pipeline};
 use crate::spool::{Spool, SpoolConfig, SpoolError, SpoolThread};
 use crate::status::History;
@@ -127,11 +127,16 @@ impl Application {
         let (listener, port) = bind("BRIDGE_LISTEN", settings.listen)?;
         let (admin_listener, admin_port) = bind("BRIDGE_ADMIN_LISTEN", settings.admin_listen)?;
         let metrics = Arc::new(Metrics::new());
-        let linger = match settings.delivery {
-            DeliveryMode::Spool => SPOOL_LINGER,
-            DeliveryMode::Sync { .. } => Duration::ZERO,
+        // Spool mode: the forwarder takes the producer's reports through one channel.
+        let (linger, confirmations, reports) = match settings.delivery {
+            DeliveryMode::Spool => {
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                (SPOOL_LINGER, Confirmations::Reports(tx), Some(rx))
+            }
+            DeliveryMode::Sync { .. } => (Duration::ZERO, Confirmations::PerRecord, None),
         };
-        let publisher = Arc::new(Publisher::new(&settings, message_timeout, linger, metrics.clone())?);
+        let publisher =
+            Arc::new(Publisher::new(&settings, message_timeout, linger, metrics.clone(), confirmations)?);
         // The topic's size and timestamp limits, before the first event is checked against them.
         match publisher.refresh_limits(Duration::from_secs(3)).await {
             Ok(true) => publisher.rebuild()?,
@@ -157,8 +162,9 @@ impl Application {
                 if pending > 0 {
                     tracing::info!(pending, "spool holds events from an earlier run; publishing them first");
                 }
+                let reports = reports.expect("spool mode has a report channel");
                 let (forwarder, progress) =
-                    Forwarder::new(spool.clone(), publisher.clone(), settings.kafka_stall);
+                    Forwarder::new(spool.clone(), publisher.clone(), reports, settings.kafka_stall);
                 let (stop, stop_rx) = watch::channel(None);
                 let running = Running(forwarder_running.clone());
                 let forwarder = tokio::spawn(async move {
@@ -401,7 +407,9 @@ impl Application {
 /// with [`StartupError::DrainStalled`] when Kafka takes nothing for `BRIDGE_DRAIN_STALL_SECS`.
 pub async fn drain(settings: Settings, interrupt: impl Future<Output = ()>) -> Result<(), StartupError> {
     let metrics = Arc::new(Metrics::new());
-    let publisher = Arc::new(Publisher::new(&settings, None, SPOOL_LINGER, metrics.clone())?);
+    let (tx, reports) = tokio::sync::mpsc::unbounded_channel();
+    let publisher =
+        Arc::new(Publisher::new(&settings, None, SPOOL_LINGER, metrics.clone(), Confirmations::Reports(tx))?);
     if let Ok(true) = publisher.refresh_limits(Duration::from_secs(3)).await {
         publisher.rebuild()?;
     }
@@ -416,7 +424,8 @@ pub async fn drain(settings: Settings, interrupt: impl Future<Output = ()>) -> R
     let committed = spool.committed().borrow().seq;
     let pending = spool.pending_events();
     tracing::info!(pending, spool = %settings.spool_dir.display(), topic = %settings.topic, "draining the spool");
-    let (forwarder, mut progress) = Forwarder::new(spool.clone(), publisher.clone(), settings.kafka_stall);
+    let (forwarder, mut progress) =
+        Forwarder::new(spool.clone(), publisher.clone(), reports, settings.kafka_stall);
     let start = progress.borrow().acked_seq;
     let (stop, stop_rx) = watch::channel(None);
     let mut task = tokio::spawn(forwarder.run(stop_rx));

@@ -374,9 +374,15 @@ async fn sigterm_with_deliveries_in_flight_leaves_no_duplicates() {
     let _up = broker().shared().await;
     let spool = tempfile::tempdir().unwrap();
     spool_directly(spool.path(), "@TGS#clean", 50_000).await;
-    // A grace period far too short for the backlog: the stop comes with deliveries in flight.
-    let mut bridge =
-        Bridge::spawn(BridgeOptions::new(spool.path()).env("BRIDGE_SHUTDOWN_GRACE_SECS", 1)).await;
+    // A grace period far too short for the backlog: the stop comes with deliveries in flight. The
+    // forwarder sends faster than the test can stop it, so the failpoint slows it to a few thousand
+    // records a second (a millisecond's pause before one record in five).
+    let mut bridge = Bridge::spawn(
+        BridgeOptions::new(spool.path())
+            .env("BRIDGE_SHUTDOWN_GRACE_SECS", 1)
+            .env("FAILPOINTS", "forwarder::dispatch=20%sleep(1)"),
+    )
+    .await;
     wait_for("the first deliveries", Duration::from_secs(30), || async {
         sample(&scrape(&bridge).await, "bridge_kafka_delivered_total").unwrap_or(0.0) > 0.0
     })
@@ -384,7 +390,7 @@ async fn sigterm_with_deliveries_in_flight_leaves_no_duplicates() {
 
     assert!(bridge.terminate(Duration::from_secs(20)).success());
     let first_run = topic_len(&bridge.topic);
-    bridge.restart(&[("BRIDGE_SHUTDOWN_GRACE_SECS", "30")]).await;
+    bridge.restart(&[("BRIDGE_SHUTDOWN_GRACE_SECS", "30"), ("FAILPOINTS", "")]).await;
 
     let records = read_exactly(&bridge.topic, 50_000, Duration::from_secs(180));
     assert!(first_run > 0 && first_run < 50_000, "the first run stopped part-way ({first_run})");
@@ -435,6 +441,82 @@ async fn a_spooled_record_this_version_cannot_read_is_dead_lettered_whole_and_a_
     let dlq = read_exactly(&format!("{}.dlq", bridge.topic), 1, Duration::from_secs(60));
     assert!(dlq[0].header("bridge_dlq_reason").unwrap().contains("unreadable spool record"));
     assert_eq!(sample(&scrape(&bridge).await, "bridge_kafka_dead_lettered_total"), Some(1.0));
+}
+
+/// The topic's `max.message.bytes` shrank after an event was answered OK (the bridge checks the limit
+/// before answering, so only a change of the topic gets a record this far): Kafka refuses the batch,
+/// its records go one at a time, the one refused alone goes whole to the dead-letter topic with the
+/// reason (from the producer's own delivery report), and every other record arrives once, in order.
+#[tokio::test]
+async fn a_spooled_record_kafka_refuses_goes_alone_to_the_dead_letter_topic_and_the_rest_arrive_in_order() {
+    let kafka = broker();
+    let _up = kafka.shared().await;
+    let spool = tempfile::tempdir().unwrap();
+    let opts = BridgeOptions::new(spool.path());
+    kafka.script(&format!(
+        "topics --create --topic {} --partitions 3 --config max.message.bytes=20000",
+        opts.topic
+    ));
+    let (s, thread) = Spool::open(SpoolConfig {
+        dir: spool.path().to_owned(),
+        fsync: FsyncMode::Never,
+        max_bytes: 1 << 24,
+        observer: None,
+    })
+    .unwrap();
+    let verifier = Verifier {
+        app_ids: vec![tim_kafka_bridge::domain::SdkAppId::parse(APP_ID).unwrap()],
+        token: CallbackToken::new(TOKEN.into()),
+        max_skew_secs: 60,
+        commands: tim_kafka_bridge::webhook::Command::ALL.to_vec(),
+    };
+    // Hex digits from xorshift: lz4 cannot squeeze 40 000 of them under the topic's 20 000 bytes.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let noise: String = (0..40_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from_digit((x & 0xf) as u32, 16).unwrap()
+        })
+        .collect();
+    for n in 0..200 {
+        let mut hook = Webhook::rename(&format!("@TGS#refused{}", n % 4), n);
+        if n == 101 {
+            hook.0["Introduction"] = serde_json::Value::String(noise.clone());
+        }
+        let checked =
+            verifier.check(&signed_query(now_secs()), hook.body().as_bytes(), tim_kafka_bridge::now_ms());
+        s.append(checked.unwrap().event().unwrap().to_message().to_bytes()).await.unwrap();
+    }
+    s.close();
+    drop(s);
+    thread.join();
+
+    let bridge = Bridge::spawn(opts).await;
+
+    let main = read_exactly(&bridge.topic, 199, Duration::from_secs(60));
+    let expected: HashSet<_> =
+        (0..200).filter(|n| *n != 101).map(|n| (format!("@TGS#refused{}", n % 4), n)).collect();
+    assert_eq!(names(&main), expected);
+    assert_per_group_order(&main);
+    let dlq = read_exactly(&format!("{}.dlq", bridge.topic), 1, Duration::from_secs(60));
+    assert_eq!(dlq[0].key, "@TGS#refused1");
+    assert!(
+        dlq[0].header("bridge_dlq_reason").unwrap().contains("too large"),
+        "{:?}",
+        dlq[0].header("bridge_dlq_reason")
+    );
+    assert_eq!(dlq[0].header("bridge_dlq_topic"), Some(bridge.topic.as_str()));
+    assert!(dlq[0].header("ce_id").is_some(), "the record's own headers travel with it");
+    assert_eq!(rename_of(&dlq[0]), ("@TGS#refused1".to_owned(), 101));
+    assert_eq!(sample(&scrape(&bridge).await, "bridge_kafka_dead_lettered_total"), Some(1.0));
+    // Refused by the broker (a delivery report), not by librdkafka before sending.
+    assert!(
+        bridge.logs().contains("Kafka refused a batch; publishing its records one at a time"),
+        "{}",
+        bridge.logs()
+    );
 }
 
 #[tokio::test]

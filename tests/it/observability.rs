@@ -292,6 +292,13 @@ async fn a_real_prometheus_sees_kafka_unreachable_fire_during_an_outage_and_reso
     .await;
     assert!(fired, "BridgeKafkaUnreachable did not fire within 60 s:\n{}", prometheus.log());
     eprintln!("BridgeKafkaUnreachable fired {:?} after the broker was stopped", stopped.elapsed());
+    // The log says so once three probes in a row agree (the alert can be quicker): an outage shorter
+    // than that is, rightly, not logged at all.
+    let logged = wait_until(Duration::from_secs(30), || async {
+        bridge.logs().contains("Kafka does not answer metadata requests")
+    })
+    .await;
+    assert!(logged, "the outage was not logged: {}", bridge.logs());
 
     kafka.start();
     let resolved = wait_until(Duration::from_secs(60), || async {
