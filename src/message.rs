@@ -16,6 +16,9 @@
 //! than serde + a binary codec: eight fixed fields, a format that must stay readable across versions,
 //! and no dependency for ~60 lines with exhaustive tests.
 
+/// A header name or value: the bridge's fixed names and values are borrowed, not allocated per record.
+pub type Text = std::borrow::Cow<'static, str>;
+
 /// The first byte of a version 2 encoding.
 const V2: u8 = 0x02;
 const FIXED: usize = 1 + 8 + 8 + 8 + 2;
@@ -29,7 +32,7 @@ pub struct Message {
     /// the topic would refuse it (see `publisher::TopicLimits`).
     pub timestamp_ms: i64,
     /// Record headers, in order.
-    pub headers: Vec<(String, String)>,
+    pub headers: Vec<(Text, Text)>,
     /// The record value.
     pub value: Vec<u8>,
     /// When the bridge received the event (ms since the epoch): produce lag and delivery latency.
@@ -116,7 +119,7 @@ impl Message {
         let head = match MessageRef::parse(&bytes) {
             Ok(m) => Ok((
                 m.key.to_vec(),
-                m.headers().map(|(n, v)| (n.to_owned(), v.to_owned())).collect(),
+                m.headers().map(|(n, v)| (Text::Owned(n.to_owned()), Text::Owned(v.to_owned()))).collect(),
                 m.timestamp_ms,
                 m.received_at_ms,
                 m.event_time_ms,
@@ -165,7 +168,7 @@ enum Headers<'a> {
     /// The encoded header section (already checked: every length fits, every name and value is
     /// UTF-8) and how many headers it holds.
     Encoded(&'a [u8], u8),
-    Owned(&'a [(String, String)]),
+    Owned(&'a [(Text, Text)]),
 }
 
 impl<'a> MessageRef<'a> {
@@ -209,7 +212,7 @@ impl<'a> MessageRef<'a> {
             let v = r.u16().unwrap_or(0) as usize;
             (name, r.str(v).unwrap_or_default())
         });
-        decoded.chain(owned.iter().map(|(n, v)| (n.as_str(), v.as_str())))
+        decoded.chain(owned.iter().map(|(n, v)| (n.as_ref(), v.as_ref())))
     }
 
     /// An owned copy.
@@ -217,7 +220,10 @@ impl<'a> MessageRef<'a> {
         Message {
             key: self.key.to_vec(),
             timestamp_ms: self.timestamp_ms,
-            headers: self.headers().map(|(n, v)| (n.to_owned(), v.to_owned())).collect(),
+            headers: self
+                .headers()
+                .map(|(n, v)| (Text::Owned(n.to_owned()), Text::Owned(v.to_owned())))
+                .collect(),
             value: self.value.to_vec(),
             received_at_ms: self.received_at_ms,
             event_time_ms: self.event_time_ms,

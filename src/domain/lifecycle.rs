@@ -207,7 +207,9 @@ impl LifecycleEvent {
     }
 
     pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("an event always serializes")
+        let mut out = Vec::with_capacity(512);
+        serde_json::to_writer(&mut out, self).expect("an event always serializes");
+        out
     }
 
     pub fn to_message(&self) -> Message {
@@ -284,7 +286,7 @@ mod tests {
             new_owner_account: UserId::parse("user2".into()).unwrap(),
         });
         let m = LifecycleEvent::new(head(1), o).to_message();
-        let get = |k: &str| m.headers.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        let get = |k: &str| m.headers.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_ref());
         assert_eq!(get("ce_type"), Some("com.tencentcloud.im.group.owner_changed"));
         assert_eq!(m.key, b"@TGS#2J4SZEAEL");
         assert_eq!(m.timestamp_ms, 1670574414123);
