@@ -43,7 +43,7 @@ use tokio::time::Instant;
 
 use crate::domain::GroupChangeEvent;
 use crate::message::{Message, MessageRef};
-use crate::publisher::{error_kind, Pending, PublishError, Publisher, Report};
+use crate::publisher::{error_kind, Outcome, Pending, PublishError, Publisher, Report};
 use crate::spool::{Committed, Spool, SpoolReader, SpooledRecord};
 
 /// Most records in flight to Kafka at once: enough to keep librdkafka's batches full, small enough
@@ -172,7 +172,7 @@ struct Books {
     fatal_in_a_row: u32,
     /// The oldest record a failure left pending (for the produce-lag gauge).
     stalled_received_ms: Option<i64>,
-    /// When the last report arrived, or the window went from empty to busy: the stall clock.
+    /// When the front record last settled, or the window went from empty to busy: the stall clock.
     last_report: Instant,
     /// Kafka answered at the last stall check too: a producer still silent one stall time after
     /// Kafka was seen answering is wedged (one that is reconnecting after an outage is not).
@@ -323,8 +323,10 @@ impl Forwarder {
                     state = self.settle_ready(state, &mut b, upto);
                 }
                 Some((seq, result)) = b.detours.next(), if !b.detours.is_empty() => {
-                    if let Ok(i) = b.inflight.binary_search_by_key(&seq, |m| m.seq) {
-                        b.inflight[i].outcome = Some(result);
+                    match b.inflight.binary_search_by_key(&seq, |m| m.seq) {
+                        Ok(i) => b.inflight[i].outcome = Some(result),
+                        // Detours are dropped with the records they belong to: a bug if seen.
+                        Err(_) => tracing::warn!(seq, "a dead-letter outcome for a record not in flight; ignored"),
                     }
                     state = self.settle_ready(state, &mut b, upto);
                 }
@@ -352,19 +354,20 @@ impl Forwarder {
     /// dead-lettered first. Reports of a replaced producer, or of records no longer in flight, are
     /// stale and ignored.
     fn take(&self, report: Report, b: &mut Books) {
+        // (The stall clock is not reset here: only the front record settling shows the producer is
+        // not stuck, since one stuck partition can hold the front while the others deliver.)
         if report.generation != b.generation {
             return;
         }
-        // Any report, good or bad, shows the producer is alive: the stall clock starts again.
-        b.last_report = Instant::now();
-        b.answered_at_last_check = false;
         let Ok(i) = b.inflight.binary_search_by_key(&report.seq, |m| m.seq) else { return };
         let m = &mut b.inflight[i];
         if m.outcome.is_some() {
             return;
         }
-        match (report.result, report.refused) {
-            (Err(PublishError::Permanent(e)), Some(refused)) if m.solo => {
+        m.outcome = Some(match report.outcome {
+            Outcome::Delivered => Ok(()),
+            Outcome::Failed(e) => Err(e),
+            Outcome::Refused(e, refused) if m.solo => {
                 let key = refused.key().unwrap_or_default().to_vec();
                 b.detours.push(detour(
                     m.seq,
@@ -373,9 +376,10 @@ impl Forwarder {
                     key,
                     move |p, reason| p.send_refused_dead_letter(&refused, reason),
                 ));
+                return;
             }
-            (result, _) => m.outcome = Some(result),
-        }
+            Outcome::Refused(e, _) => Err(PublishError::Permanent(e)),
+        });
     }
 
     /// Settles, in send order, every record at the front whose outcome is known.

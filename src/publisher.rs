@@ -132,10 +132,21 @@ pub struct Report {
     pub generation: u64,
     /// The spool sequence number the record was sent with.
     pub seq: u64,
-    pub result: Result<(), PublishError>,
-    /// The record itself, when Kafka refused it for good (for the dead-letter topic).
-    pub refused: Option<OwnedMessage>,
+    pub outcome: Outcome,
 }
+
+/// What became of one record.
+#[derive(Debug)]
+pub enum Outcome {
+    Delivered,
+    /// Not delivered; retriable or fatal for the producer (never [`PublishError::Permanent`]).
+    Failed(PublishError),
+    /// Kafka refused it for good; the record comes back whole, for the dead-letter topic.
+    Refused(KafkaError, OwnedMessage),
+}
+
+// The record's sequence number travels as librdkafka's delivery opaque, a pointer-sized integer.
+const _: () = assert!(usize::BITS >= u64::BITS, "spool sequence numbers need a 64-bit usize");
 
 /// [`BridgeContext`] plus the delivery callback of the spool's producer: the record's sequence number
 /// is its delivery opaque, the report goes to the forwarder's channel.
@@ -163,15 +174,15 @@ impl ProducerContext for ReportingContext {
     type DeliveryOpaque = usize;
 
     fn delivery(&self, result: &DeliveryResult<'_>, seq: usize) {
-        let (result, refused) = match result {
-            Ok(_) => (Ok(()), None),
+        let outcome = match result {
+            Ok(_) => Outcome::Delivered,
             Err((e, m)) => match classify(e.clone()) {
-                PublishError::Permanent(e) => (Err(PublishError::Permanent(e)), Some(m.detach())),
-                other => (Err(other), None),
+                PublishError::Permanent(e) => Outcome::Refused(e, m.detach()),
+                other => Outcome::Failed(other),
             },
         };
         // The forwarder may be gone (shutdown): nobody needs the report then.
-        let _ = self.reports.send(Report { generation: self.generation, seq: seq as u64, result, refused });
+        let _ = self.reports.send(Report { generation: self.generation, seq: seq as u64, outcome });
     }
 }
 
@@ -424,12 +435,11 @@ impl Publisher {
     pub fn rebuild(&self) -> Result<(), ProducerConfigError> {
         let mut config = self.config.clone();
         self.fit_batches(&mut config);
-        let mut current = self.producer.write().unwrap_or_else(|e| e.into_inner());
-        let generation = self.generation.load(Ordering::Acquire) + 1;
+        // Built before the lock is taken: readers (the health probe, sends) never wait for it. Its
+        // generation is reserved first; it reports nothing before it has been sent anything.
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
         let fresh = create_main(&config, &self.metrics, &self.overrides, self.reports.as_ref(), generation)?;
-        let old = std::mem::replace(&mut *current, fresh);
-        self.generation.store(generation, Ordering::Release);
-        drop(current);
+        let old = std::mem::replace(&mut *self.producer.write().unwrap_or_else(|e| e.into_inner()), fresh);
         // Dropping purges what the old producer still held (nobody waits for it any more) and
         // blocks for up to half a second: not on the caller's thread.
         std::thread::spawn(move || drop(old));
