@@ -532,4 +532,59 @@ mod tests {
         assert_eq!(spool.append(b"next".to_vec()).await.unwrap(), 31);
         close((spool, thread));
     }
+
+    #[tokio::test]
+    async fn with_fsync_always_a_zero_filled_spare_becomes_the_next_segment_and_its_tail_reads_as_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = || SpoolConfig {
+            dir: dir.path().to_owned(),
+            fsync: FsyncMode::Always,
+            max_bytes: 64 << 10,
+            observer: None,
+        };
+        let segment = config().segment_bytes();
+        let (spool, thread) = Spool::open(config()).unwrap();
+        let spare = dir.path().join("spare.zero");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        // The writer prepares one at start; a file by that name is complete.
+        while !spare.exists() {
+            assert!(std::time::Instant::now() < deadline, "no spare segment was prepared");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert_eq!(std::fs::metadata(&spare).unwrap().len(), segment);
+        // The first append rolls the first segment: the spare, renamed.
+        for i in 0..5u8 {
+            spool.append(vec![i; 100]).await.unwrap();
+        }
+        let segs = writer::list_segments(dir.path()).unwrap();
+        assert_eq!(segs.len(), 1);
+        let written = 5 * (record::HEADER_LEN as u64 + 100);
+        assert_eq!(
+            std::fs::metadata(&segs[0].1).unwrap().len(),
+            segment,
+            "the spare, longer than its records"
+        );
+        let records = spool.reader().read(*spool.committed().borrow(), 100, 1 << 20).unwrap();
+        assert_eq!(records.iter().map(|r| r.payload[0]).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
+        close((spool, thread));
+
+        // An older segment whose numbering the next one continues may end in zeros too (a cut that a
+        // power cut undid): the end of its records, not damage.
+        let (spool, thread) = Spool::open(config()).unwrap();
+        assert_eq!(std::fs::metadata(&segs[0].1).unwrap().len(), written, "the zero tail is cut at start");
+        for i in 5..10u8 {
+            spool.append(vec![i; 100]).await.unwrap();
+        }
+        close((spool, thread));
+        std::fs::OpenOptions::new().write(true).open(&segs[0].1).unwrap().set_len(segment).unwrap();
+
+        let (spool, thread) = Spool::open(config()).unwrap();
+        assert_eq!(spool.stats().corrupt_records.load(Ordering::Relaxed), 0);
+        let records = spool.reader().read(*spool.committed().borrow(), 100, 1 << 20).unwrap();
+        assert_eq!(records.iter().map(|r| r.seq).collect::<Vec<_>>(), (1..=10).collect::<Vec<_>>());
+        assert_eq!(records.iter().map(|r| r.payload[0]).collect::<Vec<_>>(), (0..10).collect::<Vec<_>>());
+        assert_eq!(spool.append(b"next".to_vec()).await.unwrap(), 11);
+        close((spool, thread));
+        assert!(!dir.path().join("spare.zero.tmp").exists());
+    }
 }
