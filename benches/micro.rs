@@ -11,11 +11,24 @@ use tim_kafka_bridge::webhook::{sign, CallbackToken, Verifier};
 
 const NOW_MS: i64 = 1_670_574_420_000;
 
-/// Runs `bench` against a fresh spool in a temporary directory, then closes it.
-fn with_spool(fsync: FsyncMode, bench: impl FnOnce(&Spool)) {
-    let dir = tempfile::tempdir().unwrap();
+/// Runs `bench` against a fresh spool in a temporary directory, then closes it. With
+/// `fsync=always` the first segment is the writer's zero-filled spare (as every segment after the
+/// first is in a running bridge) unless `spare` is false.
+fn with_spool(fsync: FsyncMode, spare: bool, bench: impl FnOnce(&Spool)) {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let config = SpoolConfig { dir: dir.path().to_owned(), fsync, max_bytes: 1 << 40, observer: None };
     let (spool, thread) = Spool::open(config).unwrap();
+    if fsync == FsyncMode::Always {
+        let ready = dir.path().join("spare.zero");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !ready.exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(ready.exists(), "the spool prepared no spare segment");
+        if !spare {
+            std::fs::remove_file(ready).unwrap();
+        }
+    }
     bench(&spool);
     spool.close();
     drop(spool);
@@ -54,12 +67,13 @@ fn spool_append(c: &mut Criterion) {
     let payload = vec![b'x'; 400];
     let mut g = c.benchmark_group("spool append (400 B, one at a time)");
     g.throughput(Throughput::Elements(1));
-    for (name, fsync) in [
-        ("fsync=never", FsyncMode::Never),
-        ("fsync=interval", FsyncMode::Interval(std::time::Duration::from_millis(50))),
-        ("fsync=always", FsyncMode::Always),
+    for (name, fsync, spare) in [
+        ("fsync=never", FsyncMode::Never, false),
+        ("fsync=interval", FsyncMode::Interval(std::time::Duration::from_millis(50)), false),
+        ("fsync=always", FsyncMode::Always, true),
+        ("fsync=always, segment file growing (no spare)", FsyncMode::Always, false),
     ] {
-        with_spool(fsync, |spool| {
+        with_spool(fsync, spare, |spool| {
             g.bench_function(name, |b| {
                 b.iter_batched(
                     || payload.clone(),
@@ -75,7 +89,7 @@ fn spool_append(c: &mut Criterion) {
     let mut g = c.benchmark_group("spool append (400 B, 64 concurrent)");
     g.throughput(Throughput::Elements(64));
     for (name, fsync) in [("fsync=never", FsyncMode::Never), ("fsync=always", FsyncMode::Always)] {
-        with_spool(fsync, |spool| {
+        with_spool(fsync, true, |spool| {
             g.bench_function(name, |b| {
                 b.iter(|| {
                     rt.block_on(async {
