@@ -15,8 +15,9 @@
 //!   an error (the process exits non-zero so an orchestrator restarts it).
 //!
 //!   A producer can also wedge without saying so: records in flight, Kafka answering, and no report
-//!   for minutes (seen after a broker restart while the producer held a backlog). When nothing in
-//!   flight has been reported on for the stall time (`BRIDGE_KAFKA_STALL_SECS`) and Kafka answered a
+//!   for minutes (seen after a broker restart while the producer held a backlog). When the oldest
+//!   record in flight has not settled for the stall time (`BRIDGE_KAFKA_STALL_SECS`; reports of later
+//!   records do not count: one stuck partition can hold it while the others deliver) and Kafka answered a
 //!   metadata request (asked through another client) at that check and at the one a stall time
 //!   before, the producer is replaced the same way (counted as a restart, but not towards
 //!   giving up: Kafka may be slow for reasons a new producer cannot fix, such as too few in-sync
@@ -464,7 +465,7 @@ impl Forwarder {
         }
     }
 
-    /// Nothing in flight was reported on for the stall time. If Kafka answered at the last check too
+    /// The oldest record in flight has not settled for the stall time. If Kafka answered at the last check too
     /// (a whole stall time ago), the producer is wedged: replace it and publish again from the first
     /// unacknowledged record. If Kafka does not answer, the producer is right to wait; if it has just
     /// come back, the producer gets one more stall time to reconnect.
