@@ -587,4 +587,31 @@ mod tests {
         close((spool, thread));
         assert!(!dir.path().join("spare.zero.tmp").exists());
     }
+
+    #[tokio::test]
+    async fn a_spare_left_by_a_run_with_another_segment_size_is_not_used() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path()).unwrap();
+        std::fs::write(dir.path().join("spare.zero"), vec![0u8; 1 << 20]).unwrap();
+        let config = SpoolConfig {
+            dir: dir.path().to_owned(),
+            fsync: FsyncMode::Always,
+            max_bytes: 64 << 10,
+            observer: None,
+        };
+        let segment = config.segment_bytes();
+        let (spool, thread) = Spool::open(config).unwrap();
+        spool.append(vec![1; 100]).await.unwrap();
+        let segs = writer::list_segments(dir.path()).unwrap();
+        let written = record::HEADER_LEN as u64 + 100;
+        assert_eq!(std::fs::metadata(&segs[0].1).unwrap().len(), written, "a new file, not the old spare");
+        // A spare of this run's size is prepared in its place.
+        let spare = dir.path().join("spare.zero");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::fs::metadata(&spare).map_or(true, |m| m.len() != segment) {
+            assert!(std::time::Instant::now() < deadline, "no spare of the right size was prepared");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        close((spool, thread));
+    }
 }
