@@ -5,7 +5,8 @@
 //! highest sustained rate; open loops at fixed offered rates measure each request from its *scheduled*
 //! send time, so a stall shows up in the percentiles instead of silently slowing the sender. A Kafka
 //! consumer reads the topic meanwhile for end-to-end latency and checks that every webhook answered OK
-//! arrived. Peak RSS and CPU time come from /proc.
+//! arrived. Peak RSS and CPU time come from /proc. The generator is a minimal HTTP/1.1 keep-alive
+//! client ([`Conn`]); `wrk` runs against the ceiling too, to show it is not the limit.
 //!
 //! The peer is Benthos 4.27 (`bench/peer`, built by `scripts/bench` from the Go module proxy):
 //! `http_server` → `kafka_franz`, answering after Kafka's ack (`peer-sync`) or after its SQLite buffer
@@ -34,6 +35,9 @@ const APP_ID: &str = "1400000000";
 const TOKEN: &str = "bench-callback-token";
 const CONNECTIONS: usize = 64;
 const MAX_IN_FLIGHT: usize = 1024;
+/// Closed-loop warm-up before each target's phases: long enough for the broker's JIT too (the first
+/// Kafka target of a run otherwise measures a cold broker).
+const WARM_UP_SECS: u64 = 5;
 
 fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_owned())
@@ -180,7 +184,7 @@ impl Target {
 /// `wrk` against the ceiling, for the same time and connections as the closed loop: a check that the
 /// load generator is not what limits the ceiling's rate. `None` when wrk is not installed.
 fn wrk_rate(port: u16, seconds: u64) -> Option<f64> {
-    let (query, body) = webhook("wrk", 0, now_ns());
+    let (path, body) = (path_and_query(now_ns()), body("wrk", 0, now_ns()));
     let script = tempfile::NamedTempFile::new().ok()?;
     let lua = format!(
         "wrk.method = \"POST\"\nwrk.body = {body:?}\nwrk.headers[\"Content-Type\"] = \"application/json\"\n"
@@ -189,7 +193,7 @@ fn wrk_rate(port: u16, seconds: u64) -> Option<f64> {
     let out = Command::new("wrk")
         .args(["-t1", &format!("-c{CONNECTIONS}"), &format!("-d{seconds}s"), "-s"])
         .arg(script.path())
-        .arg(format!("http://127.0.0.1:{port}/webhook?{query}"))
+        .arg(format!("http://127.0.0.1:{port}{path}"))
         .output()
         .ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -206,20 +210,122 @@ fn clock_ticks() -> f64 {
 // ---------------------------------------------------------------------------------------------------
 // Load
 
-fn webhook(phase: &str, id: u64, sent_ns: u64) -> (String, String) {
-    let t = (sent_ns / 1_000_000_000).to_string();
-    let token = CallbackToken::new(TOKEN.into()).unwrap();
-    let query = format!(
-        "SdkAppid={APP_ID}&CallbackCommand=Group.CallbackAfterGroupInfoChanged&contenttype=json&ClientIP=10.1.2.3&OptPlatform=Android&RequestTime={t}&Sign={}",
-        sign(&token, &t)
-    );
-    // Distinct content and many groups: no two webhooks are alike, nothing can be deduplicated.
-    let body = format!(
+/// The path and query of a webhook sent at `sent_ns`: the Sign changes once a second, so it is
+/// computed once a second per thread, not per request (the generator must cost less than the target).
+fn path_and_query(sent_ns: u64) -> String {
+    thread_local! {
+        static LAST: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+    }
+    let secs = sent_ns / 1_000_000_000;
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if last.0 != secs {
+            let t = secs.to_string();
+            let token = CallbackToken::new(TOKEN.into()).unwrap();
+            last.1 = format!(
+                "/webhook?SdkAppid={APP_ID}&CallbackCommand=Group.CallbackAfterGroupInfoChanged&contenttype=json&ClientIP=10.1.2.3&OptPlatform=Android&RequestTime={t}&Sign={}",
+                sign(&token, &t)
+            );
+            last.0 = secs;
+        }
+        last.1.clone()
+    })
+}
+
+/// A webhook's body. Distinct content and many groups: no two webhooks are alike, nothing can be
+/// deduplicated.
+fn body(phase: &str, id: u64, sent_ns: u64) -> String {
+    format!(
         r#"{{"CallbackCommand":"Group.CallbackAfterGroupInfoChanged","GroupId":"@TGS#bench{}","Type":"Public","Operator_Account":"admin","Name":"{phase} {id} {sent_ns}","EventTime":{}}}"#,
         id % 5000,
         sent_ns / 1_000_000
-    );
-    (query, body)
+    )
+}
+
+/// One webhook as the bytes of an HTTP/1.1 request.
+fn webhook(phase: &str, id: u64, sent_ns: u64) -> Vec<u8> {
+    let body = body(phase, id, sent_ns);
+    format!(
+        "POST {} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        path_and_query(sent_ns),
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// The load generator's HTTP/1.1 client: one keep-alive connection that writes a request and reads
+/// the status and the body (by Content-Length) of its answer. Hand-written rather than reqwest: the
+/// generator shares two cores with the target and Kafka, and with reqwest it reached only 40–70 % of
+/// `wrk`'s rate against the ceiling; this needs no URL parsing, header maps or pool per request.
+struct Conn {
+    stream: tokio::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    async fn open(port: u16) -> std::io::Result<Conn> {
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        stream.set_nodelay(true)?;
+        Ok(Conn { stream, buf: Vec::with_capacity(4096) })
+    }
+
+    /// Sends `request`; the answer's status code.
+    async fn send(&mut self, request: &[u8]) -> std::io::Result<u16> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        self.stream.write_all(request).await?;
+        self.buf.clear();
+        let broken = || std::io::Error::new(std::io::ErrorKind::InvalidData, "not an HTTP/1.1 answer");
+        let head_end = loop {
+            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            if self.stream.read_buf(&mut self.buf).await? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+        };
+        let head = std::str::from_utf8(&self.buf[..head_end]).map_err(|_| broken())?;
+        let status = head.get(9..12).and_then(|s| s.parse().ok()).ok_or_else(broken)?;
+        let length: usize = head
+            .lines()
+            .find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length").then(|| value.trim().parse().ok())?
+            })
+            .ok_or_else(broken)?;
+        while self.buf.len() < head_end + length {
+            if self.stream.read_buf(&mut self.buf).await? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+        Ok(status)
+    }
+}
+
+/// Idle connections to one target, shared by the requests of an open loop.
+#[derive(Clone)]
+struct Pool {
+    port: u16,
+    idle: Arc<Mutex<Vec<Conn>>>,
+}
+
+impl Pool {
+    fn new(port: u16) -> Pool {
+        Pool { port, idle: Arc::default() }
+    }
+
+    /// Sends one webhook on an idle connection (or a new one); `Some(latency µs)` for a 200, timed
+    /// from `scheduled`. A connection that failed is dropped.
+    async fn send(&self, phase: &str, id: u64, scheduled: Instant, sent_ns: u64) -> Option<u64> {
+        let request = webhook(phase, id, sent_ns);
+        let idle = self.idle.lock().unwrap().pop();
+        let mut conn = match idle {
+            Some(c) => c,
+            None => Conn::open(self.port).await.ok()?,
+        };
+        let status = conn.send(&request).await.ok()?;
+        self.idle.lock().unwrap().push(conn);
+        (status == 200).then(|| scheduled.elapsed().as_micros() as u64)
+    }
 }
 
 struct PhaseResult {
@@ -238,39 +344,17 @@ fn hist() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 120_000_000, 3).unwrap()
 }
 
-/// Sends one webhook; `Some(latency µs)` for a 200.
-async fn send(
-    client: &reqwest::Client,
-    port: u16,
-    phase: &str,
-    id: u64,
-    scheduled: Instant,
-    sent_ns: u64,
-) -> Option<u64> {
-    let (query, body) = webhook(phase, id, sent_ns);
-    let resp =
-        client.post(format!("http://127.0.0.1:{port}/webhook?{query}")).body(body).send().await.ok()?;
-    let ok = resp.status() == 200;
-    resp.bytes().await.ok()?;
-    ok.then(|| scheduled.elapsed().as_micros() as u64)
-}
-
-async fn closed_loop(
-    client: &reqwest::Client,
-    port: u16,
-    seconds: u64,
-    phase: &str,
-) -> (Vec<u64>, Histogram<u64>, u64) {
+async fn closed_loop(pool: &Pool, seconds: u64, phase: &str) -> (Vec<u64>, Histogram<u64>, u64) {
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut tasks = Vec::new();
     for _ in 0..CONNECTIONS {
-        let (client, next, phase) = (client.clone(), next.clone(), phase.to_owned());
+        let (pool, next, phase) = (pool.clone(), next.clone(), phase.to_owned());
         tasks.push(tokio::spawn(async move {
             let (mut ok, mut h, mut failed) = (Vec::new(), hist(), 0u64);
             while Instant::now() < deadline {
                 let id = next.fetch_add(1, Ordering::Relaxed);
-                match send(&client, port, &phase, id, Instant::now(), now_ns()).await {
+                match pool.send(&phase, id, Instant::now(), now_ns()).await {
                     Some(us) => {
                         h.saturating_record(us.max(1));
                         ok.push(id);
@@ -291,13 +375,7 @@ async fn closed_loop(
     (ok, h, failed)
 }
 
-async fn open_loop(
-    client: &reqwest::Client,
-    port: u16,
-    rate: u64,
-    seconds: u64,
-    phase: &str,
-) -> (Vec<u64>, Histogram<u64>, u64) {
+async fn open_loop(pool: &Pool, rate: u64, seconds: u64, phase: &str) -> (Vec<u64>, Histogram<u64>, u64) {
     let total = rate * seconds;
     let start = Instant::now() + Duration::from_millis(50);
     let limit = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
@@ -307,11 +385,10 @@ async fn open_loop(
         let scheduled = start + Duration::from_nanos(id * 1_000_000_000 / rate);
         tokio::time::sleep_until(scheduled.into()).await;
         let sent_ns = now_ns();
-        let (client, limit, results, phase) =
-            (client.clone(), limit.clone(), results.clone(), phase.to_owned());
+        let (pool, limit, results, phase) = (pool.clone(), limit.clone(), results.clone(), phase.to_owned());
         tasks.push(tokio::spawn(async move {
             let _permit = limit.acquire_owned().await.unwrap();
-            let r = send(&client, port, &phase, id, scheduled, sent_ns).await;
+            let r = pool.send(&phase, id, scheduled, sent_ns).await;
             let mut g = results.lock().unwrap();
             match r {
                 Some(us) => {
@@ -524,18 +601,19 @@ fn main() {
     for name in &targets {
         eprintln!("load: {name}");
         let target = start(name, &kafka);
-        let client = reqwest::Client::builder().pool_max_idle_per_host(MAX_IN_FLIGHT).build().unwrap();
+        let pool = Pool::new(target.port);
+        let client = reqwest::Client::new();
         // Ready, and (for the bridge) the topic exists, with a short warm-up.
         let warm = rt.block_on(async {
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
-                if send(&client, target.port, "warmup", 0, Instant::now(), now_ns()).await.is_some() {
+                if pool.send("warmup", 0, Instant::now(), now_ns()).await.is_some() {
                     break;
                 }
                 assert!(Instant::now() < deadline, "{name} did not come up");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            closed_loop(&client, target.port, 2, "warmup").await
+            closed_loop(&pool, WARM_UP_SECS, "warmup").await
         });
         let watcher = target.topic.as_ref().map(|t| watch(&kafka, t));
         // Every webhook answered OK, warm-up included, for the whole-topic check at the end.
@@ -548,8 +626,8 @@ fn main() {
             let started = Instant::now();
             let (ok, ack, failed) = rt.block_on(async {
                 match rate {
-                    None => closed_loop(&client, target.port, seconds, &phase).await,
-                    Some(r) => open_loop(&client, target.port, r, seconds, &phase).await,
+                    None => closed_loop(&pool, seconds, &phase).await,
+                    Some(r) => open_loop(&pool, r, seconds, &phase).await,
                 }
             });
             let elapsed = started.elapsed().as_secs_f64();
