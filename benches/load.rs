@@ -318,11 +318,24 @@ impl Pool {
     async fn send(&self, phase: &str, id: u64, scheduled: Instant, sent_ns: u64) -> Option<u64> {
         let request = webhook(phase, id, sent_ns);
         let idle = self.idle.lock().unwrap().pop();
-        let mut conn = match idle {
-            Some(c) => c,
-            None => Conn::open(self.port).await.ok()?,
+        let (mut conn, status) = match idle {
+            // An idle connection the server has closed fails at once: try a new one (as HTTP
+            // clients do; a request the server did handle and then lost is only a repeat).
+            Some(mut c) => match c.send(&request).await {
+                Ok(status) => (c, status),
+                Err(_) => {
+                    let mut c = Conn::open(self.port).await.ok()?;
+                    let status = c.send(&request).await.ok()?;
+                    (c, status)
+                }
+            },
+            None => {
+                let mut c = Conn::open(self.port).await.ok()?;
+                let status = c.send(&request).await.ok()?;
+                (c, status)
+            }
         };
-        let status = conn.send(&request).await.ok()?;
+        conn.buf.clear();
         self.idle.lock().unwrap().push(conn);
         (status == 200).then(|| scheduled.elapsed().as_micros() as u64)
     }

@@ -650,12 +650,13 @@ impl Writer {
 /// Creates `path` holding `bytes` zero bytes, written (not a sparse hole: the blocks must be
 /// allocated and written for a later overwrite to need no metadata) and synced.
 fn zero_filled(path: &Path, bytes: u64) -> io::Result<()> {
+    // A static buffer: the helper thread allocates nothing (no malloc arena of its own).
+    static ZEROS: [u8; 256 << 10] = [0; 256 << 10];
     let file = OpenOptions::new().create(true).truncate(true).write(true).open(path)?;
-    let zeros = vec![0u8; 1 << 20];
     let mut at = 0;
     while at < bytes {
-        let n = (bytes - at).min(zeros.len() as u64);
-        file.write_all_at(&zeros[..n as usize], at)?;
+        let n = (bytes - at).min(ZEROS.len() as u64);
+        file.write_all_at(&ZEROS[..n as usize], at)?;
         at += n;
     }
     file.sync_data()
