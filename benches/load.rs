@@ -548,7 +548,8 @@ fn spool_summary(metrics: &str) -> Option<String> {
             Some((le.parse::<f64>().unwrap_or(f64::INFINITY), rest.trim().parse::<f64>().ok()?))
         })
         .collect();
-    let commits = value("bridge_spool_commit_events_count")?;
+    // None without a spool (BRIDGE_DELIVERY=sync commits nothing locally).
+    let commits = value("bridge_spool_commit_events_count").filter(|c| *c > 0.0)?;
     let events = value("bridge_spool_commit_events_sum")?;
     let mut line = format!("{:.1} events per group commit ({commits:.0} commits)", events / commits.max(1.0));
     let total = buckets.last().map_or(0.0, |b| b.1);

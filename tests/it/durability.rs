@@ -126,21 +126,10 @@ async fn an_event_larger_than_the_topic_takes_is_refused_413_and_never_answered_
     let _up = kafka.shared().await;
     let spool = tempfile::tempdir().unwrap();
     let opts = BridgeOptions::new(spool.path());
-    kafka.script(&format!(
-        "topics --create --topic {} --partitions 3 --config max.message.bytes=20000",
-        opts.topic
-    ));
+    kafka.create_topic_taking_at_most(&opts.topic, 20_000);
     let bridge = Bridge::spawn(opts).await;
-    // Hex digits from xorshift: lz4 cannot squeeze 40 000 of them under the topic's 20 000 bytes.
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    let noise: String = (0..40_000)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            char::from_digit((x & 0xf) as u32, 16).unwrap()
-        })
-        .collect();
+    // lz4 cannot squeeze 40 000 hex digits under the topic's 20 000 bytes.
+    let noise = incompressible(40_000);
     let mut big = Webhook::rename("@TGS#big", 1);
     big.0["Introduction"] = serde_json::Value::String(noise);
 

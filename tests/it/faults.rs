@@ -10,8 +10,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tim_kafka_bridge::spool::record::{frame_at, HEADER_LEN};
-use tim_kafka_bridge::spool::{FsyncMode, Spool, SpoolConfig};
-use tim_kafka_bridge::webhook::{CallbackToken, Verifier};
 
 use crate::delivery::assert_valid;
 use crate::helpers::*;
@@ -402,19 +400,8 @@ async fn a_spooled_record_this_version_cannot_read_is_dead_lettered_whole_and_a_
 ) {
     let _up = broker().shared().await;
     let spool = tempfile::tempdir().unwrap();
-    let (s, thread) = Spool::open(SpoolConfig {
-        dir: spool.path().to_owned(),
-        fsync: FsyncMode::Never,
-        max_bytes: 1 << 20,
-        observer: None,
-    })
-    .unwrap();
-    let verifier = Verifier {
-        app_ids: vec![tim_kafka_bridge::domain::SdkAppId::parse(APP_ID).unwrap()],
-        token: CallbackToken::new(TOKEN.into()),
-        max_skew_secs: 60,
-        commands: tim_kafka_bridge::webhook::Command::ALL.to_vec(),
-    };
+    let (s, thread) = open_spool(spool.path());
+    let verifier = verifier();
     let event = |n| {
         let body = Webhook::rename("@TGS#formats", n).body();
         verifier
@@ -453,33 +440,11 @@ async fn a_spooled_record_kafka_refuses_goes_alone_to_the_dead_letter_topic_and_
     let _up = kafka.shared().await;
     let spool = tempfile::tempdir().unwrap();
     let opts = BridgeOptions::new(spool.path());
-    kafka.script(&format!(
-        "topics --create --topic {} --partitions 3 --config max.message.bytes=20000",
-        opts.topic
-    ));
-    let (s, thread) = Spool::open(SpoolConfig {
-        dir: spool.path().to_owned(),
-        fsync: FsyncMode::Never,
-        max_bytes: 1 << 24,
-        observer: None,
-    })
-    .unwrap();
-    let verifier = Verifier {
-        app_ids: vec![tim_kafka_bridge::domain::SdkAppId::parse(APP_ID).unwrap()],
-        token: CallbackToken::new(TOKEN.into()),
-        max_skew_secs: 60,
-        commands: tim_kafka_bridge::webhook::Command::ALL.to_vec(),
-    };
-    // Hex digits from xorshift: lz4 cannot squeeze 40 000 of them under the topic's 20 000 bytes.
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    let noise: String = (0..40_000)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            char::from_digit((x & 0xf) as u32, 16).unwrap()
-        })
-        .collect();
+    kafka.create_topic_taking_at_most(&opts.topic, 20_000);
+    let (s, thread) = open_spool(spool.path());
+    let verifier = verifier();
+    // lz4 cannot squeeze 40 000 hex digits under the topic's 20 000 bytes.
+    let noise = incompressible(40_000);
     for n in 0..200 {
         let mut hook = Webhook::rename(&format!("@TGS#refused{}", n % 4), n);
         if n == 101 {

@@ -129,6 +129,13 @@ impl Broker {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// Creates `topic` (three partitions) taking records of at most `bytes` (`max.message.bytes`).
+    pub fn create_topic_taking_at_most(&self, topic: &str, bytes: u32) {
+        self.script(&format!(
+            "topics --create --topic {topic} --partitions 3 --config max.message.bytes={bytes}"
+        ));
+    }
+
     /// Shared use: the broker stays up while the guard lives.
     pub async fn shared(&self) -> RwLockReadGuard<'static, ()> {
         AVAILABILITY.read().await
@@ -803,22 +810,47 @@ where
 // ---------------------------------------------------------------------------------------------------
 // Spools
 
-/// Writes changes `0..n` of `group` into the spool at `dir` as a stopped bridge would have left
-/// them, through the library's own spool (no HTTP, so a large backlog takes a second).
-pub async fn spool_directly(dir: &Path, group: &str, n: usize) {
-    let (spool, thread) = tim_kafka_bridge::spool::Spool::open(tim_kafka_bridge::spool::SpoolConfig {
+/// The spool at `dir`, opened in this process (fsync=never) as a bridge would open it, to leave
+/// records in it before a bridge starts there.
+pub fn open_spool(dir: &Path) -> (tim_kafka_bridge::spool::Spool, tim_kafka_bridge::spool::SpoolThread) {
+    tim_kafka_bridge::spool::Spool::open(tim_kafka_bridge::spool::SpoolConfig {
         dir: dir.to_owned(),
         fsync: tim_kafka_bridge::spool::FsyncMode::Never,
         max_bytes: 1 << 30,
         observer: None,
     })
-    .unwrap();
-    let verifier = tim_kafka_bridge::webhook::Verifier {
+    .unwrap()
+}
+
+/// The bridge's request check with the tests' app and token, for turning webhooks into spooled
+/// records without HTTP.
+pub fn verifier() -> tim_kafka_bridge::webhook::Verifier {
+    tim_kafka_bridge::webhook::Verifier {
         app_ids: vec![tim_kafka_bridge::domain::SdkAppId::parse(APP_ID).unwrap()],
         token: CallbackToken::new(TOKEN.into()),
         max_skew_secs: 60,
         commands: tim_kafka_bridge::webhook::Command::ALL.to_vec(),
-    };
+    }
+}
+
+/// `n` hex digits from xorshift: lz4 cannot squeeze them to half their size.
+pub fn incompressible(n: usize) -> String {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from_digit((x & 0xf) as u32, 16).unwrap()
+        })
+        .collect()
+}
+
+/// Writes changes `0..n` of `group` into the spool at `dir` as a stopped bridge would have left
+/// them, through the library's own spool (no HTTP, so a large backlog takes a second).
+pub async fn spool_directly(dir: &Path, group: &str, n: usize) {
+    let (spool, thread) = open_spool(dir);
+    let verifier = verifier();
     let query = signed_query(now_secs());
     for chunk in (0..n).collect::<Vec<_>>().chunks(512) {
         let appends = chunk.iter().map(|i| {
