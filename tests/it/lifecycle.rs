@@ -62,9 +62,17 @@ fn stable(r: &Record) -> serde_json::Value {
     v
 }
 
-/// Reads the topic up to the record of `group` (a marker sent last) and returns what came before it.
-fn read_up_to_marker(topic: &str, group: &str) -> Vec<Record> {
-    let mut records = read_until(topic, Duration::from_secs(30), |r| r.iter().any(|r| r.key == group));
+/// Everything the bridge published, the record of `group` (a marker sent last) left out. The marker
+/// seen on the topic says nothing of records of other partitions, so this waits for the spool to
+/// have nothing pending (the forwarder acknowledges in order), then reads the whole topic.
+async fn read_up_to_marker(bridge: &Bridge, group: &str) -> Vec<Record> {
+    wait_for("the spool to be forwarded", Duration::from_secs(30), || async {
+        sample(&scrape(bridge).await, "bridge_spool_pending_events") == Some(0.0)
+    })
+    .await;
+    let total = topic_len(&bridge.topic) as usize;
+    let mut records = read_until(&bridge.topic, Duration::from_secs(30), |r| r.len() >= total);
+    assert!(records.iter().any(|r| r.key == group), "the marker was published");
     records.retain(|r| r.key != group);
     records
 }
@@ -213,7 +221,7 @@ async fn an_ignored_command_is_answered_ok_counted_and_never_published() {
     assert_eq!(bridge.send(&Webhook::rename(&marker, 0)).await.0, 200);
 
     assert_eq!((join, before, bare), ((200, ok()), (200, ok()), (200, ok())));
-    let before_marker = read_up_to_marker(&bridge.topic, &marker);
+    let before_marker = read_up_to_marker(&bridge, &marker).await;
     assert!(before_marker.is_empty(), "published: {before_marker:?}");
     assert_eq!(topic_len(&bridge.topic), 1);
     assert_eq!(webhook_outcome(&bridge, "ignored_command").await, 3.0);
@@ -267,7 +275,7 @@ async fn a_command_left_out_of_bridge_commands_is_ignored() {
     assert_eq!(post(&bridge, CREATE, &created_sample()).await, (200, ok()));
     assert_eq!(bridge.send(&Webhook::rename(&marker, 0)).await.0, 200);
 
-    let before_marker = read_up_to_marker(&bridge.topic, &marker);
+    let before_marker = read_up_to_marker(&bridge, &marker).await;
     let types: Vec<_> = before_marker.iter().map(|r| r.header("ce_type").unwrap()).collect();
     assert_eq!(types, ["com.tencentcloud.im.group.created"]);
     assert_eq!(webhook_outcome(&bridge, "ignored_command").await, 1.0);
@@ -371,7 +379,7 @@ async fn a_forward_url_relays_query_and_body_and_returns_the_handlers_answer() {
     assert_eq!(received[0].query, query, "the query string as Tencent sent it, Sign included");
     assert_eq!(received[0].body, body.as_bytes());
     assert_eq!(received[0].content_type.as_deref(), Some("application/json"));
-    assert!(read_up_to_marker(&bridge.topic, &marker).is_empty());
+    assert!(read_up_to_marker(&bridge, &marker).await.is_empty());
     assert_eq!(webhook_outcome(&bridge, "forwarded").await, 1.0);
     assert_eq!(webhook_outcome(&bridge, "ignored_command").await, 0.0);
     app.server.stop(false).await;
@@ -398,7 +406,11 @@ async fn a_relay_that_times_out_or_fails_is_answered_ok_in_time_and_counted() {
     assert_eq!(slow.received().len(), 1);
     assert_eq!(webhook_outcome(&bridge, "forward_failed").await, 1.0);
     assert_eq!(webhook_outcome(&bridge, "forwarded").await, 0.0);
-    assert!(bridge.logs().contains("relay failed"), "{}", bridge.logs());
+    // Log lines reach the test through the bridge's stdout a moment after the answer.
+    wait_for("the relay failure's log line", Duration::from_secs(10), || async {
+        bridge.logs().contains("relay failed")
+    })
+    .await;
     slow.server.stop(false).await;
 
     // Nobody listening: refused at once, answered the same way.
@@ -412,6 +424,10 @@ async fn a_relay_that_times_out_or_fails_is_answered_ok_in_time_and_counted() {
     assert_eq!(webhook_outcome(&bridge, "forward_failed").await, 1.0);
     // The failure is logged without the URL: Tencent's query carries a Sign that would let a reader
     // of the logs forge callbacks while it is fresh.
+    wait_for("the relay failure's log line", Duration::from_secs(10), || async {
+        bridge.logs().contains("relay failed")
+    })
+    .await;
     let logs = bridge.logs();
     assert!(logs.contains("relay failed") && !logs.contains("Sign="), "{logs}");
 }
