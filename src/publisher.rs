@@ -30,6 +30,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message as _, OwnedHeaders, OwnedMessage};
+use rdkafka::metadata::Metadata;
 use rdkafka::producer::future_producer::Delivery;
 use rdkafka::producer::{
     BaseRecord, DeliveryFuture, DeliveryResult, FutureProducer, FutureRecord, Producer, ProducerContext,
@@ -202,20 +203,11 @@ impl Main {
         }
     }
 
-    fn fetch_metadata(&self, topic: Option<&str>, timeout: Duration) -> Result<(), KafkaError> {
+    fn fetch_metadata(&self, topic: Option<&str>, timeout: Duration) -> Result<Metadata, KafkaError> {
         match self {
-            Main::Futures(p) => p.client().fetch_metadata(topic, timeout).map(drop),
-            Main::Reports(p) => p.client().fetch_metadata(topic, timeout).map(drop),
+            Main::Futures(p) => p.client().fetch_metadata(topic, timeout),
+            Main::Reports(p) => p.client().fetch_metadata(topic, timeout),
         }
-    }
-
-    /// The id of the first broker the cluster's metadata names.
-    fn first_broker(&self, timeout: Duration) -> Result<Option<i32>, KafkaError> {
-        let metadata = match self {
-            Main::Futures(p) => p.client().fetch_metadata(None, timeout)?,
-            Main::Reports(p) => p.client().fetch_metadata(None, timeout)?,
-        };
-        Ok(metadata.brokers().first().map(|b| b.id()))
     }
 
     fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
@@ -464,11 +456,13 @@ impl Publisher {
             Some(Ok(resource)) => resource.entries,
             _ => {
                 let producer = self.producer();
-                let broker =
-                    tokio::task::spawn_blocking(move || producer.first_broker(Duration::from_secs(2)))
-                        .await
-                        .map_err(|_| KafkaError::Canceled)??
-                        .ok_or(KafkaError::MetadataFetch(RDKafkaErrorCode::BrokerNotAvailable))?;
+                let broker = tokio::task::spawn_blocking(move || {
+                    let metadata = producer.fetch_metadata(None, Duration::from_secs(2))?;
+                    Ok::<_, KafkaError>(metadata.brokers().first().map(|b| b.id()))
+                })
+                .await
+                .map_err(|_| KafkaError::Canceled)??
+                .ok_or(KafkaError::MetadataFetch(RDKafkaErrorCode::BrokerNotAvailable))?;
                 let answer = self.admin.describe_configs([&ResourceSpecifier::Broker(broker)], &opts).await?;
                 match answer.into_iter().next() {
                     Some(Ok(resource)) => resource.entries,
@@ -606,7 +600,7 @@ impl Publisher {
 
     /// Asks the cluster for the topic's metadata: whether Kafka answers at all. Blocking.
     pub fn probe(&self, timeout: Duration) -> Result<(), KafkaError> {
-        self.producer().fetch_metadata(Some(&self.topic), timeout)
+        self.producer().fetch_metadata(Some(&self.topic), timeout).map(drop)
     }
 
     /// [`probe`](Self::probe) through the admin client: whether Kafka answers, asked by a client other
