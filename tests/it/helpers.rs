@@ -503,8 +503,9 @@ pub fn postgres() -> &'static PostgresServer {
             return PostgresServer { admin_url: url };
         }
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let data = repo().join("target").join("it-postgres").join(port.to_string());
-        let env = [("POSTGRES_PORT", port.to_string()), ("POSTGRES_DATA_DIR", data.display().to_string())];
+        // The data directory is the script's choice: inside the checkout, or a private one in the temp
+        // directory when the server's user cannot enter the checkout (a clone as root in a 0700 directory).
+        let env = [("POSTGRES_PORT", port.to_string())];
         let script = |args: &str| {
             let (ok, text) = run_script("scripts/postgres", args, env.to_vec());
             assert!(ok, "scripts/postgres {args} failed:\n{text}");
