@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 use crate::domain::SdkAppId;
 pub use crate::spool::FsyncMode;
+use crate::tencent::SecretKey;
 use crate::webhook::{CallbackToken, Command};
 
 /// One environment variable the bridge reads.
@@ -97,6 +98,38 @@ pub const VARIABLES: &[Variable] = &[
         "BRIDGE_DRAIN_STALL_SECS",
         Some("120"),
         "tim-kafka-bridge drain: give up (exit 1) when Kafka took nothing for this long",
+    ),
+    var(
+        "BRIDGE_TENCENT_API_URL",
+        Some("https://console.tim.qq.com"),
+        "snapshot: Tencent's REST API of your app's data centre (adminapisgp.im.qcloud.com, …; http:// accepted)",
+    ),
+    var("BRIDGE_TENCENT_ADMIN", Some("administrator"), "snapshot: the App admin account the REST calls are made as"),
+    var(
+        "BRIDGE_TENCENT_SECRET_KEY",
+        None,
+        "snapshot (required there): the app's secret key; with several apps, APPID:KEY pairs, comma separated",
+    ),
+    var(
+        "BRIDGE_TENCENT_CUSTOM_FIELDS",
+        None,
+        "snapshot: the group custom field keys to read (comma list, as set up in Tencent's console; at most 10)",
+    ),
+    var("BRIDGE_TENCENT_PAGE_SIZE", Some("10000"), "snapshot: group ids per get_appid_group_list page (1-10000)"),
+    var(
+        "BRIDGE_TENCENT_INFO_RATE",
+        Some("100"),
+        "snapshot: get_group_info calls per second (Tencent allows 200; 50 groups a call)",
+    ),
+    var(
+        "BRIDGE_TENCENT_TIMEOUT_MS",
+        Some("10000"),
+        "snapshot: per REST request (Tencent's backend gives up after 3000)",
+    ),
+    var(
+        "BRIDGE_TENCENT_MAX_ATTEMPTS",
+        Some("8"),
+        "snapshot: attempts per REST call on frequency limits, transient errors and timeouts",
     ),
     var("BRIDGE_LOG_FORMAT", Some("text"), "text | json"),
     var(
@@ -274,6 +307,23 @@ pub struct Settings {
     pub ready_kafka_window: Duration,
     pub ready_spool_high_water: f64,
     pub rdkafka: RdkafkaOverrides,
+    /// `tim-kafka-bridge snapshot`: how to read Tencent's REST API.
+    pub tencent: TencentSettings,
+}
+
+/// `BRIDGE_TENCENT_*`: the REST API a snapshot reads.
+#[derive(Debug, Clone)]
+pub struct TencentSettings {
+    pub api_url: String,
+    pub admin: String,
+    /// Each app's secret key, in `BRIDGE_SDK_APP_ID`'s order (empty when unset: only `snapshot` needs
+    /// them, and checks).
+    pub secret_keys: Vec<(SdkAppId, SecretKey)>,
+    pub custom_fields: Vec<String>,
+    pub page_size: u32,
+    pub info_rate: std::num::NonZeroU32,
+    pub timeout: Duration,
+    pub max_attempts: u32,
 }
 
 /// `BRIDGE_FORWARD_URL` and its deadline.
@@ -320,6 +370,14 @@ struct Raw {
     log_format: Option<String>,
     ready_kafka_window_secs: Option<String>,
     ready_spool_high_water: Option<String>,
+    tencent_api_url: Option<String>,
+    tencent_admin: Option<String>,
+    tencent_secret_key: Option<String>,
+    tencent_custom_fields: Option<String>,
+    tencent_page_size: Option<String>,
+    tencent_info_rate: Option<String>,
+    tencent_timeout_ms: Option<String>,
+    tencent_max_attempts: Option<String>,
 }
 
 impl Settings {
@@ -360,13 +418,14 @@ impl Settings {
     fn parse(raw: Raw, rdkafka: RdkafkaOverrides) -> Result<Self, ConfigError> {
         let app_ids = {
             let name = "BRIDGE_SDK_APP_ID";
-            let text = raw.sdk_app_id.filter(|s| !s.trim().is_empty()).ok_or_else(|| {
+            let text = raw.sdk_app_id.clone().filter(|s| !s.trim().is_empty()).ok_or_else(|| {
                 bad(name, "is required: the SdkAppid of your Tencent Cloud Chat app (e.g. 1400000000), or a comma list")
             })?;
             text.split(',')
                 .map(|s| SdkAppId::parse(s.trim()).map_err(|e| bad(name, format!("{e}, got {s:?}"))))
                 .collect::<Result<Vec<_>, _>>()?
         };
+        let tencent = tencent(&raw, &app_ids)?;
         let topic = text("BRIDGE_TOPIC", raw.topic)?;
         let dlq_topic = match raw.dlq_topic {
             Some(t) => text("BRIDGE_DLQ_TOPIC", Some(t))?,
@@ -446,8 +505,113 @@ impl Settings {
             )?),
             ready_spool_high_water,
             rdkafka,
+            tencent,
         })
     }
+
+    /// Reads the process environment for `tim-kafka-bridge snapshot`, which needs the apps' secret
+    /// keys.
+    pub fn for_snapshot() -> Result<Self, ConfigError> {
+        Self::from_vars(std::env::vars())?.require_secret_keys()
+    }
+
+    /// Fails unless every app has its secret key.
+    pub fn require_secret_keys(self) -> Result<Self, ConfigError> {
+        let name = "BRIDGE_TENCENT_SECRET_KEY";
+        if self.tencent.secret_keys.is_empty() {
+            return Err(bad(
+                name,
+                "is required by snapshot: the secret key of the app (Tencent's console, app configuration)",
+            ));
+        }
+        Ok(self)
+    }
+}
+
+fn tencent(raw: &Raw, app_ids: &[SdkAppId]) -> Result<TencentSettings, ConfigError> {
+    let api_url =
+        text("BRIDGE_TENCENT_API_URL", raw.tencent_api_url.clone())?.trim().trim_end_matches('/').to_owned();
+    if !(api_url.starts_with("https://") || api_url.starts_with("http://")) {
+        return Err(bad("BRIDGE_TENCENT_API_URL", format!("must be an http(s):// URL, got {api_url:?}")));
+    }
+    let secret_keys = match raw.tencent_secret_key.as_deref().map(str::trim).filter(|k| !k.is_empty()) {
+        None => Vec::new(),
+        Some(text) => secret_keys(text, app_ids)?,
+    };
+    let custom_fields: Vec<String> = raw
+        .tencent_custom_fields
+        .as_deref()
+        .unwrap_or_default()
+        .split(',')
+        .map(|k| k.trim().to_owned())
+        .filter(|k| !k.is_empty())
+        .collect();
+    if custom_fields.len() > 10 {
+        return Err(bad("BRIDGE_TENCENT_CUSTOM_FIELDS", "Tencent allows at most 10 group custom fields"));
+    }
+    let page_size: u32 = number("BRIDGE_TENCENT_PAGE_SIZE", raw.tencent_page_size.clone())?;
+    if !(1..=10_000).contains(&page_size) {
+        return Err(bad("BRIDGE_TENCENT_PAGE_SIZE", format!("must be 1 to 10000, got {page_size}")));
+    }
+    let info_rate: u32 = number("BRIDGE_TENCENT_INFO_RATE", raw.tencent_info_rate.clone())?;
+    let info_rate = std::num::NonZeroU32::new(info_rate).filter(|r| r.get() <= 200).ok_or_else(|| {
+        bad("BRIDGE_TENCENT_INFO_RATE", format!("must be 1 to 200 (Tencent's limit), got {info_rate}"))
+    })?;
+    let timeout = millis("BRIDGE_TENCENT_TIMEOUT_MS", raw.tencent_timeout_ms.clone())?;
+    if timeout <= Duration::from_secs(3) {
+        return Err(bad(
+            "BRIDGE_TENCENT_TIMEOUT_MS",
+            "must be above 3000: Tencent's backend itself takes up to 3 s",
+        ));
+    }
+    let max_attempts: u32 = number("BRIDGE_TENCENT_MAX_ATTEMPTS", raw.tencent_max_attempts.clone())?;
+    if max_attempts == 0 {
+        return Err(bad("BRIDGE_TENCENT_MAX_ATTEMPTS", "must be at least 1"));
+    }
+    Ok(TencentSettings {
+        api_url,
+        admin: text("BRIDGE_TENCENT_ADMIN", raw.tencent_admin.clone())?.trim().to_owned(),
+        secret_keys,
+        custom_fields,
+        page_size,
+        info_rate,
+        timeout,
+        max_attempts,
+    })
+}
+
+/// One key for a single app (bare, or `APPID:KEY`), else `APPID:KEY` pairs covering every app. The
+/// key never appears in an error.
+fn secret_keys(text: &str, app_ids: &[SdkAppId]) -> Result<Vec<(SdkAppId, SecretKey)>, ConfigError> {
+    let name = "BRIDGE_TENCENT_SECRET_KEY";
+    let pair = |item: &str| -> Option<(SdkAppId, SecretKey)> {
+        let (app, key) = item.trim().split_once(':')?;
+        Some((SdkAppId::parse(app.trim()).ok()?, SecretKey::new(key.trim())?))
+    };
+    if let ([app], false) = (app_ids, text.contains(':')) {
+        let key = SecretKey::new(text).ok_or_else(|| bad(name, "must not be empty"))?;
+        return Ok(vec![(app.clone(), key)]);
+    }
+    let mut pairs = Vec::new();
+    for item in text.split(',') {
+        let (app, key) = pair(item).ok_or_else(|| {
+            bad(name, "with several apps (or a colon in it) must be APPID:KEY pairs, comma separated (value not shown)")
+        })?;
+        if !app_ids.contains(&app) {
+            return Err(bad(
+                name,
+                format!("names app {} which BRIDGE_SDK_APP_ID does not list", app.as_str()),
+            ));
+        }
+        pairs.push((app, key));
+    }
+    for app in app_ids {
+        if !pairs.iter().any(|(a, _)| a == app) {
+            return Err(bad(name, format!("has no key for app {}", app.as_str())));
+        }
+    }
+    pairs.sort_by_key(|(a, _)| app_ids.iter().position(|x| x == a));
+    Ok(pairs)
 }
 
 /// The variable's value, or its default from [`VARIABLES`].
@@ -536,7 +700,7 @@ fn forward(url: String, timeout_ms: Option<String>) -> Result<ForwardSettings, C
 /// The text of `--help`.
 pub fn help() -> String {
     let mut out = format!(
-        "{name} {version}\n{desc}\n\nUsage: {name} [drain | --help | --version]\n\n  (no argument)  serve webhooks and forward them to Kafka\n  drain          forward everything the spool holds to Kafka, serving no HTTP; exit 0 once it is empty\n\nEverything is configured through the environment:\n\n",
+        "{name} {version}\n{desc}\n\nUsage: {name} [drain | snapshot | --help | --version]\n\n  (no argument)  serve webhooks and forward them to Kafka\n  drain          forward everything the spool holds to Kafka, serving no HTTP; exit 0 once it is empty\n  snapshot       read every group of each app from Tencent's REST API and publish its state; exit 0\n                 once Kafka has all of it (serves no HTTP, leaves the spool alone)\n\nEverything is configured through the environment:\n\n",
         name = env!("CARGO_PKG_NAME"),
         version = env!("CARGO_PKG_VERSION"),
         desc = env!("CARGO_PKG_DESCRIPTION"),

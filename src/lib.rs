@@ -23,7 +23,8 @@
 //! (readiness and the Kafka probe), [`status`] (the samples behind the status page), [`tls`] (HTTPS),
 //! [`telemetry`] (logs), [`shutdown`] (signals).
 //!
-//! Apart from the bridge, with the `directory` feature: `directory`, the reference consumer behind
+//! Apart from the webhook path: [`snapshot`] (`tim-kafka-bridge snapshot`: every group's state read
+//! from Tencent's REST API through [`tencent`], published as events), and, with the `directory` feature: `directory`, the reference consumer behind
 //! the `tim-group-directory` binary (a groups table in SQLite or PostgreSQL, kept from the topic).
 
 /// `fail::fail_point!` when built with the `failpoints` feature (the test suite turns it on), nothing
@@ -47,10 +48,12 @@ pub mod publisher;
 pub mod relay;
 pub mod routes;
 pub mod shutdown;
+pub mod snapshot;
 pub mod spool;
 pub mod startup;
 pub mod status;
 pub mod telemetry;
+pub mod tencent;
 pub mod tls;
 pub mod webhook;
 

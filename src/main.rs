@@ -2,27 +2,45 @@ use std::process::ExitCode;
 
 use tim_kafka_bridge::configuration::{help, Settings};
 use tim_kafka_bridge::startup::{self, Application};
-use tim_kafka_bridge::{shutdown, telemetry};
+use tim_kafka_bridge::{shutdown, snapshot, telemetry};
+
+/// What the process was asked to do.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Serve,
+    Drain,
+    Snapshot,
+}
 
 fn main() -> ExitCode {
-    let drain = std::env::args().nth(1).as_deref() == Some("drain");
-    match std::env::args().nth(1).as_deref() {
-        Some("-h" | "--help") => {
-            print!("{}", help());
-            return ExitCode::SUCCESS;
-        }
-        Some("-V" | "--version") => {
-            println!("{} {}", env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION"));
-            return ExitCode::SUCCESS;
-        }
-        Some("drain") => {}
-        Some(other) => {
-            eprintln!("{}: unknown argument {other:?}; everything is configured through BRIDGE_* variables (see --help)", env!("CARGO_PKG_NAME"));
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // `--help` and `--version` anywhere win: `drain --help` prints help, it does not drain.
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        print!("{}", help());
+        return ExitCode::SUCCESS;
+    }
+    if args.iter().any(|a| a == "-V" || a == "--version") {
+        println!("{} {}", env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
+    let mode = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        [] => Mode::Serve,
+        ["drain"] => Mode::Drain,
+        ["snapshot"] => Mode::Snapshot,
+        other => {
+            eprintln!(
+                "{}: unknown arguments {other:?}; the commands are drain and snapshot, everything else is configured through BRIDGE_* variables (see --help)",
+                env!("CARGO_PKG_NAME")
+            );
             return ExitCode::from(2);
         }
-        None => {}
-    }
-    let settings = match if drain { Settings::for_drain() } else { Settings::from_env() } {
+    };
+    let settings = match mode {
+        Mode::Serve => Settings::from_env(),
+        Mode::Drain => Settings::for_drain(),
+        Mode::Snapshot => Settings::for_snapshot(),
+    };
+    let settings = match settings {
         Ok(s) => s,
         Err(e) => {
             eprintln!("{}: configuration error: {e}", env!("CARGO_PKG_NAME"));
@@ -45,12 +63,15 @@ fn main() -> ExitCode {
     telemetry::init(settings.log_format, writer);
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime starts");
-    let result = runtime.block_on(async {
-        if drain {
-            return startup::drain(settings, shutdown::signal()).await;
+    let result: Result<(), Box<dyn std::error::Error>> = runtime.block_on(async {
+        match mode {
+            Mode::Drain => Ok(startup::drain(settings, shutdown::signal()).await?),
+            Mode::Snapshot => snapshot::run(settings, shutdown::signal()).await.map(drop).map_err(Into::into),
+            Mode::Serve => {
+                let app = Application::build(settings).await?;
+                Ok(app.run_until_stopped(shutdown::signal()).await?)
+            }
         }
-        let app = Application::build(settings).await?;
-        app.run_until_stopped(shutdown::signal()).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

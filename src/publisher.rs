@@ -523,6 +523,35 @@ impl Publisher {
         producer.send_result(record).map(Pending).map_err(|(e, _)| classify(e))
     }
 
+    /// Enqueues `message` on partition `partition` of the main topic, without a key when its key is
+    /// empty (the snapshot's per-partition marks). For a publisher built with
+    /// [`Confirmations::PerRecord`].
+    pub fn send_to_partition(&self, message: &Message, partition: i32) -> Result<Pending, PublishError> {
+        let Main::Futures(producer) = self.producer() else {
+            return Err(PublishError::Fatal(KafkaError::Canceled));
+        };
+        let m = message.as_ref();
+        let timestamp = self.limits.timestamp_for(&m, crate::now_ms());
+        let record = FutureRecord::<[u8], [u8]>::to(&self.topic)
+            .partition(partition)
+            .payload(m.value)
+            .headers(headers(&m, &[]))
+            .timestamp(timestamp);
+        let record = if m.key.is_empty() { record } else { record.key(m.key) };
+        producer.send_result(record).map(Pending).map_err(|(e, _)| classify(e))
+    }
+
+    /// How many partitions the main topic has, from the cluster's metadata. Blocking.
+    pub fn partition_count(&self, timeout: Duration) -> Result<i32, KafkaError> {
+        let metadata = self.producer().fetch_metadata(Some(&self.topic), timeout)?;
+        let topic =
+            metadata.topics().first().ok_or(KafkaError::MetadataFetch(RDKafkaErrorCode::UnknownTopic))?;
+        if let Some(e) = topic.error() {
+            return Err(KafkaError::MetadataFetch(e.into()));
+        }
+        Ok(topic.partitions().len() as i32)
+    }
+
     /// Enqueues `message`, spooled as `seq`, on the main topic, with a timestamp the topic takes. Its
     /// [`Report`] comes through the channel given to [`Publisher::new`] (a publisher built with
     /// [`Confirmations::Reports`]).

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::event::{record, RecordHead};
 use super::ids::ContentHash;
+use super::snapshot::Snapshot;
 use super::{Changes, EventId, EventTime, GroupId, SdkAppId, UserId};
 use crate::message::Message;
 
@@ -57,6 +58,8 @@ pub enum Lifecycle {
     Created(Created),
     OwnerChanged(OwnerChanged),
     Destroyed(Destroyed),
+    /// Not a callback: the group's state as `tim-kafka-bridge snapshot` read it from the REST API.
+    Snapshot(Snapshot),
 }
 
 /// `Group.CallbackAfterCreateGroup`: the group's initial profile. The member list itself is left out
@@ -99,6 +102,7 @@ impl Lifecycle {
             Lifecycle::Created(_) => "created",
             Lifecycle::OwnerChanged(_) => "owner_changed",
             Lifecycle::Destroyed(_) => "destroyed",
+            Lifecycle::Snapshot(_) => "snapshot",
         }
     }
 
@@ -108,6 +112,7 @@ impl Lifecycle {
             Lifecycle::Created(_) => "Group.CallbackAfterCreateGroup",
             Lifecycle::OwnerChanged(_) => "Group.CallbackAfterChangeGroupOwner",
             Lifecycle::Destroyed(_) => "Group.CallbackAfterGroupDestroyed",
+            Lifecycle::Snapshot(_) => "snapshot",
         }
     }
 
@@ -131,6 +136,7 @@ impl Lifecycle {
             Lifecycle::Destroyed(d) => {
                 h.field(d.owner_account.as_deref()).field(d.name.as_deref());
             }
+            Lifecycle::Snapshot(s) => s.hash_into(h),
         }
     }
 }

@@ -6,11 +6,13 @@
 //!
 //! Two layouts share the topic: [`GroupChangeEvent`] (info_changed, schema version 1, unchanged since
 //! the first release) and [`LifecycleEvent`] (created, owner_changed, destroyed: schema version 2).
-//! [`GroupEvent`] is either, and is what the rest of the bridge handles.
+//! [`GroupEvent`] is either, and is what the rest of the bridge handles. A snapshot adds a fifth
+//! lifecycle type ([`Snapshot`]) and a mark per partition ([`SnapshotCompleted`]).
 
 mod event;
 mod ids;
 mod lifecycle;
+mod snapshot;
 
 pub use event::{Changes, GroupChangeEvent, CE_TYPE, SCHEMA_VERSION};
 pub use ids::{EventId, EventTime, GroupId, InvalidValue, SdkAppId, UserId};
@@ -18,6 +20,7 @@ pub use lifecycle::{
     Created, CustomFields, Destroyed, EventHead, Lifecycle, LifecycleEvent, OwnerChanged,
     LIFECYCLE_SCHEMA_VERSION,
 };
+pub use snapshot::{Snapshot, SnapshotCompleted, SNAPSHOT_COMPLETED_CE_TYPE};
 
 use crate::message::Message;
 
@@ -28,11 +31,18 @@ pub enum EventType {
     InfoChanged,
     OwnerChanged,
     Destroyed,
+    /// A group's state read from Tencent's REST API by `tim-kafka-bridge snapshot`.
+    Snapshot,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 4] =
-        [EventType::Created, EventType::InfoChanged, EventType::OwnerChanged, EventType::Destroyed];
+    pub const ALL: [EventType; 5] = [
+        EventType::Created,
+        EventType::InfoChanged,
+        EventType::OwnerChanged,
+        EventType::Destroyed,
+        EventType::Snapshot,
+    ];
 
     /// The value's `type` (absent from info_changed values, which keep their version 1 layout).
     pub fn as_str(self) -> &'static str {
@@ -41,6 +51,7 @@ impl EventType {
             EventType::InfoChanged => "info_changed",
             EventType::OwnerChanged => "owner_changed",
             EventType::Destroyed => "destroyed",
+            EventType::Snapshot => "snapshot",
         }
     }
 
@@ -51,6 +62,7 @@ impl EventType {
             EventType::InfoChanged => CE_TYPE,
             EventType::OwnerChanged => "com.tencentcloud.im.group.owner_changed",
             EventType::Destroyed => "com.tencentcloud.im.group.destroyed",
+            EventType::Snapshot => "com.tencentcloud.im.group.snapshot",
         }
     }
 
@@ -59,6 +71,7 @@ impl EventType {
             Lifecycle::Created(_) => EventType::Created,
             Lifecycle::OwnerChanged(_) => EventType::OwnerChanged,
             Lifecycle::Destroyed(_) => EventType::Destroyed,
+            Lifecycle::Snapshot(_) => EventType::Snapshot,
         }
     }
 }
