@@ -12,7 +12,7 @@ use std::sync::Arc;
 use actix_web::{web, App, HttpResponse, HttpServer};
 use prometheus::{Encoder, Gauge, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 
-use super::update::{Kind, Skip, Update};
+use super::update::{Change, Kind, Skip};
 
 pub struct Metrics {
     registry: Registry,
@@ -76,11 +76,11 @@ impl Metrics {
     }
 
     /// Counts `batch` as applied: call once its transaction has committed.
-    pub fn applied(&self, batch: &[Update]) {
-        for u in batch {
-            self.applied_events.with_label_values(&[u.kind.as_str()]).inc();
+    pub fn applied(&self, batch: &[Change]) {
+        for c in batch {
+            self.applied_events.with_label_values(&[c.kind().as_str()]).inc();
         }
-        if let Some(latest) = batch.iter().map(|u| u.stamp.event_time_ms).max() {
+        if let Some(latest) = batch.iter().map(Change::event_time_ms).max() {
             let latest = latest as f64 / 1000.0;
             if latest > self.last_applied_event_time_seconds.get() {
                 self.last_applied_event_time_seconds.set(latest);

@@ -30,7 +30,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 pub use metrics::Metrics;
 pub use store::{Group, Store, StoreError};
-pub use update::{Kind, Skip, Stamp, Update, Write};
+pub use update::{Change, Kind, Skip, Stamp, Sweep, Update, Write};
 
 /// At most this many records per transaction: bounds the work redone after a crash.
 const MAX_BATCH: usize = 500;
@@ -188,7 +188,7 @@ pub fn run(settings: &Settings, stop: &AtomicBool, metrics: &Metrics) -> Result<
         if next.count() == 0 {
             continue;
         }
-        store.apply(&batch)?;
+        store.apply_changes(&batch)?;
         metrics.applied(&batch);
         applied += batch.len() as u64;
         consumer.commit(&next, CommitMode::Sync)?;

@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 
 use rusqlite::OptionalExtension;
 
-use super::update::{field, Update};
+use super::update::{field, Change, Sweep, Update};
 
 /// A database failure, with the statement's context.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +48,8 @@ pub struct Group {
     pub face_url: Option<String>,
     pub owner_account: Option<String>,
     pub initial_member_count: Option<u64>,
+    /// `MemberNum` as of the latest snapshot.
+    pub member_count: Option<u64>,
     pub custom_fields: BTreeMap<String, String>,
     pub destroyed: bool,
     /// The `event_time_ms` of its latest `created` (none seen: `None`, and no register is hidden).
@@ -58,8 +60,12 @@ pub struct Group {
 
 /// Where the registers live.
 pub trait Store: Send {
+    /// Applies the changes, in order, in one transaction.
+    fn apply_changes(&mut self, changes: &[Change]) -> Result<(), StoreError>;
     /// Applies the updates in one transaction.
-    fn apply(&mut self, updates: &[Update]) -> Result<(), StoreError>;
+    fn apply(&mut self, updates: &[Update]) -> Result<(), StoreError> {
+        self.apply_changes(&updates.iter().cloned().map(Change::from).collect::<Vec<_>>())
+    }
     /// Every group, by app and id.
     fn groups(&mut self) -> Result<Vec<Group>, StoreError>;
 }
@@ -90,8 +96,8 @@ fn visible_sql() -> String {
 }
 
 /// The `groups` view, for both databases (`destroyed` compares as a boolean in PostgreSQL, 0/1 in
-/// SQLite). `created_at_ms` comes last, so that PostgreSQL's `CREATE OR REPLACE VIEW` can add it to the
-/// view of an earlier version.
+/// SQLite). The columns later versions added (`created_at_ms`, then `member_count`) come last, so that
+/// PostgreSQL's `CREATE OR REPLACE VIEW` can add them to the view of an earlier version.
 fn view_sql() -> String {
     let column = |f: &str| format!("MAX(CASE WHEN field = '{f}' THEN value END) AS {f}");
     let columns: Vec<String> = [
@@ -110,9 +116,11 @@ fn view_sql() -> String {
         "SELECT sdk_app_id, group_id, {}, \
          COALESCE(MAX(CASE WHEN field = '{d}' THEN value END), 'false') = 'true' AS {d}, \
          MAX(event_time_ms) AS updated_at_ms, \
-         MAX(CASE WHEN field = '{c}' THEN event_time_ms END) AS created_at_ms \
+         MAX(CASE WHEN field = '{c}' THEN event_time_ms END) AS created_at_ms, \
+         {} \
          FROM ({}) v GROUP BY sdk_app_id, group_id",
         columns.join(", "),
+        column(field::MEMBER_COUNT),
         visible_sql(),
         d = field::DESTROYED,
         c = field::CREATED,
@@ -152,6 +160,7 @@ fn pivot(rows: impl IntoIterator<Item = (String, String, String, Option<String>,
             field::FACE_URL => g.face_url = value,
             field::OWNER_ACCOUNT => g.owner_account = value,
             field::INITIAL_MEMBER_COUNT => g.initial_member_count = value.and_then(|v| v.parse().ok()),
+            field::MEMBER_COUNT => g.member_count = value.and_then(|v| v.parse().ok()),
             field::DESTROYED => g.destroyed = value.as_deref() == Some("true"),
             field::CREATED => g.created_at_ms = Some(time),
             other => {
@@ -162,6 +171,73 @@ fn pivot(rows: impl IntoIterator<Item = (String, String, String, Option<String>,
         }
     }
     groups
+}
+
+/// The groups a sweep may take as destroyed, before the partition filter: of the app, not destroyed,
+/// and with no register (shown or hidden: a hidden one is older than a shown `created`) written at or
+/// after the sweep's instant. `$1` app, `$2` that instant.
+fn sweep_candidates_sql(destroyed_false: &str) -> String {
+    format!(
+        "SELECT group_id FROM groups WHERE sdk_app_id = $1 AND updated_at_ms < $2 AND destroyed = {destroyed_false} \
+         ORDER BY group_id"
+    )
+}
+
+/// Kafka's default partitioner (Java's, and librdkafka's `murmur2_random` for a keyed record): the
+/// partition of `key` among `partitions`. Hand-written: it is Kafka's own 30-line variant of MurmurHash2
+/// (its seed, its sign handling), which no general-purpose crate promises to match; the test suite
+/// checks it against the partitions the bridge's records land on.
+pub fn partition_of(key: &[u8], partitions: i32) -> i32 {
+    ((murmur2(key) as u32 & 0x7fff_ffff) % partitions.max(1) as u32) as i32
+}
+
+/// Kafka's MurmurHash2 of `key` (Java's `Utils.murmur2`), as a signed 32-bit value like Java's.
+pub fn murmur2(key: &[u8]) -> i32 {
+    const M: u32 = 0x5bd1_e995;
+    const R: u32 = 24;
+    let mut h: u32 = 0x9747_b28c ^ key.len() as u32;
+    let mut chunks = key.chunks_exact(4);
+    for c in &mut chunks {
+        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> R;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    let rest = chunks.remainder();
+    if rest.len() >= 3 {
+        h ^= (rest[2] as u32) << 16;
+    }
+    if rest.len() >= 2 {
+        h ^= (rest[1] as u32) << 8;
+    }
+    if !rest.is_empty() {
+        h ^= rest[0] as u32;
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h as i32
+}
+
+/// The tombstones of a sweep: one per candidate on the sweep's partition.
+fn tombstones(sweep: &Sweep, candidates: Vec<String>) -> Vec<Update> {
+    candidates
+        .into_iter()
+        .filter(|g| partition_of(g.as_bytes(), sweep.partitions) == sweep.partition)
+        .map(|group_id| Update {
+            kind: super::update::Kind::SnapshotCompleted,
+            sdk_app_id: sweep.sdk_app_id.clone(),
+            group_id,
+            stamp: sweep.stamp.clone(),
+            writes: vec![super::update::Write {
+                field: field::DESTROYED.to_owned(),
+                value: Some("true".into()),
+            }],
+        })
+        .collect()
 }
 
 /// SQLite, in WAL mode so that readers (a test, a report) do not block the consumer.
@@ -202,11 +278,11 @@ impl Sqlite {
 }
 
 impl Store for Sqlite {
-    fn apply(&mut self, updates: &[Update]) -> Result<(), StoreError> {
+    fn apply_changes(&mut self, changes: &[Change]) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         {
             let mut stmt = tx.prepare_cached(&UPSERT.replace('$', "?"))?;
-            for u in updates {
+            let mut write = |u: &Update| -> Result<(), StoreError> {
                 for w in &u.writes {
                     stmt.execute(rusqlite::params![
                         u.sdk_app_id,
@@ -216,6 +292,21 @@ impl Store for Sqlite {
                         u.stamp.event_time_ms,
                         u.stamp.event_id
                     ])?;
+                }
+                Ok(())
+            };
+            for change in changes {
+                match change {
+                    Change::Updates(updates) => updates.iter().try_for_each(&mut write)?,
+                    Change::Sweep(sweep) => {
+                        let candidates = tx
+                            .prepare_cached(&sweep_candidates_sql("0").replace('$', "?"))?
+                            .query_map(rusqlite::params![sweep.sdk_app_id, sweep.sweep_before_ms], |r| {
+                                r.get(0)
+                            })?
+                            .collect::<Result<Vec<String>, _>>()?;
+                        tombstones(sweep, candidates).iter().try_for_each(&mut write)?;
+                    }
                 }
             }
         }
@@ -254,10 +345,10 @@ impl Postgres {
 }
 
 impl Store for Postgres {
-    fn apply(&mut self, updates: &[Update]) -> Result<(), StoreError> {
+    fn apply_changes(&mut self, changes: &[Change]) -> Result<(), StoreError> {
         let mut tx = self.client.transaction()?;
         let stmt = tx.prepare(UPSERT)?;
-        for u in updates {
+        let write = |tx: &mut postgres::Transaction<'_>, u: &Update| -> Result<(), StoreError> {
             for w in &u.writes {
                 tx.execute(
                     &stmt,
@@ -270,6 +361,26 @@ impl Store for Postgres {
                         &u.stamp.event_id,
                     ],
                 )?;
+            }
+            Ok(())
+        };
+        for change in changes {
+            match change {
+                Change::Updates(updates) => {
+                    for u in updates {
+                        write(&mut tx, u)?;
+                    }
+                }
+                Change::Sweep(sweep) => {
+                    let candidates = tx
+                        .query(&sweep_candidates_sql("false"), &[&sweep.sdk_app_id, &sweep.sweep_before_ms])?
+                        .iter()
+                        .map(|r| r.get(0))
+                        .collect();
+                    for u in tombstones(sweep, candidates) {
+                        write(&mut tx, &u)?;
+                    }
+                }
             }
         }
         tx.commit()?;
@@ -560,13 +671,13 @@ mod tests {
                     .prop_flat_map(|ops| { let n = ops.len(); (Just(ops), Just((0..n).collect::<Vec<_>>()).prop_shuffle()) }),
                 repeat in 0usize..14,
             ) {
-                let updates: Vec<Update> =
+                let updates: Vec<Change> =
                     order.iter().map(|i| crate::directory::update::parse(&record(*i, &ops[*i])).unwrap()).collect();
                 let mut store = memory();
                 for u in &updates {
-                    store.apply(std::slice::from_ref(u)).unwrap();
+                    store.apply_changes(std::slice::from_ref(u)).unwrap();
                 }
-                store.apply(&updates[..repeat.min(updates.len())]).unwrap();
+                store.apply_changes(&updates[..repeat.min(updates.len())]).unwrap();
                 prop_assert_eq!(store.groups().unwrap(), vec![truth(&ops)]);
             }
 
@@ -584,6 +695,234 @@ mod tests {
                 // A replay after a crash: some of it again.
                 scrambled.apply(&shuffled[..repeat.min(shuffled.len())]).unwrap();
                 prop_assert_eq!(in_order.groups().unwrap(), scrambled.groups().unwrap());
+            }
+        }
+    }
+
+    mod snapshots {
+        use super::*;
+        use crate::directory::update::parse;
+
+        const S: i64 = 1_700_000_000; // a LastInfoTime, in seconds
+
+        fn snapshot(read_at_ms: i64, last_info_s: i64, fields: serde_json::Value) -> Change {
+            let mut v = serde_json::json!({"schema_version": 2, "type": "snapshot", "event_id": format!("s{read_at_ms}"),
+                "sdk_app_id": "1", "group_id": "g", "group_type": "Public", "event_time_ms": read_at_ms,
+                "snapshot_id": "x", "read_at_ms": read_at_ms, "owner_account": "owner",
+                "profile": {"name": "n", "introduction": "", "notification": "", "face_url": ""},
+                "custom_fields": {}, "custom_field_keys": ["tier", "level"], "member_count": 7,
+                "created_at_s": S - 100, "last_info_time_s": last_info_s});
+            for (k, x) in fields.as_object().unwrap() {
+                v[k] = x.clone();
+            }
+            parse(v.to_string().as_bytes()).unwrap()
+        }
+
+        fn callback(time: i64, id: &str, value: serde_json::Value) -> Change {
+            let mut v = serde_json::json!({"sdk_app_id": "1", "group_id": "g", "event_id": id, "event_time_ms": time});
+            for (k, x) in value.as_object().unwrap() {
+                v[k] = x.clone();
+            }
+            parse(v.to_string().as_bytes()).unwrap()
+        }
+
+        fn renamed(time: i64, id: &str, name: &str) -> Change {
+            callback(time, id, serde_json::json!({"schema_version": 1, "changes": {"name": name}}))
+        }
+
+        /// The group after applying `changes` in every order given.
+        fn after(orders: &[&[&Change]]) -> Group {
+            let mut seen: Option<Group> = None;
+            for order in orders {
+                let mut store = memory();
+                for c in *order {
+                    store.apply_changes(std::slice::from_ref(*c)).unwrap();
+                }
+                let g = store.groups().unwrap().remove(0);
+                if let Some(first) = &seen {
+                    assert_eq!(&g, first, "another order, another table");
+                }
+                seen = Some(g);
+            }
+            seen.unwrap()
+        }
+
+        #[test]
+        fn a_group_older_than_the_bridge_appears_with_every_field_and_its_member_count() {
+            let s = snapshot(
+                S * 1000 + 5000,
+                S,
+                serde_json::json!({"custom_fields": {"tier": "gold"}, "profile": {"name": "n", "introduction": "i", "notification": "", "face_url": "f"}}),
+            );
+            let g = after(&[&[&s]]);
+            assert_eq!(
+                (g.name.as_deref(), g.introduction.as_deref(), g.face_url.as_deref()),
+                (Some("n"), Some("i"), Some("f"))
+            );
+            assert_eq!(
+                (g.owner_account.as_deref(), g.member_count, g.group_type.as_deref()),
+                (Some("owner"), Some(7), Some("Public"))
+            );
+            assert_eq!(g.custom_fields, BTreeMap::from([("tier".to_owned(), "gold".to_owned())]));
+            assert_eq!(
+                (g.destroyed, g.created_at_ms, g.initial_member_count),
+                (false, Some((S - 100) * 1000), None)
+            );
+        }
+
+        #[test]
+        fn a_snapshot_wins_over_the_changes_it_reflects_and_loses_to_those_after_its_read() {
+            let before = renamed(S * 1000 - 3000, "a", "heard before");
+            // Read at S+5 s; the last profile change (its callback lost) was in second S.
+            let s = snapshot(S * 1000 + 5000, S, serde_json::json!({}));
+            let after_read = renamed(S * 1000 + 6000, "b", "changed after the read");
+            let g = after(&[
+                &[&before, &s, &after_read],
+                &[&after_read, &s, &before],
+                &[&s, &after_read, &before],
+            ]);
+            assert_eq!(g.name.as_deref(), Some("changed after the read"));
+            let g = after(&[&[&before, &s], &[&s, &before]]);
+            assert_eq!(g.name.as_deref(), Some("n"), "the lost change the snapshot saw");
+        }
+
+        #[test]
+        fn in_the_second_of_the_read_a_change_after_the_request_was_sent_wins_and_one_before_loses() {
+            // Read mid-second S (at .500), LastInfoTime S: a change at .300 is in it, one at .800 is not.
+            let s = snapshot(S * 1000 + 500, S, serde_json::json!({}));
+            let early = renamed(S * 1000 + 300, "e", "before the read, older than what it saw");
+            let late = renamed(S * 1000 + 800, "l", "after the read");
+            assert_eq!(after(&[&[&early, &s], &[&s, &early]]).name.as_deref(), Some("n"));
+            assert_eq!(after(&[&[&late, &s], &[&s, &late]]).name.as_deref(), Some("after the read"));
+        }
+
+        #[test]
+        fn a_read_that_lags_cannot_undo_a_profile_change_of_a_later_second() {
+            // Sent at S+3 s but served from a replica that had not seen the change of second S+1.
+            let s = snapshot(S * 1000 + 3000, S, serde_json::json!({}));
+            let missed = renamed((S + 1) * 1000 + 5, "m", "missed by the lagging read");
+            assert_eq!(
+                after(&[&[&missed, &s], &[&s, &missed]]).name.as_deref(),
+                Some("missed by the lagging read")
+            );
+        }
+
+        #[test]
+        fn the_owner_follows_the_read_time_whether_or_not_an_owner_change_moves_last_info_time() {
+            let owner = |t: i64, id: &str, o: &str| {
+                callback(
+                    t,
+                    id,
+                    serde_json::json!({"schema_version": 2, "type": "owner_changed", "new_owner_account": o}),
+                )
+            };
+            // LastInfoTime did not move for the owner changes (second S - 50), the read is at S s.
+            let s = snapshot(S * 1000, S - 50, serde_json::json!({"owner_account": "lost new owner"}));
+            let heard = owner(S * 1000 - 20_000, "o1", "heard, then replaced by a lost change");
+            let later = owner(S * 1000 + 10, "o2", "after the read");
+            assert_eq!(
+                after(&[&[&heard, &s], &[&s, &heard]]).owner_account.as_deref(),
+                Some("lost new owner")
+            );
+            assert_eq!(
+                after(&[&[&later, &s], &[&s, &later]]).owner_account.as_deref(),
+                Some("after the read")
+            );
+        }
+
+        #[test]
+        fn custom_fields_asked_for_and_absent_are_unset_and_others_are_left_alone() {
+            let created = callback(
+                (S - 100) * 1000 + 10,
+                "c",
+                serde_json::json!({"schema_version": 2, "type": "created", "profile": {}, "custom_fields": {"tier": "gold", "level": "3", "color": "red"}}),
+            );
+            let s = snapshot(S * 1000, S, serde_json::json!({"custom_fields": {"level": "4"}}));
+            let g = after(&[&[&created, &s], &[&s, &created]]);
+            let want = [("color", "red"), ("level", "4")].map(|(k, v)| (k.to_owned(), v.to_owned()));
+            assert_eq!(g.custom_fields, BTreeMap::from(want));
+            assert_eq!(
+                g.created_at_ms,
+                Some((S - 100) * 1000 + 10),
+                "the creation heard of stays the group's"
+            );
+        }
+
+        #[test]
+        fn a_destruction_after_the_read_wins_and_one_before_it_means_the_group_was_created_again() {
+            let destroyed =
+                |t: i64| callback(t, "d", serde_json::json!({"schema_version": 2, "type": "destroyed"}));
+            let s = snapshot(S * 1000, S - 100, serde_json::json!({}));
+            let g = after(&[&[&destroyed(S * 1000 + 1), &s], &[&s, &destroyed(S * 1000 + 1)]]);
+            assert!(g.destroyed);
+            // Destroyed at S-500 s, alive in a read at S s created at S-100 s (its created callback lost).
+            let old = renamed((S - 600) * 1000, "o", "old life");
+            let g = after(&[
+                &[&old, &destroyed((S - 500) * 1000), &s],
+                &[&s, &destroyed((S - 500) * 1000), &old],
+            ]);
+            assert_eq!(
+                (g.destroyed, g.name.as_deref(), g.created_at_ms),
+                (false, Some("n"), Some((S - 100) * 1000))
+            );
+        }
+
+        #[test]
+        fn a_mark_destroys_the_quiet_groups_of_its_partition_and_app_that_the_snapshot_did_not_list() {
+            let mut store = memory();
+            let info = |app: &str, group: &str, t: i64| {
+                let v = serde_json::json!({"schema_version": 1, "sdk_app_id": app, "group_id": group, "event_id": format!("{group}{t}"),
+                    "event_time_ms": t, "changes": {"name": group}});
+                parse(v.to_string().as_bytes()).unwrap()
+            };
+            let start = S * 1000;
+            let groups: Vec<String> = (0..40).map(|i| format!("@TGS#{i}")).collect();
+            for g in &groups {
+                store.apply_changes(&[info("1", g, start - 120_000)]).unwrap();
+            }
+            // On the swept partition: one group changed after the margin began (it may have been created
+            // during the listing), and another app's group as quiet as the rest.
+            let on_1: Vec<&String> = groups.iter().filter(|g| partition_of(g.as_bytes(), 3) == 1).collect();
+            let (recent, other_app) = (on_1[0].clone(), on_1[1].clone());
+            store
+                .apply_changes(&[info("1", &recent, start - 30_000), info("2", &other_app, start - 120_000)])
+                .unwrap();
+            let mark = serde_json::json!({"schema_version": 2, "type": "snapshot_completed", "event_id": "m", "sdk_app_id": "1",
+                "snapshot_id": "x", "started_at_ms": start, "sweep_before_ms": start - 60_000, "groups": 0,
+                "partition": 1, "partitions": 3, "event_time_ms": start + 9000, "received_at_ms": start + 9000});
+            store.apply_changes(&[parse(mark.to_string().as_bytes()).unwrap()]).unwrap();
+            let swept: Vec<(String, String)> = store
+                .groups()
+                .unwrap()
+                .into_iter()
+                .filter(|g| g.destroyed)
+                .map(|g| (g.sdk_app_id, g.group_id))
+                .collect();
+            let mut want: Vec<(String, String)> = groups
+                .iter()
+                .filter(|g| partition_of(g.as_bytes(), 3) == 1 && **g != recent)
+                .map(|g| ("1".to_owned(), g.clone()))
+                .collect();
+            want.sort();
+            assert!(want.len() > 5, "{want:?}");
+            assert_eq!(swept, want);
+            let others =
+                store.groups().unwrap().into_iter().filter(|g| g.sdk_app_id == "2").collect::<Vec<_>>();
+            assert_eq!((others.len(), others[0].destroyed), (1, false), "another app's group stays");
+        }
+
+        #[test]
+        fn kafkas_murmur2_gives_the_values_of_kafkas_own_tests() {
+            let cases: [(&[u8], i32); 6] = [
+                (b"21", -973_932_308),
+                (b"foobar", -790_332_482),
+                (b"a-little-bit-long-string", -985_981_536),
+                (b"a-little-bit-longer-string", -1_486_304_829),
+                (b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", -58_897_971),
+                (b"abc", 479_470_107),
+            ];
+            for (key, want) in cases {
+                assert_eq!(murmur2(key), want, "{}", String::from_utf8_lossy(key));
             }
         }
     }
