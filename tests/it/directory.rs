@@ -12,11 +12,11 @@ use tim_kafka_bridge::directory::{store, Group};
 use crate::helpers::*;
 
 /// The directory binary as a child process, killed when dropped.
-struct Directory(Child);
+pub(crate) struct Directory(Child);
 
 impl Directory {
     /// Without a metrics listener: tests run side by side, and the default port is one.
-    fn spawn(database_url: &str, topic: &str, consumer_group: &str) -> Self {
+    pub(crate) fn spawn(database_url: &str, topic: &str, consumer_group: &str) -> Self {
         Self::spawn_with_metrics(database_url, topic, consumer_group, "")
     }
 
@@ -370,10 +370,10 @@ async fn the_directory_exports_applied_events_by_type_skipped_records_and_a_lag_
 
 /// splitmix64: small, seeded, good enough to shuffle a test history; the seed is printed, and
 /// `TEST_SEED` replays it.
-struct Rng(u64);
+pub(crate) struct Rng(pub u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -381,15 +381,15 @@ impl Rng {
         z ^ (z >> 31)
     }
 
-    fn below(&mut self, n: usize) -> usize {
+    pub(crate) fn below(&mut self, n: usize) -> usize {
         (self.next() % n as u64) as usize
     }
 
-    fn percent(&mut self, p: usize) -> bool {
+    pub(crate) fn percent(&mut self, p: usize) -> bool {
         self.below(100) < p
     }
 
-    fn word(&mut self, what: &str) -> String {
+    pub(crate) fn word(&mut self, what: &str) -> String {
         format!("{what}-{}", self.below(1000))
     }
 }
@@ -612,7 +612,7 @@ async fn deliver_all(
 }
 
 /// `tim-group-directory dump`: the table, one JSON object per row, by group id.
-fn dump(database_url: &str) -> BTreeMap<String, serde_json::Value> {
+pub(crate) fn dump(database_url: &str) -> BTreeMap<String, serde_json::Value> {
     let out = Command::new(env!("CARGO_BIN_EXE_tim-group-directory"))
         .arg("dump")
         .env_clear()

@@ -15,5 +15,7 @@ mod lifecycle;
 mod observability;
 mod refusals;
 mod replicas;
+mod snapshot;
 mod startup;
 mod status_page;
+mod tencent;
