@@ -39,8 +39,10 @@ use crate::tencent::{ClientSettings, GroupInfo, Lookup, RestClient, RestError};
 pub const SWEEP_MARGIN: Duration = Duration::from_secs(60);
 /// How long Kafka may take to acknowledge one event before the run fails.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(120);
-/// `get_group_info` calls in flight at once (the limiter sets the rate; this only hides latency).
-const INFO_CALLS_IN_FLIGHT: usize = 8;
+/// `get_group_info` calls in flight at once, at least: the limiter sets the rate, this only hides the
+/// round trip. A second's worth of calls at the configured rate (when more) keeps a distant data
+/// centre's round trip from capping the rate.
+const MIN_INFO_CALLS_IN_FLIGHT: usize = 8;
 /// Events handed to librdkafka and not yet acknowledged, at most.
 const MAX_UNACKNOWLEDGED: usize = 20_000;
 /// How often a run whose output is not a terminal logs its progress.
@@ -172,7 +174,7 @@ async fn snapshot_app(
     let custom = &settings.tencent.custom_fields;
     let mut calls = futures_util::stream::iter(ids.chunks(crate::tencent::client::MAX_IDS_PER_INFO_CALL))
         .map(|chunk| client.group_info(chunk, custom))
-        .buffered(INFO_CALLS_IN_FLIGHT);
+        .buffered(MIN_INFO_CALLS_IN_FLIGHT.max(settings.tencent.info_rate.get() as usize));
     let mut deliveries: FuturesUnordered<Pending> = FuturesUnordered::new();
     let (mut published, mut gone) = (0u64, 0u64);
     while let Some(batch) = calls.next().await {
