@@ -347,8 +347,15 @@ async fn the_directory_exports_applied_events_by_type_skipped_records_and_a_lag_
     assert_eq!(
         by_type,
         BTreeMap::from(
-            [("created", 3.0), ("info_changed", 4.0), ("owner_changed", 2.0), ("destroyed", 1.0)]
-                .map(|(k, v)| (k.to_owned(), v))
+            [
+                ("created", 3.0),
+                ("info_changed", 4.0),
+                ("owner_changed", 2.0),
+                ("destroyed", 1.0),
+                ("snapshot", 0.0),
+                ("snapshot_completed", 0.0)
+            ]
+            .map(|(k, v)| (k.to_owned(), v))
         ),
         "{last}"
     );

@@ -627,3 +627,71 @@ async fn a_wrong_secret_key_ends_the_snapshot_with_tencents_code_and_without_the
     assert_eq!(no_key.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&no_key.stderr).contains("BRIDGE_TENCENT_SECRET_KEY"));
 }
+
+/// A run that cannot see everything publishes no `snapshot_completed`, so no consumer sweeps on it: a
+/// backend that stays down (retries exhausted), a signal mid-run, a list whose cursor comes back. Each
+/// exits 1 with one line saying why.
+#[tokio::test]
+async fn a_snapshot_that_cannot_finish_exits_1_with_the_reason_and_publishes_no_mark() {
+    let kafka = broker();
+    let _up = kafka.shared().await;
+    let now = tim_kafka_bridge::now_ms();
+    let fake = FakeTencent::start(app_id(), ADMIN, KEY);
+    fake.with(|s| {
+        for i in 0..300 {
+            s.create(random_group(&mut Rng(i), format!("@TGS#unfinished{i}"), now - 86_400_000));
+        }
+    });
+    let marks = |topic: &str| {
+        let n = topic_len(topic) as usize;
+        read_until(topic, Duration::from_secs(30), |r| r.len() >= n)
+            .into_iter()
+            .filter(|r| r.value["type"] == "snapshot_completed")
+            .count()
+    };
+
+    // The backend fails for good from the third profile call on.
+    fake.with(|s| s.fail_info_from_call = Some(3));
+    let topic = unique("it-snapshot-gave-up");
+    let out = run(snapshot_command(
+        &fake,
+        &topic,
+        KEY,
+        &[("BRIDGE_TENCENT_MAX_ATTEMPTS", "2"), ("BRIDGE_TENCENT_INFO_RATE", "1")],
+    ))
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("get_group_info still failing after 2 attempts") && stderr.contains("10002"),
+        "{stderr}"
+    );
+    assert!(topic_len(&topic) > 0, "what was read before is published");
+    assert_eq!(marks(&topic), 0);
+
+    // SIGTERM while it reads.
+    fake.with(|s| s.fail_info_from_call = None);
+    let topic = unique("it-snapshot-stopped");
+    let mut c = snapshot_command(&fake, &topic, KEY, &[("BRIDGE_TENCENT_INFO_RATE", "1")]);
+    let child = c.spawn().unwrap();
+    let before = fake.with(|s| s.calls.info);
+    wait_for("the snapshot to read profiles", Duration::from_secs(30), || async {
+        fake.with(|s| s.calls.info) >= before + 2
+    })
+    .await;
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("stopped by a signal before the snapshot was complete"), "{stderr}");
+    assert_eq!(marks(&topic), 0);
+
+    // A cursor that comes back.
+    fake.with(|s| s.repeat_cursor = true);
+    let topic = unique("it-snapshot-loop");
+    let out = run(snapshot_command(&fake, &topic, KEY, &[("BRIDGE_TENCENT_PAGE_SIZE", "100")])).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("the group list did not end"), "{stderr}");
+    assert!(fake.with(|s| s.calls.list) >= 2);
+}

@@ -88,6 +88,10 @@ pub struct State {
     pub invalidate_usersig_at_info_call: Option<u64>,
     /// Answer this info call (by number) with an HTTP 502.
     pub bad_gateway_at_info_call: Option<u64>,
+    /// From this info call (by number) on, answer every one with 10002 (a backend that stays down).
+    pub fail_info_from_call: Option<u64>,
+    /// Hand out the same `Next` on every page (a cursor that never ends).
+    pub repeat_cursor: bool,
     /// Called with the state at the first info call, before it is served (a test's change "during"
     /// the snapshot, in the gap between the list and the profiles).
     #[allow(clippy::type_complexity)]
@@ -145,6 +149,8 @@ impl FakeTencent {
             inject_info: Vec::new(),
             invalidate_usersig_at_info_call: None,
             bad_gateway_at_info_call: None,
+            fail_info_from_call: None,
+            repeat_cursor: false,
             on_first_info_call: None,
         }));
         let (tx, rx) = std::sync::mpsc::channel();
@@ -314,7 +320,11 @@ fn list(s: &mut State, request: &Value) -> HttpResponse {
         }
         at += 1;
     }
-    let next = if at < s.groups.len() { CURSOR_BASE + at as u64 } else { 0 };
+    let next = match (s.repeat_cursor, at < s.groups.len()) {
+        (true, _) => CURSOR_BASE + 1,
+        (false, true) => CURSOR_BASE + at as u64,
+        (false, false) => 0,
+    };
     let total = s.alive_groups().count();
     *s.calls.answers.entry(0).or_default() += 1;
     let mut body = envelope(0, "");
@@ -340,6 +350,9 @@ fn info(s: &mut State, request: &Value) -> HttpResponse {
     if s.bad_gateway_at_info_call == Some(call) {
         *s.calls.answers.entry(502).or_default() += 1;
         return HttpResponse::BadGateway().body("<html>502 Bad Gateway</html>");
+    }
+    if s.fail_info_from_call.is_some_and(|from| call >= from) {
+        return answer(s, 10002, "internal error, try again");
     }
     if s.invalidate_usersig_at_info_call == Some(call) {
         return answer(s, 70052, "UserSig invalidated");
