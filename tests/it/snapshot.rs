@@ -695,3 +695,54 @@ async fn a_snapshot_that_cannot_finish_exits_1_with_the_reason_and_publishes_no_
     assert!(stderr.contains("the group list did not end"), "{stderr}");
     assert!(fake.with(|s| s.calls.list) >= 2);
 }
+
+/// On a terminal the snapshot draws a progress bar (on stderr) instead of logging progress lines: run in
+/// a pseudo-terminal (`script`, util-linux), its screen shows the bar's counts.
+#[tokio::test]
+async fn on_a_terminal_the_snapshot_draws_a_progress_bar() {
+    let kafka = broker();
+    let _up = kafka.shared().await;
+    let fake = FakeTencent::start(app_id(), ADMIN, KEY);
+    let now = tim_kafka_bridge::now_ms();
+    fake.with(|s| {
+        for i in 0..200 {
+            s.create(random_group(&mut Rng(i), format!("@TGS#tty{i}"), now - 86_400_000));
+        }
+    });
+    let topic = unique("it-snapshot-tty");
+    let c = snapshot_command(
+        &fake,
+        &topic,
+        KEY,
+        &[("BRIDGE_TENCENT_PAGE_SIZE", "100"), ("BRIDGE_TENCENT_INFO_RATE", "2")],
+    );
+    let env: Vec<(String, String)> =
+        c.get_envs().filter_map(|(k, v)| Some((k.to_str()?.to_owned(), v?.to_str()?.to_owned()))).collect();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("script")
+            .args([
+                "-q",
+                "-e",
+                "-f",
+                "-c",
+                &format!("{} snapshot", env!("CARGO_BIN_EXE_tim-kafka-bridge")),
+                "/dev/null",
+            ])
+            .env_clear()
+            .envs(env)
+            .env("TERM", "xterm")
+            .stdin(Stdio::null())
+            .output()
+            .expect("script (util-linux) runs")
+    })
+    .await
+    .unwrap();
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{screen}");
+    assert!(
+        screen.contains("app 1400000000") && screen.contains("groups read"),
+        "no progress bar:\n{screen}"
+    );
+    assert!(screen.contains("200/200"), "the bar ends full:\n{screen}");
+    assert!(!screen.contains("snapshot progress"), "no progress log line on a terminal:\n{screen}");
+}
