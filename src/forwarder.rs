@@ -38,6 +38,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use rdkafka::message::Headers as _;
 use rdkafka::Message as _;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -45,6 +46,7 @@ use tokio::time::Instant;
 use crate::domain::GroupChangeEvent;
 use crate::message::{Message, MessageRef};
 use crate::publisher::{error_kind, Outcome, Pending, PublishError, Publisher, Report};
+use crate::quarantine::Quarantine;
 use crate::spool::{Committed, Spool, SpoolReader, SpooledRecord};
 
 /// Most records in flight to Kafka at once: enough to keep librdkafka's batches full, small enough
@@ -140,6 +142,8 @@ pub struct Forwarder {
     stall_after: Duration,
     /// Set only by the `forwarder::wedge` failpoint: the producer swallows records until replaced.
     wedged: std::sync::atomic::AtomicBool,
+    /// Where an event refused by both topics is parked.
+    quarantine: Quarantine,
 }
 
 /// One record in flight: what the loop needs once its report arrives.
@@ -191,6 +195,7 @@ impl Forwarder {
         stall_after: Duration,
     ) -> (Self, watch::Receiver<Progress>) {
         let reader = spool.reader();
+        let quarantine = Quarantine::of_spool(spool.dir());
         let start =
             Progress { acked_seq: reader.position().saturating_sub(1), oldest_pending_received_ms: None };
         let (progress, rx) = watch::channel(start);
@@ -203,6 +208,7 @@ impl Forwarder {
                 reports,
                 stall_after,
                 wedged: Default::default(),
+                quarantine,
             },
             rx,
         )
@@ -370,11 +376,32 @@ impl Forwarder {
             Outcome::Failed(e) => Err(e),
             Outcome::Refused(e, refused) if m.solo => {
                 let key = refused.key().unwrap_or_default().to_vec();
+                let record = Message {
+                    key: key.clone(),
+                    timestamp_ms: refused.timestamp().to_millis().unwrap_or(m.event_time_ms),
+                    headers: refused
+                        .headers()
+                        .map(|h| {
+                            h.iter()
+                                .map(|h| {
+                                    let value = String::from_utf8_lossy(h.value.unwrap_or_default());
+                                    (h.key.to_owned().into(), value.into_owned().into())
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    value: refused.payload().unwrap_or_default().to_vec(),
+                    received_at_ms: m.received_at_ms,
+                    event_time_ms: m.event_time_ms,
+                }
+                .to_bytes();
                 b.detours.push(detour(
                     m.seq,
                     self.publisher.clone(),
+                    self.quarantine.clone(),
                     e.to_string(),
                     key,
+                    record,
                     move |p, reason| p.send_refused_dead_letter(&refused, reason),
                 ));
                 return;
@@ -624,9 +651,15 @@ impl Forwarder {
                 };
                 let m = InFlight { seq, bytes, received_at_ms: now, event_time_ms: now, solo, outcome: None };
                 let reason = format!("unreadable spool record: {e}");
-                let d = detour(seq, self.publisher.clone(), reason, Vec::new(), move |p, reason| {
-                    p.send_dead_letter(&raw.as_ref(), reason)
-                });
+                let d = detour(
+                    seq,
+                    self.publisher.clone(),
+                    self.quarantine.clone(),
+                    reason,
+                    Vec::new(),
+                    raw.value.clone(),
+                    move |p, reason| p.send_dead_letter(&raw.as_ref(), reason),
+                );
                 return Ok((m, Some(d)));
             }
         };
@@ -654,8 +687,10 @@ impl Forwarder {
                 let d = detour(
                     seq,
                     self.publisher.clone(),
+                    self.quarantine.clone(),
                     e.to_string(),
                     owned.key.clone(),
+                    owned.to_bytes(),
                     move |p, reason| p.send_dead_letter(&owned.as_ref(), reason),
                 );
                 Ok((m, Some(d)))
@@ -706,13 +741,16 @@ impl Stopping {
 }
 
 /// Sends a record to the dead-letter topic (through `send`) and resolves to its outcome: `Ok` once
-/// the dead-letter topic has it, or when that topic refuses it too (then it is dropped, loudly: nothing
-/// more can be done).
+/// the dead-letter topic has it, or, when that topic refuses it too, once it is parked in the
+/// quarantine (`record`: its bytes as the spool keeps them). If it cannot be parked either, the outcome
+/// is a retriable failure: the record stays in the spool and is tried again, never dropped.
 fn detour(
     seq: u64,
     publisher: Arc<Publisher>,
+    quarantine: Quarantine,
     reason: String,
     key: Vec<u8>,
+    record: Vec<u8>,
     send: impl FnOnce(&Publisher, &str) -> Result<Pending, PublishError> + Send + 'static,
 ) -> Detour {
     Box::pin(async move {
@@ -733,9 +771,22 @@ fn detour(
                 Ok(())
             }
             Err(PublishError::Permanent(e)) => {
-                tracing::error!(error = %e, key = %key,
-                    "the dead-letter topic refused the event too; it is dropped");
-                Ok(())
+                let parked = tokio::task::spawn_blocking(move || quarantine.park(seq, &record))
+                    .await
+                    .unwrap_or_else(|_| Err(std::io::Error::other("the quarantine write panicked")));
+                match parked {
+                    Ok(path) => {
+                        publisher.metrics().kafka_quarantined.inc();
+                        tracing::error!(error = %e, key = %key, file = %path.display(),
+                            "the dead-letter topic refused the event too; it is parked in the quarantine (tim-kafka-bridge drain publishes it once the topic takes it)");
+                        Ok(())
+                    }
+                    Err(io) => {
+                        tracing::error!(error = %e, key = %key, quarantine_error = %io,
+                            "the dead-letter topic refused the event too and the quarantine cannot take it; it stays in the spool and is tried again");
+                        Err(PublishError::Retriable(e))
+                    }
+                }
             }
             Err(e) => Err(e),
         };

@@ -45,6 +45,7 @@ pub mod health;
 pub mod message;
 pub mod metrics;
 pub mod publisher;
+pub mod quarantine;
 pub mod relay;
 pub mod routes;
 pub mod shutdown;

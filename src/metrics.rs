@@ -32,6 +32,7 @@ pub struct Metrics {
     pub kafka_delivery_seconds: Histogram,
     pub kafka_delivered: IntCounter,
     pub kafka_dead_lettered: IntCounter,
+    pub kafka_quarantined: IntCounter,
     pub kafka_errors: IntCounterVec,
     /// The webhook's `EventTime` → Kafka's acknowledgement (includes Tencent's own delay).
     pub event_age_seconds: Histogram,
@@ -97,6 +98,11 @@ impl Metrics {
             kafka_dead_lettered: reg!(IntCounter::new(
                 "bridge_kafka_dead_lettered_total",
                 "Events Kafka refused for good, sent to the dead-letter topic."
+            )),
+            kafka_quarantined: reg!(IntCounter::new(
+                "bridge_kafka_quarantined_total",
+                "Events the topic and the dead-letter topic both refused for good, parked in the spool's \
+                 quarantine directory for tim-kafka-bridge drain to publish."
             )),
             kafka_errors: reg!(IntCounterVec::new(
                 Opts::new("bridge_kafka_errors_total", "Kafka errors, by librdkafka error code."),

@@ -541,6 +541,19 @@ impl Publisher {
         producer.send_result(record).map(Pending).map_err(|(e, _)| classify(e))
     }
 
+    /// Enqueues a message from the quarantine on the main topic, through the dead-letter producer (same
+    /// settings, librdkafka's default `message.max.bytes`, a future per record whatever the main
+    /// producer reports through), with the timestamp it was parked with.
+    pub fn send_parked(&self, message: &Message) -> Result<Pending, PublishError> {
+        let m = message.as_ref();
+        let record = FutureRecord::to(&self.topic)
+            .key(m.key)
+            .payload(m.value)
+            .headers(headers(&m, &[]))
+            .timestamp(self.limits.timestamp_for(&m, crate::now_ms()));
+        self.dlq_producer.send_result(record).map(Pending).map_err(|(e, _)| classify(e))
+    }
+
     /// How many partitions the main topic has, from the cluster's metadata. Blocking.
     pub fn partition_count(&self, timeout: Duration) -> Result<i32, KafkaError> {
         let metadata = self.producer().fetch_metadata(Some(&self.topic), timeout)?;

@@ -184,7 +184,7 @@ async fn snapshot_app(
             match lookup {
                 Lookup::Gone(_) => gone += 1,
                 Lookup::Found(info) => {
-                    let event = event(app, &snapshot_id, batch.sent_at_ms, received_at_ms, info, custom)?;
+                    let event = event(app, &snapshot_id, batch.sent_at_ms, received_at_ms, *info, custom)?;
                     deliveries.push(publisher.send(&event.to_message())?);
                 }
             }

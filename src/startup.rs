@@ -39,6 +39,8 @@ pub enum StartupError {
     DrainStalled { stalled: Duration, pending: u64 },
     #[error("interrupted; {pending} events remain in the spool")]
     DrainInterrupted { pending: u64 },
+    #[error("quarantined event {file} could not be published ({problem}); it stays in the quarantine")]
+    QuarantineReplay { file: String, problem: String },
 }
 
 /// Limits of the HTTP server against slow, idle and numerous clients (docs/security.md).
@@ -459,12 +461,44 @@ pub async fn drain(settings: Settings, interrupt: impl Future<Output = ()>) -> R
     spool.close();
     drop(spool);
     tokio::task::spawn_blocking(move || thread.join()).await.ok();
-    let _ = tokio::task::spawn_blocking(move || publisher.flush(Duration::from_secs(5))).await;
     if outcome.is_ok() {
         tracing::info!(
             events = acked.saturating_sub(start),
             "spool drained: every event it held is in Kafka"
         );
     }
+    let outcome = match outcome {
+        Ok(()) => replay_quarantine(&publisher, &settings.spool_dir).await,
+        failed => failed,
+    };
+    let _ = tokio::task::spawn_blocking(move || publisher.flush(Duration::from_secs(5))).await;
     outcome
+}
+
+/// Publishes, oldest first, each event parked in the spool's quarantine (see [`crate::quarantine`]),
+/// removing its file once Kafka acknowledged it; stops at the first that Kafka still refuses.
+async fn replay_quarantine(publisher: &Publisher, spool_dir: &std::path::Path) -> Result<(), StartupError> {
+    let quarantine = crate::quarantine::Quarantine::of_spool(spool_dir);
+    let failed = |file: &std::path::Path, problem: String| StartupError::QuarantineReplay {
+        file: file.display().to_string(),
+        problem,
+    };
+    let parked = quarantine.list().map_err(|e| failed(quarantine.dir(), e.to_string()))?;
+    for file in &parked {
+        let bytes = std::fs::read(file).map_err(|e| failed(file, e.to_string()))?;
+        let message =
+            crate::message::Message::decode(bytes, crate::domain::GroupChangeEvent::message_from_v1_spool)
+                .map_err(|(e, _)| failed(file, e.to_string()))?;
+        publisher
+            .send_parked(&message)
+            .map_err(|e| failed(file, e.to_string()))?
+            .await
+            .map_err(|e| failed(file, e.to_string()))?;
+        quarantine.remove(file).map_err(|e| failed(file, e.to_string()))?;
+        tracing::info!(file = %file.display(), "quarantined event published");
+    }
+    if !parked.is_empty() {
+        tracing::info!(events = parked.len(), "quarantine emptied: every event it held is in Kafka");
+    }
+    Ok(())
 }

@@ -193,7 +193,7 @@ pub struct KeyValue {
 /// One group of a `get_group_info` answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lookup {
-    Found(GroupInfo),
+    Found(Box<GroupInfo>),
     /// 10010: the group does not exist (any more).
     Gone(String),
 }
@@ -340,7 +340,7 @@ impl RestClient {
             .into_iter()
             .map(|g| match g.error_code {
                 10010 => Lookup::Gone(g.group_id),
-                _ => Lookup::Found(g),
+                _ => Lookup::Found(Box::new(g)),
             })
             .collect();
         Ok(InfoBatch { sent_at_ms, groups })

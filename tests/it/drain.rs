@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::helpers::*;
 
-fn drain(spool: &std::path::Path, topic: &str, brokers: &str, extra: &[(&str, &str)]) -> Output {
+pub(crate) fn drain(spool: &std::path::Path, topic: &str, brokers: &str, extra: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_tim-kafka-bridge"))
         .arg("drain")
         .env_clear()

@@ -486,6 +486,78 @@ async fn a_spooled_record_kafka_refuses_goes_alone_to_the_dead_letter_topic_and_
     );
 }
 
+/// An event Kafka refuses on the topic and on the dead-letter topic too was answered OK: it is never
+/// dropped. It is parked in the spool's quarantine (counted, the alert's metric), the rest flow on, and
+/// `drain` publishes it once the topic takes it.
+#[tokio::test]
+async fn an_event_both_topics_refuse_is_quarantined_not_dropped_and_drain_publishes_it_once_the_topic_takes_it(
+) {
+    let kafka = broker();
+    let _up = kafka.shared().await;
+    let spool = tempfile::tempdir().unwrap();
+    let opts = BridgeOptions::new(spool.path());
+    let topic = opts.topic.clone();
+    kafka.create_topic_taking_at_most(&topic, 20_000);
+    kafka.create_topic_taking_at_most(&format!("{topic}.dlq"), 20_000);
+    let (s, thread) = open_spool(spool.path());
+    let verifier = verifier();
+    let noise = incompressible(40_000);
+    for n in 0..100 {
+        let mut hook = Webhook::rename(&format!("@TGS#parked{}", n % 4), n);
+        if n == 41 {
+            hook.0["Introduction"] = serde_json::Value::String(noise.clone());
+        }
+        let checked =
+            verifier.check(&signed_query(now_secs()), hook.body().as_bytes(), tim_kafka_bridge::now_ms());
+        s.append(checked.unwrap().event().unwrap().to_message().to_bytes()).await.unwrap();
+    }
+    s.close();
+    drop(s);
+    thread.join();
+
+    let mut bridge = Bridge::spawn(opts).await;
+    let expected: HashSet<_> =
+        (0..100).filter(|n| *n != 41).map(|n| (format!("@TGS#parked{}", n % 4), n)).collect();
+    let main = read_to_end(&broker().bootstrap(), &topic, &expected, Duration::from_secs(60));
+    assert_eq!(names(&main), expected, "every other record flows on");
+    assert_per_group_order(&main);
+    wait_for("the event to be quarantined", Duration::from_secs(30), || async {
+        sample(&scrape(&bridge).await, "bridge_kafka_quarantined_total") == Some(1.0)
+    })
+    .await;
+    assert_eq!(sample(&scrape(&bridge).await, "bridge_kafka_dead_lettered_total"), Some(0.0));
+    let parked: Vec<_> =
+        std::fs::read_dir(spool.path().join("quarantine")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(parked.len(), 1, "{parked:?}");
+    assert!(bridge.logs().contains("it is parked in the quarantine"), "{}", bridge.logs());
+    // The spool let go of it only once it was parked: a restart does not send it again.
+    assert!(bridge.terminate(Duration::from_secs(20)).success());
+
+    // The topic takes it now; drain publishes it and empties the quarantine.
+    let admin: rdkafka::admin::AdminClient<_> =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", kafka.bootstrap()).create().unwrap();
+    let raise = rdkafka::admin::AlterConfig::new(rdkafka::admin::ResourceSpecifier::Topic(&topic))
+        .set("max.message.bytes", "1000000");
+    let altered = admin.alter_configs([&raise], &rdkafka::admin::AdminOptions::new()).await.unwrap();
+    assert!(altered.iter().all(|r| r.is_ok()), "{altered:?}");
+    let out = tokio::task::spawn_blocking({
+        let (dir, topic, brokers) = (spool.path().to_owned(), topic.clone(), kafka.bootstrap());
+        move || crate::drain::drain(&dir, &topic, &brokers, &[])
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // (The records after the refused one in its batch were published again: repeats, as documented.)
+    let everything: HashSet<_> = (0..100).map(|n| (format!("@TGS#parked{}", n % 4), n)).collect();
+    let all = read_to_end(&broker().bootstrap(), &topic, &everything, Duration::from_secs(30));
+    assert_eq!(names(&all), everything);
+    assert_eq!(all.iter().filter(|r| try_rename_of(r) == Some(("@TGS#parked1".to_owned(), 41))).count(), 1);
+    assert!(
+        std::fs::read_dir(spool.path().join("quarantine")).unwrap().next().is_none(),
+        "the quarantine is empty"
+    );
+}
+
 #[tokio::test]
 async fn a_blocked_stdout_does_not_stall_webhooks() {
     let _up = broker().shared().await;
