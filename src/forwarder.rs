@@ -70,7 +70,16 @@ pub struct Progress {
     pub acked_seq: u64,
     /// When the oldest record not yet in Kafka was received (ms since epoch), if any is pending.
     pub oldest_pending_received_ms: Option<i64>,
+    /// Since when reading the spool fails (ms since epoch), if the last read failed: `/healthz` turns
+    /// unhealthy once it has for [`READ_FAILURE_GRACE`].
+    pub read_failing_since_ms: Option<i64>,
 }
+
+/// How long the spool may stay unreadable (an I/O error on every try) before `/healthz` asks for a
+/// restart, which starts past the unreadable region.
+pub const READ_FAILURE_GRACE: Duration = Duration::from_secs(10);
+/// The longest wait between two tries of a failing spool read.
+const MAX_READ_RETRY: Duration = Duration::from_secs(1);
 
 /// Why the forwarder stopped before it was told to.
 #[derive(Debug, thiserror::Error)]
@@ -182,6 +191,8 @@ struct Books {
     /// Kafka answered at the last stall check too: a producer still silent one stall time after
     /// Kafka was seen answering is wedged (one that is reconnecting after an outage is not).
     answered_at_last_check: bool,
+    /// Reading the spool fails: since when (ms since epoch) and how many tries in a row.
+    read_failing: Option<(i64, u32)>,
 }
 
 impl Forwarder {
@@ -196,8 +207,11 @@ impl Forwarder {
     ) -> (Self, watch::Receiver<Progress>) {
         let reader = spool.reader();
         let quarantine = Quarantine::of_spool(spool.dir());
-        let start =
-            Progress { acked_seq: reader.position().saturating_sub(1), oldest_pending_received_ms: None };
+        let start = Progress {
+            acked_seq: reader.position().saturating_sub(1),
+            oldest_pending_received_ms: None,
+            read_failing_since_ms: None,
+        };
         let (progress, rx) = watch::channel(start);
         (
             Self {
@@ -231,6 +245,7 @@ impl Forwarder {
             stalled_received_ms: None,
             last_report: Instant::now(),
             answered_at_last_check: false,
+            read_failing: None,
         };
         let mut state = State::Delivering;
         let mut stopping: Option<Stopping> = None;
@@ -269,7 +284,33 @@ impl Forwarder {
             }
             let room = state.window().saturating_sub(b.inflight.len());
             if have_more && room > 0 && b.inflight_bytes < WINDOW_BYTES {
-                let batch = self.read(upto, room, WINDOW_BYTES - b.inflight_bytes).await;
+                let batch = match self.read(upto, room, WINDOW_BYTES - b.inflight_bytes).await {
+                    Ok(batch) => {
+                        if let Some((since, tries)) = b.read_failing.take() {
+                            tracing::info!(
+                                tries,
+                                failed_for_ms = crate::now_ms() - since,
+                                "the spool is readable again"
+                            );
+                        }
+                        batch
+                    }
+                    Err(e) => {
+                        self.publisher.metrics().spool_read_errors.inc();
+                        let (since, tries) = b.read_failing.get_or_insert((crate::now_ms(), 0));
+                        *tries += 1;
+                        // The first failure, then one line a minute or so (at most a try a second).
+                        if *tries == 1 || *tries % 60 == 0 {
+                            tracing::error!(error = %e, position, tries = *tries, failing_for_ms = crate::now_ms() - *since,
+                                "spool read failed; retrying (a restart starts past a region that stays unreadable)");
+                        }
+                        let wait =
+                            (Duration::from_millis(20) * 2u32.pow((*tries).min(6))).min(MAX_READ_RETRY);
+                        self.report(&b, upto);
+                        tokio::time::sleep(wait).await;
+                        continue;
+                    }
+                };
                 if batch.is_empty() {
                     // Committed but not readable now (the error was logged): do not spin.
                     tracing::debug!(position, committed = ?upto, "nothing readable yet");
@@ -590,7 +631,12 @@ impl Forwarder {
     }
 
     /// Reads the next records on the blocking pool (file I/O never runs on the async workers).
-    async fn read(&mut self, committed: Committed, max: usize, max_bytes: usize) -> Vec<SpooledRecord> {
+    async fn read(
+        &mut self,
+        committed: Committed,
+        max: usize,
+        max_bytes: usize,
+    ) -> std::io::Result<Vec<SpooledRecord>> {
         let mut reader = self.reader.take().expect("reader is put back after every read");
         let (reader, batch) = tokio::task::spawn_blocking(move || {
             let batch = reader.read(committed, max, max_bytes.min(READ_BYTES));
@@ -599,10 +645,7 @@ impl Forwarder {
         .await
         .expect("spool read does not panic");
         self.reader = Some(reader);
-        batch.unwrap_or_else(|e| {
-            tracing::error!(error = %e, "spool read failed; retrying");
-            Vec::new()
-        })
+        batch
     }
 
     /// Enqueues one record; a record Kafka refuses outright, or one this version cannot read, goes to
@@ -704,12 +747,17 @@ impl Forwarder {
     }
 
     fn report(&self, b: &Books, committed: Committed) {
-        let oldest = b.stalled_received_ms.or_else(|| b.inflight.front().map(|m| m.received_at_ms));
+        // Nothing in flight (a read that fails, a backoff) does not make the lag 0: the spool knows
+        // when the oldest unacknowledged record was committed.
+        let since_commit = self.spool.oldest_pending_since_ms(b.acked);
+        let oldest =
+            b.stalled_received_ms.or_else(|| b.inflight.front().map(|m| m.received_at_ms)).or(since_commit);
         let pending = committed.seq > b.acked;
         self.progress.send_if_modified(|p| {
             let next = Progress {
                 acked_seq: b.acked,
                 oldest_pending_received_ms: if pending { oldest } else { None },
+                read_failing_since_ms: b.read_failing.map(|(since, _)| since),
             };
             let changed = *p != next;
             *p = next;

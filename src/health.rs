@@ -69,6 +69,18 @@ impl Health {
         if self.forwarder_running.as_ref().is_some_and(|r| !r.load(Ordering::Relaxed)) {
             reasons.push("the forwarder (spool → Kafka) has stopped".to_owned());
         }
+        if let Some(p) = self.progress.as_ref().map(|p| *p.borrow()) {
+            if let Some(since) = p.read_failing_since_ms {
+                let failing = Duration::from_millis((now_ms() - since).max(0) as u64);
+                if failing >= crate::forwarder::READ_FAILURE_GRACE {
+                    reasons.push(format!(
+                        "the spool cannot be read at event {} (an I/O error for {} s, see the log); a restart starts past the unreadable region",
+                        p.acked_seq + 1,
+                        failing.as_secs()
+                    ));
+                }
+            }
+        }
         if reasons.is_empty() {
             Ok(())
         } else {

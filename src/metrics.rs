@@ -33,6 +33,7 @@ pub struct Metrics {
     pub kafka_delivered: IntCounter,
     pub kafka_dead_lettered: IntCounter,
     pub kafka_quarantined: IntCounter,
+    pub spool_read_errors: IntCounter,
     pub kafka_errors: IntCounterVec,
     /// The webhook's `EventTime` → Kafka's acknowledgement (includes Tencent's own delay).
     pub event_age_seconds: Histogram,
@@ -98,6 +99,10 @@ impl Metrics {
             kafka_dead_lettered: reg!(IntCounter::new(
                 "bridge_kafka_dead_lettered_total",
                 "Events Kafka refused for good, sent to the dead-letter topic."
+            )),
+            spool_read_errors: reg!(IntCounter::new(
+                "bridge_spool_read_errors_total",
+                "Failed reads of the spool by the forwarder (an I/O error; retried, at most once a second)."
             )),
             kafka_quarantined: reg!(IntCounter::new(
                 "bridge_kafka_quarantined_total",

@@ -149,11 +149,19 @@ pub struct SpoolStats {
     writer_running: AtomicBool,
     /// Why the spool refuses every append for good, once it does.
     failure: Mutex<Option<String>>,
+    /// When each batch was committed: (its last sequence number, ms since the epoch), oldest first;
+    /// those of acknowledged batches are dropped as the forwarder asks (see [`Spool::oldest_pending_since_ms`]).
+    commit_times: Mutex<std::collections::VecDeque<(u64, i64)>>,
 }
 
 impl SpoolStats {
     fn fail(&self, reason: String) {
         self.failure.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(reason);
+    }
+
+    /// Notes that the records up to `last_seq` were committed now.
+    pub(crate) fn committed_at(&self, last_seq: u64, now_ms: i64) {
+        self.commit_times.lock().unwrap_or_else(|e| e.into_inner()).push_back((last_seq, now_ms));
     }
 }
 
@@ -197,6 +205,13 @@ impl Spool {
     pub fn open(config: SpoolConfig) -> Result<(Spool, SpoolThread), SpoolError> {
         let stats = Arc::new(SpoolStats::default());
         let recovered = writer::recover(&config.dir, &stats)?;
+        if recovered.committed.seq > recovered.acked {
+            // What an earlier run left is at least as old as this start.
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis());
+            stats.committed_at(recovered.committed.seq, now as i64);
+        }
         let (tx, rx) = mpsc::channel();
         let (committed_tx, committed) = watch::channel(recovered.committed);
         let dir = config.dir.clone();
@@ -254,6 +269,17 @@ impl Spool {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// When the oldest record after `acked` was committed (ms since the epoch), if one is: the age of
+    /// the oldest event not yet in Kafka, known whether or not anything was read or sent (a spool
+    /// that cannot be read still shows its lag). Forgets the batches up to `acked`.
+    pub fn oldest_pending_since_ms(&self, acked: u64) -> Option<i64> {
+        let mut times = self.stats.commit_times.lock().unwrap_or_else(|e| e.into_inner());
+        while times.front().is_some_and(|(last, _)| *last <= acked) {
+            times.pop_front();
+        }
+        times.front().map(|(_, at)| *at)
     }
 
     /// `Err` with the reason once the spool cannot take events any more: a write or sync failed in a

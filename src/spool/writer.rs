@@ -450,6 +450,10 @@ impl Writer {
                         o.committed(replies.len(), fsync);
                     }
                     let seg = self.segments.back().expect("written to the active segment");
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis());
+                    self.stats.committed_at(self.next_seq - 1, now as i64);
                     self.committed.send_replace(Committed {
                         seq: self.next_seq - 1,
                         segment: seg.first_seq,

@@ -212,6 +212,51 @@ async fn read_errors_in_the_middle_of_a_batch_lose_nothing() {
     assert!(bridge.logs().contains("spool read failed"), "the failpoints fired");
 }
 
+/// A spool that stays unreadable (EIO on every read from some record on) must not look healthy: the
+/// produce lag shows the age of the oldest unacknowledged event though nothing is in flight, the read
+/// errors are counted (the alert's metric), and `/healthz` asks for a restart with the reason after
+/// `READ_FAILURE_GRACE`. The events stay in the spool: a restart (here, one where the disk reads
+/// again) delivers every one.
+#[tokio::test]
+async fn a_spool_read_that_keeps_failing_shows_in_the_lag_the_metrics_and_liveness_and_loses_nothing() {
+    let _up = broker().shared().await;
+    let spool = tempfile::tempdir().unwrap();
+    let mut bridge = Bridge::spawn(
+        BridgeOptions::new(spool.path())
+            .env("FAILPOINTS", "spool::read=3*off->return(eio)")
+            .env("BRIDGE_SHUTDOWN_GRACE_SECS", 1),
+    )
+    .await;
+    let sent: HashSet<_> = (0..60).map(|n| ("@TGS#unreadable".to_owned(), n)).collect();
+    for n in 0..60 {
+        assert_eq!(bridge.send(&Webhook::rename("@TGS#unreadable", n)).await.0, 200, "the event is durable");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let started = std::time::Instant::now();
+    wait_for("the produce lag to show the stuck events", Duration::from_secs(20), || async {
+        let text = scrape(&bridge).await;
+        sample(&text, "bridge_produce_lag_seconds").is_some_and(|lag| lag >= 2.0)
+            && sample(&text, "bridge_spool_read_errors_total").is_some_and(|n| n >= 2.0)
+    })
+    .await;
+    assert_eq!(bridge.get("/healthz").await.status(), 200, "not before the grace");
+    wait_for("/healthz to ask for a restart", Duration::from_secs(30), || async {
+        bridge.get("/healthz").await.status() == 503
+    })
+    .await;
+    assert!(started.elapsed() >= tim_kafka_bridge::forwarder::READ_FAILURE_GRACE - Duration::from_secs(3));
+    let reason = bridge.get("/healthz").await.text().await.unwrap();
+    assert!(reason.contains("the spool cannot be read at event"), "{reason}");
+    assert!(topic_len(&bridge.topic) < 60, "some events are stuck behind the unreadable record");
+
+    assert!(bridge.terminate(Duration::from_secs(20)).success());
+    bridge.restart(&[("FAILPOINTS", "")]).await;
+    let records = read_to_end(&broker().bootstrap(), &bridge.topic, &sent, Duration::from_secs(60));
+    assert_eq!(names(&records), sent);
+    assert_per_group_order(&records);
+    assert_eq!(bridge.get("/healthz").await.status(), 200);
+}
+
 #[tokio::test]
 async fn a_failed_fsync_refuses_every_event_after_it_and_fails_liveness() {
     let _up = broker().shared().await;
