@@ -145,7 +145,7 @@ pub(super) fn recover(dir: &Path, stats: &SpoolStats) -> Result<Recovered, Spool
     for (i, (first_seq, path)) in listed.iter().enumerate() {
         let (first_seq, newest) = (*first_seq, i + 1 == listed.len());
         let before_seq = listed.get(i + 1).map_or(u64::MAX, |(next, _)| *next);
-        let mut buf = fs::read(path)?;
+        let (mut buf, unreadable) = read_segment(path)?;
         let (mut at, mut seg_last, mut records) = (0usize, 0u64, 0u64);
         while at < buf.len() {
             let expected = last_seq.max(first_seq.saturating_sub(1)) + 1;
@@ -174,6 +174,22 @@ pub(super) fn recover(dir: &Path, stats: &SpoolStats) -> Result<Recovered, Spool
                     report_damage(stats, &path.display(), at as u64, to - at, expected, f.seq - 1, acked);
                     damage.insert((first_seq, at as u64));
                     at = to;
+                }
+                None if newest && unreadable.iter().any(|r| r.end > at) => {
+                    // Not a torn write: records answered OK sat in the blocks the disk cannot read.
+                    // How many is unknown (nothing after them tells): at least one is counted.
+                    report_damage(
+                        stats,
+                        &path.display(),
+                        at as u64,
+                        buf.len() - at,
+                        expected,
+                        expected,
+                        acked,
+                    );
+                    damage.insert((first_seq, at as u64));
+                    OpenOptions::new().write(true).open(path)?.set_len(at as u64)?;
+                    buf.truncate(at);
                 }
                 None if newest => {
                     tracing::warn!(
@@ -219,6 +235,47 @@ pub(super) fn recover(dir: &Path, stats: &SpoolStats) -> Result<Recovered, Spool
     // the last record that can be read (a damaged tail of an older segment is not waited for).
     committed.seq = committed.seq.max(acked);
     Ok(Recovered { segments, committed, next_seq: last_seq.max(acked) + 1, acked, lock, damage })
+}
+
+/// Blocks of a segment read at start: a block the disk cannot read is filled with 0xFF.
+const RECOVERY_BLOCK: usize = 4096;
+
+/// A segment's bytes for recovery, read block by block: a block that cannot be read (`EIO`: a bad
+/// sector) is filled with 0xFF, where no record can start, so recovery resumes at the next record
+/// after it and counts what it cost, as for any damage; its byte ranges are returned.
+fn read_segment(path: &Path) -> io::Result<(Vec<u8>, Vec<std::ops::Range<usize>>)> {
+    let file = File::open(path)?;
+    let len = file.metadata()?.len() as usize;
+    let mut buf = vec![0u8; len];
+    let mut unreadable = Vec::new();
+    let mut at = 0;
+    while at < len {
+        let end = (at + RECOVERY_BLOCK).min(len);
+        match read_block(&file, &mut buf[at..end], at) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(5) => {
+                tracing::error!(segment = %path.display(), offset = at, bytes = end - at, error = %e,
+                    "spool: a block of the segment cannot be read; skipping past it");
+                buf[at..end].fill(0xFF);
+                unreadable.push(at..end);
+            }
+            Err(e) => return Err(e),
+        }
+        at = end;
+    }
+    Ok((buf, unreadable))
+}
+
+fn read_block(file: &File, buf: &mut [u8], offset: usize) -> io::Result<()> {
+    // `spool::recover_read=return(<offset>)`: the block holding that offset of the segment read then
+    // fails with EIO.
+    #[cfg(feature = "failpoints")]
+    if let Some(Some(arg)) = fail::eval("spool::recover_read", |arg| arg) {
+        if arg.parse::<usize>().is_ok_and(|o| (offset..offset + buf.len()).contains(&o)) {
+            return Err(io::Error::from_raw_os_error(5));
+        }
+    }
+    file.read_exact_at(buf, offset as u64)
 }
 
 /// One warning for a damaged stretch and the count of the records it cost (those not yet delivered).

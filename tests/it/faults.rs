@@ -257,6 +257,51 @@ async fn a_spool_read_that_keeps_failing_shows_in_the_lag_the_metrics_and_livene
     assert_eq!(bridge.get("/healthz").await.status(), 200);
 }
 
+/// A spool block the disk cannot read at start (EIO: a bad sector) no longer stops the bridge from
+/// starting: recovery skips past it as past damage, counts the records it held, and every other event
+/// is delivered in order.
+#[tokio::test]
+async fn recovery_starts_past_a_block_the_disk_cannot_read_and_counts_what_it_held() {
+    let _up = broker().shared().await;
+    let spool = tempfile::tempdir().unwrap();
+    // Small segments (4 KiB, about eight records each); Kafka unreachable, so everything stays spooled.
+    let mut bridge = Bridge::spawn(
+        BridgeOptions::new(spool.path())
+            .env("BRIDGE_KAFKA_BROKERS", "127.0.0.1:1")
+            .env("BRIDGE_SPOOL_MAX_BYTES", 64 << 10)
+            .env("BRIDGE_SHUTDOWN_GRACE_SECS", 1),
+    )
+    .await;
+    for n in 0..60 {
+        assert_eq!(bridge.send(&Webhook::rename("@TGS#badblock", n)).await.0, 200);
+    }
+    assert!(bridge.terminate(Duration::from_secs(20)).success());
+    assert!(segments(spool.path()).len() > 3);
+
+    // The first block of the oldest segment cannot be read.
+    bridge
+        .restart(&[
+            ("BRIDGE_KAFKA_BROKERS", broker().bootstrap().as_str()),
+            ("FAILPOINTS", "spool::recover_read=1*return(0)"),
+        ])
+        .await;
+    assert!(bridge.logs().contains("a block of the segment cannot be read"), "{}", bridge.logs());
+    let lost = loop {
+        if let Some(n) =
+            sample(&scrape(&bridge).await, "bridge_spool_corrupt_records_total").filter(|n| *n > 0.0)
+        {
+            break n as usize;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // What the unreadable block held is the oldest events; every later one arrives, in order.
+    let expected: HashSet<_> = (lost..60).map(|n| ("@TGS#badblock".to_owned(), n)).collect();
+    let records = read_to_end(&broker().bootstrap(), &bridge.topic, &expected, Duration::from_secs(60));
+    assert_eq!(names(&records), expected, "{lost} lost to the bad block, the rest delivered");
+    assert!((1..=12).contains(&lost), "{lost}");
+    assert_per_group_order(&records);
+}
+
 #[tokio::test]
 async fn a_failed_fsync_refuses_every_event_after_it_and_fails_liveness() {
     let _up = broker().shared().await;
