@@ -185,3 +185,38 @@ async fn sync_delivery_answers_503_when_kafka_does_not_acknowledge_in_time() {
     assert_ne!(answer.error_code, 0);
     assert!(started.elapsed() < Duration::from_millis(1900), "answered within Tencent's 2 s");
 }
+
+/// A topic that does not exist yet is created by the first produce (the broker's auto-creation): the
+/// first records wait for its partitions to get leaders, seconds at most, never for the stall
+/// watchdog (60 s) to replace a producer. Under load from 8 senders: the time from the first answer to
+/// the whole burst on the topic is measured and printed.
+#[tokio::test]
+async fn the_first_records_to_a_topic_that_does_not_exist_yet_arrive_in_seconds_under_load() {
+    let _up = broker().shared().await;
+    let spool = tempfile::tempdir().unwrap();
+    let bridge = Bridge::spawn(BridgeOptions::new(spool.path())).await;
+    let started = std::time::Instant::now();
+    let sent: std::collections::HashSet<(String, usize)> =
+        (0..8).flat_map(|s| (0..50).map(move |n| (format!("@TGS#newtopic{s}"), n))).collect();
+    futures_util::future::join_all((0..8).map(|s| {
+        let bridge = &bridge;
+        async move {
+            for n in 0..50 {
+                assert_eq!(bridge.send(&Webhook::rename(&format!("@TGS#newtopic{s}"), n)).await.0, 200);
+            }
+        }
+    }))
+    .await;
+    let answered = started.elapsed();
+    let records = read_to_end(&broker().bootstrap(), &bridge.topic, &sent, Duration::from_secs(30));
+    let arrived = started.elapsed();
+    println!("a new topic: 400 webhooks answered in {answered:?}, all on the topic after {arrived:?}");
+    assert_eq!(records.iter().map(rename_of).collect::<std::collections::HashSet<_>>(), sent);
+    assert!(arrived < Duration::from_secs(20), "the first records waited {arrived:?}");
+    let metrics = scrape(&bridge).await;
+    assert_eq!(
+        sample(&metrics, "bridge_kafka_producer_restarts_total"),
+        Some(0.0),
+        "no producer was replaced"
+    );
+}
