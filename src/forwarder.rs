@@ -167,6 +167,24 @@ struct InFlight {
     outcome: Option<Result<(), PublishError>>,
 }
 
+impl InFlight {
+    /// A record Kafka acknowledged before (see `Books::delivered_ahead`), settled as delivered.
+    fn already_delivered(record: &SpooledRecord) -> Self {
+        let (received_at_ms, event_time_ms) = match MessageRef::parse(&record.payload) {
+            Ok(m) => (m.received_at_ms, m.event_time_ms),
+            Err(_) => (crate::now_ms(), crate::now_ms()),
+        };
+        Self {
+            seq: record.seq,
+            bytes: record.payload.len(),
+            received_at_ms,
+            event_time_ms,
+            solo: false,
+            outcome: Some(Ok(())),
+        }
+    }
+}
+
 /// A record on its way to the dead-letter topic: its sequence number and the outcome.
 type Detour = std::pin::Pin<Box<dyn std::future::Future<Output = (u64, Result<(), PublishError>)> + Send>>;
 
@@ -193,6 +211,11 @@ struct Books {
     answered_at_last_check: bool,
     /// Reading the spool fails: since when (ms since epoch) and how many tries in a row.
     read_failing: Option<(i64, u32)>,
+    /// Records after the first unacknowledged one that Kafka has already acknowledged (a report that
+    /// came while an earlier record failed, or from a producer replaced since), in increasing order:
+    /// publishing again from the spool skips them, so a failure confined to some partitions does not
+    /// republish what the others delivered.
+    delivered_ahead: VecDeque<u64>,
 }
 
 impl Forwarder {
@@ -246,6 +269,7 @@ impl Forwarder {
             last_report: Instant::now(),
             answered_at_last_check: false,
             read_failing: None,
+            delivered_ahead: VecDeque::new(),
         };
         let mut state = State::Delivering;
         let mut stopping: Option<Stopping> = None;
@@ -316,8 +340,23 @@ impl Forwarder {
                     tracing::debug!(position, committed = ?upto, "nothing readable yet");
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
+                let mut skipped = false;
                 for record in batch {
                     let seq = record.seq;
+                    while b.delivered_ahead.front().is_some_and(|d| *d < seq) {
+                        b.delivered_ahead.pop_front();
+                    }
+                    if b.delivered_ahead.front() == Some(&seq) {
+                        // Already in Kafka: it settles as delivered, in its place, without being sent.
+                        b.delivered_ahead.pop_front();
+                        if b.inflight.is_empty() {
+                            b.last_report = Instant::now();
+                        }
+                        b.inflight_bytes += record.payload.len();
+                        b.inflight.push_back(InFlight::already_delivered(&record));
+                        skipped = true;
+                        continue;
+                    }
                     match self.dispatch(record, matches!(state, State::Isolating { .. })) {
                         Ok((m, detour)) => {
                             if b.inflight.is_empty() {
@@ -337,6 +376,9 @@ impl Forwarder {
                             break;
                         }
                     }
+                }
+                if skipped {
+                    state = self.settle_ready(state, &mut b, upto);
                 }
                 self.report(&b, upto);
                 continue;
@@ -489,8 +531,12 @@ impl Forwarder {
                     other => other,
                 }
             }
-            // Delivered after an earlier record failed: it will be published again, after that one.
-            Ok(()) => state,
+            // Delivered after an earlier record failed: in Kafka already, so publishing again from the
+            // failed one skips it.
+            Ok(()) => {
+                b.delivered_ahead.push_back(m.seq);
+                state
+            }
             Err(e) if !state.counts(m.seq) => {
                 self.count_error(&e);
                 state
@@ -594,6 +640,13 @@ impl Forwarder {
     /// from the first unacknowledged record (with a new producer after a fatal error or a stall).
     fn resume(&mut self, state: State, b: &mut Books) -> Result<State, ForwarderError> {
         let State::Recovering { fatal, stalled, isolate, .. } = state else { return Ok(state) };
+        // A replaced producer's records that Kafka acknowledged are in Kafka: not published again.
+        let delivered = b.inflight.iter().filter(|m| matches!(m.outcome, Some(Ok(())))).map(|m| m.seq);
+        let mut ahead: Vec<u64> =
+            b.delivered_ahead.drain(..).chain(delivered).filter(|s| *s > b.acked).collect();
+        ahead.sort_unstable();
+        ahead.dedup();
+        b.delivered_ahead = ahead.into();
         b.inflight.clear();
         b.detours = FuturesUnordered::new();
         b.inflight_bytes = 0;

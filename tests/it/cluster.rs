@@ -159,3 +159,93 @@ async fn a_rolling_restart_of_every_broker_under_load_loses_nothing_and_reorders
     assert!(tally.non_200.is_empty(), "every webhook answered 200: {tally}");
     tally.assert_nothing_lost_nor_reordered();
 }
+
+/// One partition below `min.insync.replicas` while the others and the metadata are fine: the front
+/// record waits, the producer is replaced after the stall time (twice over), and the records the other
+/// partitions delivered meanwhile are not published again. Each is on the topic exactly once; the stuck
+/// partition's arrive in order once its replicas are back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stall_confined_to_one_partition_does_not_republish_what_the_others_delivered() {
+    use tim_kafka_bridge::directory::store::partition_of;
+    let started = Instant::now();
+    let kafka = cluster();
+    let _only = kafka.exclusive().await;
+    // Partition 0 on nodes 1 and 2, partitions 1 and 2 on nodes 1 and 3, all led by node 1; two
+    // in-sync replicas required. With node 2 stopped, only partition 0 cannot take a write.
+    let topic = unique("it-cluster-one-stuck");
+    kafka.script(&format!(
+        "cluster topics --create --topic {topic} --replica-assignment 1:2,1:3,1:3 --config min.insync.replicas=2"
+    ));
+    wait_for("node 1 to lead every partition", Duration::from_secs(30), || {
+        let topic = topic.clone();
+        async move {
+            let leaders = tokio::task::spawn_blocking(move || cluster().leaders(&topic)).await.unwrap();
+            leaders.len() == 3 && leaders.values().all(|l| *l == 1)
+        }
+    })
+    .await;
+    let group_on = |p: i32, skip: usize| {
+        (0..)
+            .map(|i| format!("@TGS#stuck{i}"))
+            .filter(|g| partition_of(g.as_bytes(), 3) == p)
+            .nth(skip)
+            .unwrap()
+    };
+    let stuck = group_on(0, 0);
+    let others: Vec<String> = vec![group_on(1, 0), group_on(1, 1), group_on(2, 0), group_on(2, 1)];
+    let spool = tempfile::tempdir().unwrap();
+    let mut opts = BridgeOptions::new(spool.path())
+        .env("BRIDGE_KAFKA_BROKERS", kafka.bootstrap())
+        .env("BRIDGE_KAFKA_STALL_SECS", 2);
+    opts.topic = topic.clone();
+    let bridge = Bridge::spawn(opts).await;
+    // The producer knows every partition's leader before the node goes.
+    for g in &others {
+        assert_eq!(bridge.send(&Webhook::rename(g, 0)).await.0, 200);
+    }
+    wait_delivered(&bridge, others.len(), Duration::from_secs(30)).await;
+
+    kafka.stop_node(2).await;
+    let mut sent: std::collections::HashSet<(String, usize)> =
+        others.iter().map(|g| (g.clone(), 0)).collect();
+    for n in 1..=20 {
+        assert_eq!(bridge.send(&Webhook::rename(&stuck, n)).await.0, 200);
+        sent.insert((stuck.clone(), n));
+        for g in &others {
+            assert_eq!(bridge.send(&Webhook::rename(g, n)).await.0, 200);
+            sent.insert((g.clone(), n));
+        }
+    }
+    // Two replacements at least: the first two stall times, then two more.
+    wait_for("the producer to be replaced twice", Duration::from_secs(60), || async {
+        metric(&bridge, "bridge_kafka_producer_restarts_total").await >= 2.0
+    })
+    .await;
+    kafka.start_nodes(&[2]).await;
+    let records = tokio::task::spawn_blocking({
+        let (topic, sent) = (topic.clone(), sent.clone());
+        move || read_to_end(&cluster().bootstrap(), &topic, &sent, Duration::from_secs(120))
+    })
+    .await
+    .unwrap();
+    let mut seen: std::collections::HashMap<(String, usize), usize> = std::collections::HashMap::new();
+    for r in &records {
+        *seen.entry(rename_of(r)).or_default() += 1;
+    }
+    let repeated: Vec<_> = seen.iter().filter(|(k, n)| **n > 1 && k.0 != stuck).collect();
+    println!(
+        "one partition stuck: {} records for {} sent, {} repeats on the stuck partition, {} elsewhere; {:.0?}",
+        records.len(),
+        sent.len(),
+        seen.iter().filter(|(k, n)| **n > 1 && k.0 == stuck).count(),
+        repeated.len(),
+        started.elapsed()
+    );
+    assert_eq!(
+        seen.keys().cloned().collect::<std::collections::HashSet<_>>(),
+        sent,
+        "every event, none other"
+    );
+    assert!(repeated.is_empty(), "the partitions that delivered were published again: {repeated:?}");
+    assert_per_group_order(&records);
+}
