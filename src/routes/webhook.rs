@@ -161,10 +161,8 @@ impl WebhookError {
     pub fn outcome(&self) -> &'static str {
         match self {
             WebhookError::Refused(r) => r.outcome(),
-            WebhookError::Body(_)
-            | WebhookError::Method
-            | WebhookError::BodyTimeout(_)
-            | WebhookError::Unencodable(_) => "bad_request",
+            WebhookError::Body(_) | WebhookError::Method | WebhookError::Unencodable(_) => "bad_request",
+            WebhookError::BodyTimeout(_) => "body_timeout",
             WebhookError::Spool(e) if e.is_full() => "spool_full",
             WebhookError::TooLargeForTopic { .. } => "too_large",
             WebhookError::Spool(_) => "spool_error",

@@ -278,7 +278,7 @@ async fn four_hundred_idle_connections_do_not_delay_a_real_webhook() {
 }
 
 #[tokio::test]
-async fn a_client_that_stalls_mid_body_is_cut_off_without_publishing() {
+async fn a_client_that_stalls_mid_body_gets_408_counted_as_body_timeout_and_publishes_nothing() {
     let _up = broker().shared().await;
     let spool = tempfile::tempdir().unwrap();
     let bridge = Bridge::spawn(BridgeOptions::new(spool.path())).await;
@@ -292,8 +292,12 @@ async fn a_client_that_stalls_mid_body_is_cut_off_without_publishing() {
     let _ = std::io::Read::read_to_string(&mut s, &mut answer);
 
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
-    assert!(answer.contains("\"ActionStatus\":\"FAIL\""), "{answer:?}");
+    assert!(answer.contains("\"ActionStatus\":\"FAIL\"") && answer.contains("60408"), "{answer:?}");
     assert!(started.elapsed() < Duration::from_secs(15));
+    // Counted as what it is, not as a malformed request.
+    let metrics = scrape(&bridge).await;
+    assert_eq!(sample(&metrics, "bridge_webhooks_total{outcome=\"body_timeout\"}"), Some(1.0));
+    assert_eq!(sample(&metrics, "bridge_webhooks_total{outcome=\"bad_request\"}"), Some(0.0));
     assert_eq!(bridge.send(&Webhook::sample()).await.0, 200);
     read_exactly(&bridge.topic, 1, Duration::from_secs(30));
 }
