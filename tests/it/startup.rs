@@ -49,6 +49,53 @@ fn help_lists_every_variable_and_version_prints_the_version() {
     );
 }
 
+/// `drain --help` once drained `./spool` instead of printing help. Whatever command comes with it,
+/// `-h`/`--help` prints the help and exits 0, and creates nothing and connects to nothing: run in an
+/// empty directory, with every variable a drain or a snapshot would need pointing at listeners that
+/// count connections.
+#[test]
+fn help_after_a_command_prints_the_help_exits_0_creates_nothing_and_connects_nowhere() {
+    let kafka = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let tencent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    for args in [
+        &["drain", "--help"][..],
+        &["snapshot", "--help"],
+        &["drain", "-h"],
+        &["snapshot", "-h"],
+        &["--help", "drain"],
+    ] {
+        let cwd = tempfile::tempdir().unwrap();
+        let mut cmd = bridge();
+        cmd.args(args)
+            .current_dir(cwd.path())
+            .env("BRIDGE_SDK_APP_ID", "1400000000")
+            .env("BRIDGE_TENCENT_SECRET_KEY", "not-a-real-key")
+            .env("BRIDGE_KAFKA_BROKERS", kafka.local_addr().unwrap().to_string())
+            .env("BRIDGE_TENCENT_API_URL", format!("http://{}", tencent.local_addr().unwrap()))
+            .env("BRIDGE_DRAIN_STALL_SECS", "1");
+        let out = run_briefly(cmd);
+
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(text.starts_with("tim-kafka-bridge ") && text.contains("Usage: "), "{args:?}: {text}");
+        for v in VARIABLES {
+            assert!(text.contains(v.name), "{args:?}: the help does not mention {}", v.name);
+        }
+        let created: Vec<_> =
+            std::fs::read_dir(cwd.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert!(created.is_empty(), "{args:?} created {created:?} (a ./spool: it drained)");
+    }
+    // A connection made and closed stays in the listener's queue: none was made.
+    for (what, listener) in [("Kafka", kafka), ("Tencent's REST API", tencent)] {
+        listener.set_nonblocking(true).unwrap();
+        let accepted = listener.accept();
+        assert!(
+            matches!(&accepted, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "--help connected to {what}: {accepted:?}"
+        );
+    }
+}
+
 #[test]
 fn a_missing_or_malformed_variable_stops_the_process_with_one_line_naming_it() {
     let missing = bridge().output().unwrap();
