@@ -13,7 +13,14 @@
 //! (`peer-spool`, which Benthos opens without fsync). It checks nothing of Tencent's protocol and
 //! publishes the request body as it came; the same load is sent to it.
 //!
-//! Environment (scripts/bench sets them): `BENCH_KAFKA` (bootstrap servers), `BENCH_SECONDS` (per
+//! The bridge measured is the binary a user gets: `BENCH_BRIDGE` names a plain `cargo build --release`
+//! of it, which `scripts/bench` makes and copies aside. Not the binary `cargo bench` builds beside this
+//! benchmark: the crate's dev-dependency on itself turns the `failpoints` feature on for that one. A
+//! binary that says `(failpoints)` in its `--version` is refused, and the results name the version
+//! measured.
+//!
+//! Environment (scripts/bench sets them): `BENCH_BRIDGE` (the bridge binary; required unless
+//! `BENCH_TARGETS` names no bridge target), `BENCH_KAFKA` (bootstrap servers), `BENCH_SECONDS` (per
 //! phase, default 10), `BENCH_RATES` (default `2000,10000,30000`), `BENCH_TARGETS` (default
 //! `ceiling,always,interval,never,sync,peer-sync,peer-spool`), `BENCH_PEER` (the Benthos binary; the
 //! peer targets are left out, with a line saying so, without it), `BENCH_PEER_CONFIGS` (the directory
@@ -88,7 +95,32 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn start(name: &str, kafka: &str) -> Target {
+/// The bridge binary to measure (`BENCH_BRIDGE`) and its `--version` line; `Err` says why it is not one
+/// a user gets.
+fn bridge_binary() -> Result<(std::path::PathBuf, String), String> {
+    let path = std::env::var_os("BENCH_BRIDGE").map(std::path::PathBuf::from).ok_or(
+        "BENCH_BRIDGE is unset: name a plain `cargo build --release` binary of tim-kafka-bridge \
+         (scripts/bench builds one); the one `cargo bench` builds has failpoints compiled in",
+    )?;
+    let out = Command::new(&path)
+        .arg("--version")
+        .env_clear()
+        .output()
+        .map_err(|e| format!("BENCH_BRIDGE cannot be run: {e}"))?;
+    let version = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    if !out.status.success() || !version.starts_with("tim-kafka-bridge ") {
+        return Err(format!("BENCH_BRIDGE is not a tim-kafka-bridge binary (--version: {version:?})"));
+    }
+    if version.contains("failpoints") {
+        return Err(format!(
+            "BENCH_BRIDGE is a build with failpoints ({version}), not the binary a user gets: \
+             build it with `cargo build --release` (scripts/bench does)"
+        ));
+    }
+    Ok((path, version))
+}
+
+fn start(name: &str, kafka: &str, bridge: &std::path::Path) -> Target {
     let port = free_port();
     if name == "ceiling" {
         let child = Command::new(std::env::current_exe().unwrap())
@@ -116,7 +148,7 @@ fn start(name: &str, kafka: &str) -> Target {
             .expect("the peer starts");
         return Target { child, port, admin_port: 0, topic: Some(topic), _spool: Some(spool) };
     }
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tim-kafka-bridge"));
+    let mut cmd = Command::new(bridge);
     cmd.env_clear()
         .env("BRIDGE_SDK_APP_ID", APP_ID)
         .env("BRIDGE_CALLBACK_TOKEN", TOKEN)
@@ -352,7 +384,9 @@ struct PhaseResult {
     cpu_per_10k: f64,
 }
 
-/// Up to 120 s; longer latencies (a target far beyond its capacity) count as 120 s.
+/// Up to 120 s, our bound, not HdrHistogram's: values a little past it (up to ~134 s, the end of the
+/// last bucket) are kept as they are, longer ones (a target far beyond its capacity) are recorded as
+/// 120 s by `saturating_record`. A percentile of 120 s or more means "at least 120 s".
 fn hist() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 120_000_000, 3).unwrap()
 }
@@ -605,6 +639,15 @@ fn main() {
         skipped.extend(targets.iter().filter(|t| t.starts_with("peer-")).cloned());
         targets.retain(|t| !t.starts_with("peer-"));
     }
+    let bridge_targets = targets.iter().any(|t| t != "ceiling" && !t.starts_with("peer-"));
+    let (bridge, bridge_version) = match bridge_binary() {
+        Ok(found) => found,
+        Err(why) if bridge_targets => {
+            eprintln!("load: {why}");
+            std::process::exit(2);
+        }
+        Err(_) => (std::path::PathBuf::new(), String::new()),
+    };
     let out = std::path::PathBuf::from(env_or("BENCH_OUT", "bench/results"));
     std::fs::create_dir_all(&out).unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
@@ -614,7 +657,7 @@ fn main() {
     let mut generator = None; // wrk's closed-loop rate against the ceiling, when wrk is installed
     for name in &targets {
         eprintln!("load: {name}");
-        let target = start(name, &kafka);
+        let target = start(name, &kafka, &bridge);
         let pool = Pool::new(target.port);
         let client = reqwest::Client::new();
         // Ready, and (for the bridge) the topic exists, with a short warm-up.
@@ -716,6 +759,12 @@ fn main() {
     let ceiling =
         rows.iter().find(|r| r.0 == "ceiling" && r.1.starts_with("closed")).map(|r| r.2.achieved_per_sec);
     let mut md = format!("# Load benchmark\n\nMachine: {}. {seconds} s per phase; load generator, bridge and Kafka share the machine.\n\n", machine());
+    if bridge_targets {
+        md.push_str(&format!(
+            "Bridge: `{bridge_version}`, a plain `cargo build --release`: the binary a user gets, without \
+             the failpoints of the test and bench builds.\n\n"
+        ));
+    }
     md.push_str("| target | load | OK/s | failed | ack p50 ms | ack p99 ms | ack p99.9 ms | e2e p50 ms | e2e p99 ms | lost | CPU s / 10k | peak RSS MiB |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     let mut csv = String::from("target,offered,achieved,p50_ms,p99_ms,p999_ms\n");
     for (name, phase, r) in &rows {

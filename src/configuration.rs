@@ -23,10 +23,45 @@ pub struct Variable {
     /// The default, or `None` when the variable is required or its absence means "off".
     pub default: Option<&'static str>,
     pub meaning: &'static str,
+    /// For a whole number: the values taken. Anything else stops the bridge at start, naming the
+    /// variable: a value out of range is refused, never clamped.
+    pub range: Option<Range>,
+}
+
+/// The whole numbers a variable takes, both ends included, and why when that is not obvious.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Range {
+    pub min: u64,
+    /// `u64::MAX`: no upper bound.
+    pub max: u64,
+    /// Why the range is what it is, added to the refusal ("" when the meaning says it).
+    pub why: &'static str,
+}
+
+/// As `--help`, the README and the refusals spell it: `1–86400`, or `at least 16384`.
+impl std::fmt::Display for Range {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.max == u64::MAX {
+            write!(f, "at least {}", self.min)
+        } else {
+            write!(f, "{}–{}", self.min, self.max)
+        }
+    }
 }
 
 const fn var(name: &'static str, default: Option<&'static str>, meaning: &'static str) -> Variable {
-    Variable { name, default, meaning }
+    Variable { name, default, meaning, range: None }
+}
+
+/// A whole-number variable: its default, meaning and range (`min..=max`, and why).
+const fn num(
+    name: &'static str,
+    default: Option<&'static str>,
+    meaning: &'static str,
+    (min, max): (u64, u64),
+    why: &'static str,
+) -> Variable {
+    Variable { name, default, meaning, range: Some(Range { min, max, why }) }
 }
 
 /// Every variable, in the order `--help` shows them.
@@ -37,7 +72,13 @@ pub const VARIABLES: &[Variable] = &[
         None,
         "callback authentication token; when set, Sign and RequestTime are checked",
     ),
-    var("BRIDGE_SIGN_MAX_SKEW_SECS", Some("60"), "how far RequestTime may be from now, in seconds"),
+    num(
+        "BRIDGE_SIGN_MAX_SKEW_SECS",
+        Some("60"),
+        "how far RequestTime may be from now, in seconds",
+        (1, 3600),
+        "0 refuses a webhook whose second ticks over on its way, and beyond an hour a signed URL is a long-lived credential",
+    ),
     var("BRIDGE_LISTEN", Some("0.0.0.0:8080"), "address and port of the webhook listener (the webhook path only)"),
     var(
         "BRIDGE_ADMIN_LISTEN",
@@ -55,14 +96,22 @@ pub const VARIABLES: &[Variable] = &[
         None,
         "http(s) URL of the app's own callback handler: commands not published are relayed to it, query and body as sent",
     ),
-    var(
+    num(
         "BRIDGE_FORWARD_TIMEOUT_MS",
         Some("1500"),
         "how long a relayed command may take (under Tencent's 2 s) before the bridge answers OK itself",
+        (1, 1999),
+        "under Tencent's 2000 ms, leaving time to answer",
     ),
     var("BRIDGE_TLS_CERT", None, "PEM certificate chain: with BRIDGE_TLS_KEY, serve HTTPS instead of HTTP"),
     var("BRIDGE_TLS_KEY", None, "PEM private key of BRIDGE_TLS_CERT"),
-    var("BRIDGE_MAX_BODY_BYTES", Some("65536"), "largest webhook body accepted; larger ones get 413"),
+    num(
+        "BRIDGE_MAX_BODY_BYTES",
+        Some("65536"),
+        "largest webhook body accepted; larger ones get 413",
+        (1, MAX_BODY_BYTES),
+        "an event must fit one spool record (16 MiB) with room for its headers and the query's fields",
+    ),
     var("BRIDGE_KAFKA_BROKERS", Some("127.0.0.1:9092"), "Kafka bootstrap servers, comma separated"),
     var("BRIDGE_TOPIC", Some("group-change"), "topic the events are published to"),
     var(
@@ -75,29 +124,49 @@ pub const VARIABLES: &[Variable] = &[
         Some("spool"),
         "spool: answer once the event is on local disk; sync: answer once Kafka has it",
     ),
-    var(
+    num(
         "BRIDGE_SYNC_TIMEOUT_MS",
         Some("1500"),
         "sync delivery: how long to wait for Kafka before answering 503",
+        (1, 1999),
+        "Tencent stops waiting after 2000 ms: a later answer reaches no one",
     ),
     var("BRIDGE_SPOOL_DIR", Some("./spool"), "directory of the durable spool"),
     var("BRIDGE_SPOOL_FSYNC", Some("always"), "always | interval | never: when the spool is fsynced"),
-    var("BRIDGE_SPOOL_FSYNC_INTERVAL_MS", Some("50"), "fsync period with BRIDGE_SPOOL_FSYNC=interval"),
-    var("BRIDGE_SPOOL_MAX_BYTES", Some("1073741824"), "spool size at which webhooks get 503"),
-    var(
+    num(
+        "BRIDGE_SPOOL_FSYNC_INTERVAL_MS",
+        Some("50"),
+        "fsync period with BRIDGE_SPOOL_FSYNC=interval",
+        (1, 60_000),
+        "power loss may lose this much; for longer, BRIDGE_SPOOL_FSYNC=never says what it means",
+    ),
+    num(
+        "BRIDGE_SPOOL_MAX_BYTES",
+        Some("1073741824"),
+        "spool size at which webhooks get 503",
+        (16_384, u64::MAX),
+        "a smaller spool holds no more than a handful of webhooks",
+    ),
+    num(
         "BRIDGE_SHUTDOWN_GRACE_SECS",
         Some("10"),
         "on SIGTERM, how long to keep forwarding the spool to Kafka",
+        (0, 3600),
+        "",
     ),
-    var(
+    num(
         "BRIDGE_KAFKA_STALL_SECS",
         Some("60"),
         "a producer that confirms nothing for this long while Kafka answers is replaced",
+        (1, 86_400),
+        "",
     ),
-    var(
+    num(
         "BRIDGE_DRAIN_STALL_SECS",
         Some("120"),
         "tim-kafka-bridge drain: give up (exit 1) when Kafka took nothing for this long",
+        (1, 86_400),
+        "",
     ),
     var(
         "BRIDGE_TENCENT_API_URL",
@@ -115,27 +184,41 @@ pub const VARIABLES: &[Variable] = &[
         None,
         "snapshot: the group custom field keys to read (comma list, as set up in Tencent's console; at most 10)",
     ),
-    var("BRIDGE_TENCENT_PAGE_SIZE", Some("10000"), "snapshot: group ids per get_appid_group_list page (1-10000)"),
-    var(
+    num(
+        "BRIDGE_TENCENT_PAGE_SIZE",
+        Some("10000"),
+        "snapshot: group ids per get_appid_group_list page",
+        (1, 10_000),
+        "Tencent's limit",
+    ),
+    num(
         "BRIDGE_TENCENT_INFO_RATE",
         Some("100"),
         "snapshot: get_group_info calls per second (Tencent allows 200; 50 groups a call)",
+        (1, 200),
+        "Tencent's limit",
     ),
-    var(
+    num(
         "BRIDGE_TENCENT_TIMEOUT_MS",
         Some("10000"),
         "snapshot: per REST request (Tencent's backend gives up after 3000)",
+        (3001, 60_000),
+        "above 3000: Tencent's backend itself takes up to 3 s",
     ),
-    var(
+    num(
         "BRIDGE_TENCENT_MAX_ATTEMPTS",
         Some("8"),
         "snapshot: attempts per REST call on frequency limits, transient errors and timeouts",
+        (1, 100),
+        "",
     ),
     var("BRIDGE_LOG_FORMAT", Some("text"), "text | json"),
-    var(
+    num(
         "BRIDGE_READY_KAFKA_WINDOW_SECS",
         Some("10"),
         "/readyz fails when Kafka has not answered a metadata request for this long",
+        (1, 3600),
+        "",
     ),
     var(
         "BRIDGE_READY_SPOOL_HIGH_WATER",
@@ -153,8 +236,11 @@ pub const VARIABLES: &[Variable] = &[
 /// Every command the bridge can publish (`webhook::Command::ALL`, spelled out for the table above).
 const DEFAULT_COMMANDS: &str = "Group.CallbackAfterCreateGroup,Group.CallbackAfterGroupInfoChanged,Group.CallbackAfterChangeGroupOwner,Group.CallbackAfterGroupDestroyed";
 
-/// Tencent waits this long for any answer; a relay must leave time to answer after it.
-const TENCENT_TIMEOUT: Duration = Duration::from_secs(2);
+/// The largest `BRIDGE_MAX_BODY_BYTES`: half the largest spool record
+/// ([`MAX_PAYLOAD`](crate::spool::record::MAX_PAYLOAD)), so that the event of a body this large, with
+/// its headers and the fields it takes from the query string, always fits one record. (The event's
+/// JSON strings are never longer than the body's: serde_json escapes only what the sender had to.)
+const MAX_BODY_BYTES: u64 = (crate::spool::record::MAX_PAYLOAD / 2) as u64;
 
 /// Prefix of the pass-through librdkafka properties.
 pub const RDKAFKA_PREFIX: &str = "BRIDGE_RDKAFKA_";
@@ -247,6 +333,21 @@ const GUARDED: &[Guarded] = &[
         properties: &["message.timeout.ms", "delivery.timeout.ms"],
         allowed: |v, mode| matches!(mode, DeliveryMode::Sync { .. }) || v == "0",
         why: "in spool mode the bridge owns retries: a record librdkafka expires is overtaken by the ones behind it (use BRIDGE_SYNC_TIMEOUT_MS in sync mode)",
+    },
+    Guarded {
+        properties: &["partitioner"],
+        allowed: |v, _| v == "murmur2_random",
+        why: "only murmur2_random puts a key where a Java client does: another partitioner can split a group's events over two partitions (out of order) and breaks the snapshot's sweep, which computes each group's partition that way",
+    },
+    Guarded {
+        properties: &["delivery.report.only.error"],
+        allowed: |v, _| v.eq_ignore_ascii_case("false"),
+        why: "a record leaves the spool only on its delivery report: with reports of failures only, nothing is ever settled",
+    },
+    Guarded {
+        properties: &["transactional.id"],
+        allowed: |_, _| false,
+        why: "the bridge opens no transaction, and a transactional producer refuses every send outside one: each would fail and be retried forever",
     },
 ];
 
@@ -453,10 +554,7 @@ impl Settings {
         if !(ready_spool_high_water > 0.0 && ready_spool_high_water <= 1.0) {
             return Err(bad("BRIDGE_READY_SPOOL_HIGH_WATER", "must be a fraction in (0, 1]"));
         }
-        let max_body_bytes = number::<usize>("BRIDGE_MAX_BODY_BYTES", raw.max_body_bytes)?;
-        if max_body_bytes == 0 {
-            return Err(bad("BRIDGE_MAX_BODY_BYTES", "must be at least 1"));
-        }
+        let max_body_bytes = whole("BRIDGE_MAX_BODY_BYTES", raw.max_body_bytes)? as usize;
         let tls = match (raw.tls_cert.filter(|s| !s.is_empty()), raw.tls_key.filter(|s| !s.is_empty())) {
             (Some(cert), Some(key)) => Some(TlsFiles { cert: cert.into(), key: key.into() }),
             (None, None) => None,
@@ -476,7 +574,7 @@ impl Settings {
             tls,
             app_ids,
             callback_token: raw.callback_token.and_then(CallbackToken::new),
-            sign_max_skew_secs: number("BRIDGE_SIGN_MAX_SKEW_SECS", raw.sign_max_skew_secs)?,
+            sign_max_skew_secs: whole("BRIDGE_SIGN_MAX_SKEW_SECS", raw.sign_max_skew_secs)?,
             max_body_bytes,
             commands,
             forward,
@@ -486,23 +584,15 @@ impl Settings {
             delivery,
             spool_dir: PathBuf::from(text("BRIDGE_SPOOL_DIR", raw.spool_dir)?),
             spool_fsync,
-            spool_max_bytes: number("BRIDGE_SPOOL_MAX_BYTES", raw.spool_max_bytes)?,
-            shutdown_grace: Duration::from_secs(number(
-                "BRIDGE_SHUTDOWN_GRACE_SECS",
-                raw.shutdown_grace_secs,
-            )?),
-            drain_stall: Duration::from_secs(number("BRIDGE_DRAIN_STALL_SECS", raw.drain_stall_secs)?),
-            kafka_stall: Duration::from_secs(
-                number::<u64>("BRIDGE_KAFKA_STALL_SECS", raw.kafka_stall_secs)?.max(1),
-            ),
+            spool_max_bytes: whole("BRIDGE_SPOOL_MAX_BYTES", raw.spool_max_bytes)?,
+            shutdown_grace: secs("BRIDGE_SHUTDOWN_GRACE_SECS", raw.shutdown_grace_secs)?,
+            drain_stall: secs("BRIDGE_DRAIN_STALL_SECS", raw.drain_stall_secs)?,
+            kafka_stall: secs("BRIDGE_KAFKA_STALL_SECS", raw.kafka_stall_secs)?,
             log_format: match choice("BRIDGE_LOG_FORMAT", raw.log_format, &["text", "json"])? {
                 "json" => LogFormat::Json,
                 _ => LogFormat::Text,
             },
-            ready_kafka_window: Duration::from_secs(number(
-                "BRIDGE_READY_KAFKA_WINDOW_SECS",
-                raw.ready_kafka_window_secs,
-            )?),
+            ready_kafka_window: secs("BRIDGE_READY_KAFKA_WINDOW_SECS", raw.ready_kafka_window_secs)?,
             ready_spool_high_water,
             rdkafka,
             tencent,
@@ -549,25 +639,12 @@ fn tencent(raw: &Raw, app_ids: &[SdkAppId]) -> Result<TencentSettings, ConfigErr
     if custom_fields.len() > 10 {
         return Err(bad("BRIDGE_TENCENT_CUSTOM_FIELDS", "Tencent allows at most 10 group custom fields"));
     }
-    let page_size: u32 = number("BRIDGE_TENCENT_PAGE_SIZE", raw.tencent_page_size.clone())?;
-    if !(1..=10_000).contains(&page_size) {
-        return Err(bad("BRIDGE_TENCENT_PAGE_SIZE", format!("must be 1 to 10000, got {page_size}")));
-    }
-    let info_rate: u32 = number("BRIDGE_TENCENT_INFO_RATE", raw.tencent_info_rate.clone())?;
-    let info_rate = std::num::NonZeroU32::new(info_rate).filter(|r| r.get() <= 200).ok_or_else(|| {
-        bad("BRIDGE_TENCENT_INFO_RATE", format!("must be 1 to 200 (Tencent's limit), got {info_rate}"))
-    })?;
+    // Within their ranges, these fit a u32 (and the rate is not 0).
+    let page_size = whole("BRIDGE_TENCENT_PAGE_SIZE", raw.tencent_page_size.clone())? as u32;
+    let info_rate = whole("BRIDGE_TENCENT_INFO_RATE", raw.tencent_info_rate.clone())?;
+    let info_rate = std::num::NonZeroU32::new(info_rate as u32).expect("at least 1");
     let timeout = millis("BRIDGE_TENCENT_TIMEOUT_MS", raw.tencent_timeout_ms.clone())?;
-    if timeout <= Duration::from_secs(3) {
-        return Err(bad(
-            "BRIDGE_TENCENT_TIMEOUT_MS",
-            "must be above 3000: Tencent's backend itself takes up to 3 s",
-        ));
-    }
-    let max_attempts: u32 = number("BRIDGE_TENCENT_MAX_ATTEMPTS", raw.tencent_max_attempts.clone())?;
-    if max_attempts == 0 {
-        return Err(bad("BRIDGE_TENCENT_MAX_ATTEMPTS", "must be at least 1"));
-    }
+    let max_attempts = whole("BRIDGE_TENCENT_MAX_ATTEMPTS", raw.tencent_max_attempts.clone())? as u32;
     Ok(TencentSettings {
         api_url,
         admin: text("BRIDGE_TENCENT_ADMIN", raw.tencent_admin.clone())?.trim().to_owned(),
@@ -638,12 +715,29 @@ where
     v.trim().parse().map_err(|e| bad(name, format!("{e}, got {v:?}")))
 }
 
-fn millis(name: &str, given: Option<String>) -> Result<Duration, ConfigError> {
-    let ms: u64 = number(name, given)?;
-    if ms == 0 {
-        return Err(bad(name, "must be at least 1 ms"));
+/// A whole number within the variable's [`Range`] in [`VARIABLES`]; outside it, one line naming the
+/// variable, the range and why.
+fn whole(name: &str, given: Option<String>) -> Result<u64, ConfigError> {
+    let n: u64 = number(name, given)?;
+    let range = VARIABLES
+        .iter()
+        .find(|v| v.name == name)
+        .and_then(|v| v.range)
+        .unwrap_or_else(|| panic!("{name} has a range in VARIABLES"));
+    if (range.min..=range.max).contains(&n) {
+        Ok(n)
+    } else {
+        let why = if range.why.is_empty() { String::new() } else { format!(" ({})", range.why) };
+        Err(bad(name, format!("must be {range}, got {n}{why}")))
     }
-    Ok(Duration::from_millis(ms))
+}
+
+fn millis(name: &str, given: Option<String>) -> Result<Duration, ConfigError> {
+    whole(name, given).map(Duration::from_millis)
+}
+
+fn secs(name: &str, given: Option<String>) -> Result<Duration, ConfigError> {
+    whole(name, given).map(Duration::from_secs)
 }
 
 fn choice(name: &str, given: Option<String>, options: &[&'static str]) -> Result<&'static str, ConfigError> {
@@ -684,16 +778,6 @@ fn forward(url: String, timeout_ms: Option<String>) -> Result<ForwardSettings, C
         return Err(bad("BRIDGE_FORWARD_URL", format!("must be an http:// or https:// URL, got {url:?}")));
     }
     let timeout = millis("BRIDGE_FORWARD_TIMEOUT_MS", timeout_ms)?;
-    if timeout >= TENCENT_TIMEOUT {
-        return Err(bad(
-            "BRIDGE_FORWARD_TIMEOUT_MS",
-            format!(
-                "must be under Tencent's {} ms, leaving time to answer, got {}",
-                TENCENT_TIMEOUT.as_millis(),
-                timeout.as_millis()
-            ),
-        ));
-    }
     Ok(ForwardSettings { url, timeout })
 }
 
@@ -707,7 +791,8 @@ pub fn help() -> String {
     );
     for v in VARIABLES {
         let default = v.default.map(|d| format!(" [default: {d}]")).unwrap_or_default();
-        out.push_str(&format!("  {}\n      {}{}\n", v.name, v.meaning, default));
+        let range = v.range.map(|r| format!(" [{r}]")).unwrap_or_default();
+        out.push_str(&format!("  {}\n      {}{}{}\n", v.name, v.meaning, default, range));
     }
     out
 }
@@ -792,9 +877,9 @@ mod tests {
             (
                 "BRIDGE_FORWARD_TIMEOUT_MS",
                 "2000",
-                "BRIDGE_FORWARD_TIMEOUT_MS: must be under Tencent's 2000 ms",
+                "BRIDGE_FORWARD_TIMEOUT_MS: must be 1–1999, got 2000 (under Tencent's 2000 ms",
             ),
-            ("BRIDGE_FORWARD_TIMEOUT_MS", "0", "BRIDGE_FORWARD_TIMEOUT_MS: must be at least 1 ms"),
+            ("BRIDGE_FORWARD_TIMEOUT_MS", "0", "BRIDGE_FORWARD_TIMEOUT_MS: must be 1–1999, got 0"),
         ] {
             let e = Settings::from_vars(vars(&[
                 ("BRIDGE_SDK_APP_ID", "1"),
@@ -858,6 +943,10 @@ mod tests {
             ("BRIDGE_RDKAFKA_ENABLE_GAPLESS_GUARANTEE", "true"),
             ("BRIDGE_RDKAFKA_MESSAGE_TIMEOUT_MS", "5000"),
             ("BRIDGE_RDKAFKA_DELIVERY_TIMEOUT_MS", "5000"),
+            ("BRIDGE_RDKAFKA_PARTITIONER", "consistent_random"),
+            ("BRIDGE_RDKAFKA_PARTITIONER", "murmur2"),
+            ("BRIDGE_RDKAFKA_DELIVERY_REPORT_ONLY_ERROR", "true"),
+            ("BRIDGE_RDKAFKA_TRANSACTIONAL_ID", "bridge-1"),
         ];
         for (name, value) in refused {
             let e = Settings::from_vars(vars(&[("BRIDGE_SDK_APP_ID", "1"), (name, value)])).unwrap_err();
@@ -870,6 +959,8 @@ mod tests {
             ("BRIDGE_RDKAFKA_MAX_IN_FLIGHT_REQUESTS_PER_CONNECTION", "5"),
             ("BRIDGE_RDKAFKA_MESSAGE_TIMEOUT_MS", "0"),
             ("BRIDGE_RDKAFKA_LINGER_MS", "20"),
+            ("BRIDGE_RDKAFKA_PARTITIONER", "murmur2_random"),
+            ("BRIDGE_RDKAFKA_DELIVERY_REPORT_ONLY_ERROR", "false"),
         ];
         for (name, value) in kept {
             assert!(
@@ -884,6 +975,80 @@ mod tests {
             ("BRIDGE_RDKAFKA_MESSAGE_TIMEOUT_MS", "5000"),
         ]);
         assert!(Settings::from_vars(sync).is_ok());
+    }
+
+    #[test]
+    fn the_partitioner_delivery_reports_and_transactions_are_refused_each_with_why() {
+        for (name, value, why) in [
+            ("BRIDGE_RDKAFKA_PARTITIONER", "random", "murmur2_random"),
+            ("BRIDGE_RDKAFKA_DELIVERY_REPORT_ONLY_ERROR", "true", "nothing is ever settled"),
+            ("BRIDGE_RDKAFKA_TRANSACTIONAL_ID", "t", "retried forever"),
+        ] {
+            for delivery in ["spool", "sync"] {
+                let e = Settings::from_vars(vars(&[
+                    ("BRIDGE_SDK_APP_ID", "1"),
+                    ("BRIDGE_DELIVERY", delivery),
+                    (name, value),
+                ]))
+                .unwrap_err()
+                .to_string();
+                assert!(e.starts_with(&format!("{name}: ")) && e.contains(why), "{delivery}: {e}");
+                assert_eq!(e.lines().count(), 1, "{e}");
+            }
+        }
+    }
+
+    /// Each whole-number variable, a value below its range (when there is one), one above it (when
+    /// there is one), and its two ends.
+    #[test]
+    fn every_whole_number_outside_its_range_is_refused_with_one_line_naming_it_and_its_ends_are_taken() {
+        let ranged: Vec<&Variable> = VARIABLES.iter().filter(|v| v.range.is_some()).collect();
+        assert_eq!(ranged.len(), 14, "a new whole-number variable: give it a test case here");
+        for v in ranged {
+            let r = v.range.unwrap();
+            // With the settings that make every variable read (a relay, sync delivery, interval fsync).
+            let with = |value: String| {
+                let mut pairs = vec![
+                    ("BRIDGE_SDK_APP_ID".to_owned(), "1".to_owned()),
+                    ("BRIDGE_FORWARD_URL".to_owned(), "http://app.internal/cb".to_owned()),
+                    ("BRIDGE_DELIVERY".to_owned(), "sync".to_owned()),
+                    ("BRIDGE_SPOOL_FSYNC".to_owned(), "interval".to_owned()),
+                ];
+                pairs.push((v.name.to_owned(), value));
+                Settings::from_vars(pairs)
+            };
+            for end in [r.min, r.max.min(1 << 40)] {
+                assert!(with(end.to_string()).is_ok(), "{}={end}: {:?}", v.name, with(end.to_string()).err());
+            }
+            let outside = [r.min.checked_sub(1), r.max.checked_add(1)];
+            for value in outside.into_iter().flatten() {
+                let e = with(value.to_string()).unwrap_err().to_string();
+                assert!(e.starts_with(&format!("{}: must be {r}, got {value}", v.name)), "{e}");
+                assert_eq!(e.lines().count(), 1, "{e}");
+            }
+        }
+        // Never clamped: 0 s of stall time is refused, not read as 1 s.
+        let e = Settings::from_vars(vars(&[("BRIDGE_SDK_APP_ID", "1"), ("BRIDGE_KAFKA_STALL_SECS", "0")]))
+            .unwrap_err();
+        assert_eq!(e.to_string(), "BRIDGE_KAFKA_STALL_SECS: must be 1–86400, got 0");
+        let e =
+            Settings::from_vars(vars(&[("BRIDGE_SDK_APP_ID", "1"), ("BRIDGE_MAX_BODY_BYTES", "8388609")]))
+                .unwrap_err();
+        assert!(e.to_string().starts_with("BRIDGE_MAX_BODY_BYTES: must be 1–8388608, got 8388609 ("), "{e}");
+    }
+
+    /// The README's configuration table gives each whole-number variable the range the bridge checks.
+    #[test]
+    fn the_readme_gives_each_range_the_bridge_checks() {
+        let readme = include_str!("../README.md");
+        for v in VARIABLES.iter().filter(|v| v.range.is_some()) {
+            let row = readme
+                .lines()
+                .find(|l| l.starts_with(&format!("| `{}` |", v.name)))
+                .unwrap_or_else(|| panic!("the README's table has no row for {}", v.name));
+            let range = v.range.unwrap().to_string();
+            assert!(row.contains(&range), "the README's row for {} does not say {range}: {row}", v.name);
+        }
     }
 
     #[test]

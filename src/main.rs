@@ -20,7 +20,10 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     if args.iter().any(|a| a == "-V" || a == "--version") {
-        println!("{} {}", env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION"));
+        // A build with failpoints compiled in (the test suite's) says so: the load benchmark checks
+        // that it measures the binary a user gets.
+        let build = if cfg!(feature = "failpoints") { " (failpoints)" } else { "" };
+        println!("{} {}{build}", env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
     }
     let mode = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {

@@ -54,13 +54,44 @@ pub enum DecodeError {
     LegacyJson(String),
 }
 
+/// A field of a [`Message`] too long for its length prefix in the encoding.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field} is {len} bytes; a spool record takes at most {max}")]
+pub struct TooLong {
+    /// Which field: `key`, `header count`, `header name …` or `header …`.
+    pub field: String,
+    pub len: usize,
+    pub max: usize,
+}
+
 impl Message {
+    /// Whether every length-prefixed field fits its prefix, so that [`encode`](Self::encode) can write
+    /// the message. The bridge's events always do (a GroupId is at most 64 bytes, every other header
+    /// value is derived from bounded values); the webhook handler checks anyway, and refuses with 400
+    /// what does not, so that no input can reach the panic.
+    pub fn check(&self) -> Result<(), TooLong> {
+        let fits = |field: &dyn Fn() -> String, len: usize, max: usize| {
+            if len <= max {
+                Ok(())
+            } else {
+                Err(TooLong { field: field(), len, max })
+            }
+        };
+        let short = |s: &str| s.chars().take(32).collect::<String>();
+        fits(&|| "key".into(), self.key.len(), u16::MAX as usize)?;
+        fits(&|| "header count".into(), self.headers.len(), u8::MAX as usize)?;
+        for (name, value) in &self.headers {
+            fits(&|| format!("header name {}", short(name)), name.len(), u8::MAX as usize)?;
+            fits(&|| format!("header {}", short(name)), value.len(), u16::MAX as usize)?;
+        }
+        Ok(())
+    }
+
     /// Appends the encoding to `out`.
     ///
     /// # Panics
-    /// When the key is over 64 KiB, a header name over 255 bytes, a header value over 64 KiB or there
-    /// are more than 255 headers: the bridge's own events never come near (GroupIds and header values
-    /// are short), so this is a bug, not input.
+    /// When [`check`](Self::check) fails: the key over 64 KiB, a header name over 255 bytes, a header
+    /// value over 64 KiB or more than 255 headers. What comes from a webhook is checked before.
     pub fn encode(&self, out: &mut Vec<u8>) {
         out.reserve(self.encoded_len());
         out.push(V2);
@@ -308,6 +339,25 @@ mod tests {
         let mut broken = bad_utf8.clone();
         broken[at + 1] = 0xff;
         assert_eq!(MessageRef::parse(&broken).unwrap_err(), DecodeError::Malformed("a header is not UTF-8"));
+    }
+
+    #[test]
+    fn a_field_too_long_for_its_length_prefix_is_named_by_check() {
+        assert_eq!(sample().check(), Ok(()));
+        let at_most = Message { key: vec![b'k'; 65_535], ..sample() };
+        assert_eq!(at_most.check(), Ok(()));
+        Message::decode(at_most.to_bytes(), no_legacy).unwrap();
+        let key = Message { key: vec![b'k'; 65_536], ..sample() };
+        assert_eq!(key.check(), Err(TooLong { field: "key".into(), len: 65_536, max: 65_535 }));
+        let value = Message { headers: vec![("ce_subject".into(), "g".repeat(70_000).into())], ..sample() };
+        assert_eq!(
+            value.check().unwrap_err().to_string(),
+            "header ce_subject is 70000 bytes; a spool record takes at most 65535"
+        );
+        let name = Message { headers: vec![("n".repeat(256).into(), "v".into())], ..sample() };
+        assert_eq!(name.check().unwrap_err().field, format!("header name {}", "n".repeat(32)));
+        let many = Message { headers: vec![("n".into(), "v".into()); 256], ..sample() };
+        assert_eq!(many.check().unwrap_err().field, "header count");
     }
 
     #[test]

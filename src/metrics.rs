@@ -233,6 +233,8 @@ pub const OUTCOMES: &[&str] = &[
     "rejected_app",
     "rejected_sign",
     "bad_request",
+    // 408: the body did not arrive within the body timeout (a slow or stalled client).
+    "body_timeout",
     "too_large",
     "spool_full",
     "spool_error",

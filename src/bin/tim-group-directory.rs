@@ -44,7 +44,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// `dump` and `get`: the groups as the `groups` view shows them, one JSON object per line.
+/// `dump` and `get`: the groups, one JSON object per line: the `groups` view's columns and the custom
+/// fields.
 fn print(group_id: Option<&str>) -> ExitCode {
     let Some(settings) = settings() else { return ExitCode::from(2) };
     let groups = match directory::store::open(&settings.database_url).and_then(|mut s| s.groups()) {

@@ -35,8 +35,8 @@ pub enum StoreError {
     UnknownUrl(String),
 }
 
-/// A group as the `groups` view shows it (and `tim-group-directory dump` prints it, one JSON object per
-/// line, with these member names).
+/// A group as `tim-group-directory dump` prints it (one JSON object per line, with these member names):
+/// the columns of the `groups` view, plus `custom_fields`, which the view does not have.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Group {
     pub sdk_app_id: String,

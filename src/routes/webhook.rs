@@ -9,6 +9,7 @@ use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use futures_util::StreamExt;
 
 use crate::domain::GroupEvent;
+use crate::message::TooLong;
 use crate::metrics::Metrics;
 use crate::publisher::{PublishError, Publisher};
 use crate::relay::{Answer, Relay, RelayError};
@@ -34,6 +35,9 @@ impl Pipeline {
 
     async fn submit(&self, event: &GroupEvent) -> Result<(), WebhookError> {
         let message = event.to_message();
+        // Every field fits its length prefix in the spool record (GroupIds are bounded at the edge;
+        // this keeps any other field that could ever grow from reaching `encode`'s panic).
+        message.check().map_err(WebhookError::Unencodable)?;
         // Kafka would refuse it for good after we said OK: refuse it now instead.
         if let Err((size, limit)) = self.publisher().limits().check_size(&message) {
             return Err(WebhookError::TooLargeForTopic { size, limit });
@@ -134,6 +138,8 @@ pub enum WebhookError {
         "the event would be a {size}-byte record; the topic takes at most {limit} bytes (max.message.bytes)"
     )]
     TooLargeForTopic { size: usize, limit: u64 },
+    #[error("the event cannot be stored: {0}")]
+    Unencodable(TooLong),
 }
 
 impl WebhookError {
@@ -147,6 +153,7 @@ impl WebhookError {
             WebhookError::Method => 60405,
             WebhookError::BodyTimeout(_) => 60408,
             WebhookError::TooLargeForTopic { .. } => 60031,
+            WebhookError::Unencodable(_) => 60027,
         }
     }
 
@@ -154,7 +161,8 @@ impl WebhookError {
     pub fn outcome(&self) -> &'static str {
         match self {
             WebhookError::Refused(r) => r.outcome(),
-            WebhookError::Body(_) | WebhookError::Method | WebhookError::BodyTimeout(_) => "bad_request",
+            WebhookError::Body(_) | WebhookError::Method | WebhookError::Unencodable(_) => "bad_request",
+            WebhookError::BodyTimeout(_) => "body_timeout",
             WebhookError::Spool(e) if e.is_full() => "spool_full",
             WebhookError::TooLargeForTopic { .. } => "too_large",
             WebhookError::Spool(_) => "spool_error",
@@ -182,7 +190,7 @@ impl ResponseError for WebhookError {
     fn status_code(&self) -> StatusCode {
         match self {
             WebhookError::Refused(r) => StatusCode::from_u16(r.status()).unwrap_or(StatusCode::BAD_REQUEST),
-            WebhookError::Body(_) => StatusCode::BAD_REQUEST,
+            WebhookError::Body(_) | WebhookError::Unencodable(_) => StatusCode::BAD_REQUEST,
             WebhookError::Spool(e) if e.is_full() => StatusCode::SERVICE_UNAVAILABLE,
             WebhookError::TooLargeForTopic { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             WebhookError::Spool(_) => StatusCode::INTERNAL_SERVER_ERROR,

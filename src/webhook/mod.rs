@@ -98,6 +98,8 @@ pub enum Refusal {
     BadJson(String),
     #[error("GroupId is missing or empty")]
     MissingGroupId,
+    #[error("GroupId is {bytes} bytes long; at most {max} are accepted")]
+    GroupIdTooLong { bytes: usize, max: usize },
     #[error("EventTime is missing")]
     MissingEventTime,
     #[error("EventTime must be an integer of milliseconds (a JSON number or a string of digits)")]
@@ -139,7 +141,7 @@ impl Refusal {
             Refusal::MissingCommand => 60011,
             Refusal::CommandMismatch { .. } => 60012,
             Refusal::NotAnObject | Refusal::BadJson(_) => 60020,
-            Refusal::MissingGroupId => 60021,
+            Refusal::MissingGroupId | Refusal::GroupIdTooLong { .. } => 60021,
             Refusal::MissingEventTime | Refusal::BadEventTime => 60022,
             Refusal::NotAString(_) | Refusal::BadField { .. } => 60023,
             Refusal::MissingField(_) => 60025,
@@ -289,6 +291,10 @@ pub fn fuzz_check(data: &[u8]) -> Result<Verdict, Refusal> {
     if let Ok(Verdict::Publish(event)) = &result {
         let json = event.to_json();
         assert_eq!(&GroupEvent::from_json(&json).expect("an event reads back"), event);
+        let message = event.to_message();
+        assert_eq!(message.check(), Ok(()), "an accepted event fits a spool record");
+        let decoded = crate::message::Message::decode(message.to_bytes(), |_| Err(String::new()));
+        assert_eq!(decoded.expect("a spool record reads back"), message);
     }
     result
 }
@@ -297,3 +303,91 @@ pub fn fuzz_check(data: &[u8]) -> Result<Verdict, Refusal> {
 pub const FUZZ_TOKEN: &str = "fuzz-token";
 /// The clock of [`fuzz_check`]: 2022-12-09T08:27:00Z; seeds sign `RequestTime=1670574420`.
 pub const FUZZ_NOW_MS: i64 = 1_670_574_420_000;
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::message::Message;
+
+    fn verifier() -> Verifier {
+        Verifier {
+            app_ids: vec![SdkAppId::parse("14000000000000000000").expect("20 digits: the longest id")],
+            token: CallbackToken::new(FUZZ_TOKEN.to_owned()),
+            max_skew_secs: 60,
+            commands: Command::ALL.to_vec(),
+        }
+    }
+
+    fn query(command: Command) -> String {
+        let t = (FUZZ_NOW_MS / 1000).to_string();
+        let s = sign(&CallbackToken::new(FUZZ_TOKEN.to_owned()).expect("a token"), &t);
+        format!(
+            "SdkAppid=14000000000000000000&CallbackCommand={}&ClientIP=1.2.3.4&OptPlatform=RESTAPI&RequestTime={t}&Sign={s}",
+            command.name()
+        )
+    }
+
+    /// A GroupId of any length around the bound and far beyond it (up to 200 000 bytes, as a body
+    /// limit of several MiB lets through), in one-, two-, three- and four-byte characters.
+    fn group_id() -> impl Strategy<Value = String> {
+        let unit = prop_oneof![Just("g"), Just("é"), Just("长"), Just("😀"), Just("#")];
+        prop_oneof![
+            (unit.clone(), 0usize..=70).prop_map(|(u, n)| u.repeat(n)),
+            (unit, 0usize..=50_000).prop_map(|(u, n)| u.repeat(n)),
+            "\\PC{0,80}",
+        ]
+    }
+
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![Just(String::new()), "\\PC{0,40}", (0usize..20_000).prop_map(|n| "x".repeat(n))]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        /// Whatever a signed webhook carries, what the check accepts becomes a spool record without
+        /// a panic and reads back whole; a GroupId over 64 bytes is refused, one up to 64 accepted.
+        #[test]
+        fn any_checked_event_fits_the_spool_record_and_reads_back(
+            command in proptest::sample::select(Command::ALL.to_vec()),
+            group in group_id(),
+            name in text(),
+            owner in text(),
+            custom_key in text(),
+            custom_value in text(),
+            members in 0usize..600,
+            event_time in 0i64..=crate::domain::EventTime::MAX_MILLIS,
+        ) {
+            let body = serde_json::json!({
+                "CallbackCommand": command.name(),
+                "GroupId": group,
+                "Type": "Public",
+                "Operator_Account": owner,
+                "Owner_Account": owner,
+                "NewOwner_Account": format!("n{owner}"),
+                "OldOwner_Account": owner,
+                "Name": name,
+                "MemberList": vec![serde_json::json!({"Member_Account": "m"}); members],
+                "UserDefinedDataList": [{"Key": custom_key, "Value": custom_value}],
+                "EventTime": event_time,
+            });
+            let body = serde_json::to_vec(&body).expect("JSON");
+
+            let result = verifier().check(&query(command), &body, FUZZ_NOW_MS);
+
+            match (group.len(), &result) {
+                (0, _) => prop_assert_eq!(result, Err(Refusal::MissingGroupId)),
+                (1..=64, Ok(Verdict::Publish(event))) => {
+                    let message = event.to_message();
+                    prop_assert_eq!(message.check(), Ok(()));
+                    let bytes = message.to_bytes();
+                    prop_assert_eq!(Message::decode(bytes, |_| Err(String::new())).unwrap(), message);
+                }
+                (1..=64, other) => prop_assert!(false, "refused: {other:?}"),
+                (bytes, _) => prop_assert_eq!(result, Err(Refusal::GroupIdTooLong { bytes, max: 64 })),
+            }
+        }
+    }
+}

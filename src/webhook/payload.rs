@@ -93,9 +93,13 @@ impl Body {
     pub fn parse(body: &[u8], command: Command) -> Result<Self, Refusal> {
         object(body)?;
         let raw: Raw = serde_json::from_slice(body).map_err(|e| Refusal::BadJson(e.to_string()))?;
-        let group_id = string(raw.group_id, "GroupId")?
-            .and_then(|s| GroupId::parse(s).ok())
-            .ok_or(Refusal::MissingGroupId)?;
+        let group_id = match string(raw.group_id, "GroupId")? {
+            Some(s) if s.len() > GroupId::MAX_BYTES => {
+                return Err(Refusal::GroupIdTooLong { bytes: s.len(), max: GroupId::MAX_BYTES })
+            }
+            Some(s) => GroupId::parse(s).map_err(|_| Refusal::MissingGroupId)?,
+            None => return Err(Refusal::MissingGroupId),
+        };
         let event_time = event_time(raw.event_time.ok_or(Refusal::MissingEventTime)?)?;
         let profile = |raw: &Raw| -> Result<Changes, Refusal> {
             Ok(Changes {
@@ -236,6 +240,20 @@ mod tests {
         assert_eq!(info(br#"{"EventTime":1}"#), Err(Refusal::MissingGroupId));
         assert_eq!(info(br#"{"GroupId":"","EventTime":1}"#), Err(Refusal::MissingGroupId));
         assert_eq!(info(br#"{"GroupId":"g"}"#), Err(Refusal::MissingEventTime));
+    }
+
+    #[test]
+    fn a_group_id_over_64_bytes_is_refused_with_its_length() {
+        let body = |id: &str| format!(r#"{{"GroupId":"{id}","EventTime":1}}"#);
+        assert!(info(body(&"g".repeat(64)).as_bytes()).is_ok());
+        assert_eq!(
+            info(body(&"g".repeat(65)).as_bytes()),
+            Err(Refusal::GroupIdTooLong { bytes: 65, max: 64 })
+        );
+        assert_eq!(
+            info(body(&"长".repeat(30_000)).as_bytes()),
+            Err(Refusal::GroupIdTooLong { bytes: 90_000, max: 64 })
+        );
     }
 
     #[test]

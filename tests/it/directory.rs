@@ -152,6 +152,154 @@ fn postgres_keeps_the_same_registers_and_view_as_sqlite() {
     );
 }
 
+/// Registers of a few groups in every state the table knows: a profile and custom fields from a
+/// creation, a destroyed group, a GroupId used again (its earlier life hidden), a member count from a
+/// snapshot, a group seen only through a profile change, and a second app.
+fn every_kind_of_group() -> Vec<tim_kafka_bridge::directory::Update> {
+    use tim_kafka_bridge::directory::{Kind, Stamp, Update, Write};
+    let update = |app: &str, group: &str, time: i64, kind: Kind, writes: &[(&str, Option<&str>)]| Update {
+        kind,
+        sdk_app_id: app.into(),
+        group_id: group.into(),
+        stamp: Stamp { event_time_ms: time, event_id: format!("{group}-{time}") },
+        writes: writes
+            .iter()
+            .map(|(f, v)| Write { field: f.to_string(), value: v.map(str::to_owned) })
+            .collect(),
+    };
+    let created = |app, group, time, name| {
+        update(
+            app,
+            group,
+            time,
+            Kind::Created,
+            &[
+                ("created", Some("1")),
+                ("destroyed", Some("false")),
+                ("group_type", Some("Public")),
+                ("name", Some(name)),
+                ("introduction", None),
+                ("notification", Some("")),
+                ("face_url", None),
+                ("owner_account", Some("leckie")),
+                ("initial_member_count", Some("3")),
+                ("custom:level", Some("gold")),
+            ],
+        )
+    };
+    vec![
+        created("1400000000", "@TGS#alive", 10, "alive"),
+        update("1400000000", "@TGS#alive", 20, Kind::InfoChanged, &[("face_url", Some("https://f/x.png"))]),
+        update("1400000000", "@TGS#alive", 30, Kind::Snapshot, &[("member_count", Some("42"))]),
+        created("1400000000", "@TGS#gone", 10, "gone"),
+        update("1400000000", "@TGS#gone", 40, Kind::Destroyed, &[("destroyed", Some("true"))]),
+        created("1400000000", "@TGS#again", 10, "first life"),
+        update("1400000000", "@TGS#again", 15, Kind::InfoChanged, &[("custom:old", Some("x"))]),
+        created("1400000000", "@TGS#again", 50, "second life"),
+        update("1400000000", "@TGS#changed-only", 60, Kind::InfoChanged, &[("name", Some("n"))]),
+        created("1400000001", "@TGS#alive", 70, "other app"),
+    ]
+}
+
+/// Checks that the rows of the `groups` view (each as a JSON object: column → value) are the groups
+/// `tim-group-directory dump` prints for the same database: the same groups, the same columns but
+/// `custom_fields` (which only dump and get show), the same values. The dialects' own spellings are
+/// the same value: SQLite has no booleans (`destroyed` is 0 or 1), and counts are registers of text.
+fn assert_view_is_dump(url: &str, view: Vec<serde_json::Map<String, serde_json::Value>>) {
+    use serde_json::Value;
+    let key = |row: &serde_json::Map<String, Value>| {
+        (row["sdk_app_id"].as_str().unwrap().to_owned(), row["group_id"].as_str().unwrap().to_owned())
+    };
+    let view: BTreeMap<(String, String), serde_json::Map<String, Value>> =
+        view.into_iter().map(|row| (key(&row), row)).collect();
+    // Every line as printed (`dump()` keys lines by group id alone; two apps share one here).
+    let dumped: Vec<serde_json::Map<String, Value>> = {
+        let out = Command::new(env!("CARGO_BIN_EXE_tim-group-directory"))
+            .arg("dump")
+            .env_clear()
+            .env("DIRECTORY_DATABASE_URL", url)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    assert_eq!(view.len(), dumped.len(), "the view has {} rows, dump {}", view.len(), dumped.len());
+    let same = |d: &Value, v: &Value| match (d, v) {
+        (Value::Bool(b), Value::Number(n)) => n.as_i64() == Some(*b as i64),
+        (Value::Number(n), Value::String(s)) => n.to_string() == *s,
+        _ => d == v,
+    };
+    for row in &dumped {
+        let v = view.get(&key(row)).unwrap_or_else(|| panic!("dump's {:?} is not in the view", key(row)));
+        let mut dump_columns: Vec<&String> = row.keys().filter(|k| *k != "custom_fields").collect();
+        let mut view_columns: Vec<&String> = v.keys().collect();
+        dump_columns.sort();
+        view_columns.sort();
+        assert_eq!(dump_columns, view_columns, "the view's columns are dump's but custom_fields");
+        for column in dump_columns {
+            assert!(
+                same(&row[column], &v[column]),
+                "{:?} {column}: dump {}, view {}",
+                key(row),
+                row[column],
+                v[column]
+            );
+        }
+    }
+}
+
+/// The README says `sqlite3 groups.db 'SELECT * FROM groups'` reads what `dump` prints: on one
+/// database, the view's rows and dump's lines hold the same groups and values (custom fields aside).
+#[test]
+fn the_groups_view_reads_what_dump_prints_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("groups.db");
+    let url = format!("sqlite:{}", path.display());
+    store::open(&url).unwrap().apply(&every_kind_of_group()).unwrap();
+
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let mut stmt = conn.prepare("SELECT * FROM groups").unwrap();
+    let columns: Vec<String> = stmt.column_names().map(str::to_owned).collect();
+    let rows = stmt
+        .query_map([], |r| {
+            let mut row = serde_json::Map::new();
+            for (i, c) in columns.iter().enumerate() {
+                let value = match r.get::<_, rusqlite::types::Value>(i)? {
+                    rusqlite::types::Value::Null => serde_json::Value::Null,
+                    rusqlite::types::Value::Integer(n) => json!(n),
+                    rusqlite::types::Value::Real(x) => json!(x),
+                    rusqlite::types::Value::Text(t) => json!(t),
+                    rusqlite::types::Value::Blob(b) => json!(b),
+                };
+                row.insert(c.clone(), value);
+            }
+            Ok(row)
+        })
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+
+    assert_eq!(rows.len(), 5);
+    assert_view_is_dump(&url, rows);
+}
+
+#[test]
+fn the_groups_view_reads_what_dump_prints_on_postgres() {
+    let url = postgres().database();
+    store::open(&url).unwrap().apply(&every_kind_of_group()).unwrap();
+
+    let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let rows = client
+        .query("SELECT row_to_json(g)::text FROM groups g", &[])
+        .unwrap()
+        .iter()
+        .map(|r| serde_json::from_str(r.get::<_, &str>(0)).unwrap())
+        .collect::<Vec<_>>();
+
+    assert_eq!(rows.len(), 5);
+    assert_view_is_dump(&url, rows);
+}
+
 async fn converges(url: &str) {
     let kafka = broker();
     let _up = kafka.shared().await;

@@ -482,6 +482,7 @@ async fn sigterm_with_deliveries_in_flight_leaves_no_duplicates() {
 
     let records = read_exactly(&bridge.topic, 50_000, Duration::from_secs(180));
     assert!(first_run > 0 && first_run < 50_000, "the first run stopped part-way ({first_run})");
+    assert_exactly_once(&records, &changes("@TGS#clean", 50_000));
     assert_per_group_order(&records);
 }
 

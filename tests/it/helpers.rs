@@ -946,6 +946,43 @@ pub fn try_rename_of(r: &Record) -> Option<(String, usize)> {
     Some((group.to_owned(), n.parse().ok()?))
 }
 
+/// The changes `0..n` of `group`, as [`Webhook::rename`] makes them.
+pub fn changes(group: &str, n: usize) -> HashSet<(String, usize)> {
+    (0..n).map(|i| (group.to_owned(), i)).collect()
+}
+
+/// Checks the records are the changes in `expected`, each exactly once: none missing, none that was
+/// not expected, none twice (by `(group, n)`, and by `event_id`). A count cannot tell this: a lost
+/// change and a repeated one add up to the right number.
+pub fn assert_exactly_once(records: &[Record], expected: &HashSet<(String, usize)>) {
+    let mut times: HashMap<(String, usize), usize> = HashMap::new();
+    let mut ids = HashSet::new();
+    let mut repeated_ids = Vec::new();
+    for r in records {
+        *times.entry(rename_of(r)).or_default() += 1;
+        let id = r.value["event_id"].as_str().expect("an event_id");
+        if !ids.insert(id) {
+            repeated_ids.push(id.to_owned());
+        }
+    }
+    let first = |mut v: Vec<(String, usize)>| {
+        v.sort();
+        v.truncate(10);
+        v
+    };
+    let missing = first(expected.iter().filter(|c| !times.contains_key(*c)).cloned().collect());
+    let unexpected = first(times.keys().filter(|c| !expected.contains(*c)).cloned().collect());
+    let twice = first(times.iter().filter(|(_, n)| **n > 1).map(|(c, _)| c.clone()).collect());
+    assert!(
+        missing.is_empty() && unexpected.is_empty() && twice.is_empty() && repeated_ids.is_empty(),
+        "{} records for {} changes expected: missing {missing:?}, not expected {unexpected:?}, more than once \
+         {twice:?}, event_ids repeated {:?} (at most 10 of each)",
+        records.len(),
+        expected.len(),
+        &repeated_ids[..repeated_ids.len().min(10)]
+    );
+}
+
 /// Checks each group's changes appear in the order they were made (first occurrences; a retry may
 /// repeat a record, never reorder it ahead of an earlier one).
 pub fn assert_per_group_order(records: &[Record]) {
@@ -1227,4 +1264,36 @@ pub fn last_writer_wins(records: &[Record]) -> HashMap<String, usize> {
         }
     }
     newest.into_iter().map(|(group, (_, _, n))| (group, n)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(group: &str, n: usize) -> Record {
+        Record {
+            key: group.to_owned(),
+            partition: 0,
+            offset: n as i64,
+            timestamp: None,
+            headers: HashMap::new(),
+            value: serde_json::json!({"event_id": format!("{group}-{n}"), "changes": {"name": format!("{group} #{n}")}}),
+        }
+    }
+
+    /// What the "once" tests rely on: the right count is not enough.
+    #[test]
+    fn exactly_once_tells_a_loss_plus_a_repeat_from_every_change_once() {
+        let expected = changes("@TGS#g", 3);
+        let once: Vec<Record> = (0..3).map(|n| record("@TGS#g", n)).collect();
+        assert_exactly_once(&once, &expected);
+        let lost_and_repeated = vec![record("@TGS#g", 0), record("@TGS#g", 1), record("@TGS#g", 1)];
+        let lost_and_other = vec![record("@TGS#g", 0), record("@TGS#g", 1), record("@TGS#h", 2)];
+        for (what, records) in
+            [("a loss and a repeat", lost_and_repeated), ("a loss and a stranger", lost_and_other)]
+        {
+            let caught = std::panic::catch_unwind(|| assert_exactly_once(&records, &expected));
+            assert!(caught.is_err(), "{what} passed for exactly once");
+        }
+    }
 }

@@ -68,7 +68,7 @@ proptest! {
 
     #[test]
     fn any_valid_webhook_normalizes_to_a_schema_valid_event_that_keeps_every_value(
-        group in "\\PC{1,64}",
+        group in "\\PC{1,16}", // at most 64 bytes: the longest GroupId taken
         group_type in proptest::option::of(text()),
         operator in proptest::option::of(text()),
         name in proptest::option::of(text()),
@@ -126,6 +126,41 @@ fn a_field_as_long_as_the_body_limit_allows_is_kept_whole() {
 
 // ---------------------------------------------------------------------------------------------------
 // Against the running bridge.
+
+/// A GroupId over 64 KiB once reached a panic in the spool record's encoding (its key has a 16-bit
+/// length), and a body limit above 64 KiB let one through. With a limit of 4 MiB, a signed webhook
+/// whose GroupId is over 64 bytes, or over 64 KiB, or 1 MiB, is refused 400 with Tencent's FAIL
+/// envelope, and nothing changes: nothing is spooled or published, the bridge stays healthy and takes
+/// the next webhook, with the longest GroupId there is.
+#[tokio::test]
+async fn a_signed_group_id_over_64_bytes_is_refused_400_and_changes_nothing_at_a_large_body_limit() {
+    let _up = broker().shared().await;
+    let spool = tempfile::tempdir().unwrap();
+    let bridge = Bridge::spawn(BridgeOptions::new(spool.path()).env("BRIDGE_MAX_BODY_BYTES", 4 << 20)).await;
+    let too_long = ["g".repeat(65), "长".repeat(22), "g".repeat(70_000), "g".repeat(1 << 20)];
+
+    for group in &too_long {
+        let (status, answer) = bridge.post(&signed_query(now_secs()), Webhook::rename(group, 0).body()).await;
+        assert_eq!(status, 400, "{} bytes: {answer:?}", group.len());
+        assert_eq!((answer.action_status.as_str(), answer.error_code), ("FAIL", 60021));
+        assert!(answer.error_info.contains("at most 64"), "{answer:?}");
+    }
+
+    let metrics = scrape(&bridge).await;
+    assert_eq!(
+        sample(&metrics, "bridge_webhooks_total{outcome=\"bad_request\"}"),
+        Some(too_long.len() as f64)
+    );
+    assert_eq!(sample(&metrics, "bridge_spool_pending_events"), Some(0.0), "nothing was spooled");
+    assert_eq!(bridge.get("/healthz").await.status(), 200);
+    let longest = "@".repeat(64);
+    assert_eq!(bridge.send(&Webhook::rename(&longest, 1)).await.0, 200);
+    let records = read_exactly(&bridge.topic, 1, Duration::from_secs(30));
+    assert_eq!(
+        (records[0].key.as_str(), records[0].header("ce_subject")),
+        (longest.as_str(), Some(longest.as_str()))
+    );
+}
 
 /// One malformed request of many kinds, chosen by `i`.
 fn malformed(i: usize, good_query: &str) -> (String, String, String, Vec<u8>, &'static str) {
@@ -243,7 +278,7 @@ async fn four_hundred_idle_connections_do_not_delay_a_real_webhook() {
 }
 
 #[tokio::test]
-async fn a_client_that_stalls_mid_body_is_cut_off_without_publishing() {
+async fn a_client_that_stalls_mid_body_gets_408_counted_as_body_timeout_and_publishes_nothing() {
     let _up = broker().shared().await;
     let spool = tempfile::tempdir().unwrap();
     let bridge = Bridge::spawn(BridgeOptions::new(spool.path())).await;
@@ -257,8 +292,12 @@ async fn a_client_that_stalls_mid_body_is_cut_off_without_publishing() {
     let _ = std::io::Read::read_to_string(&mut s, &mut answer);
 
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
-    assert!(answer.contains("\"ActionStatus\":\"FAIL\""), "{answer:?}");
+    assert!(answer.contains("\"ActionStatus\":\"FAIL\"") && answer.contains("60408"), "{answer:?}");
     assert!(started.elapsed() < Duration::from_secs(15));
+    // Counted as what it is, not as a malformed request.
+    let metrics = scrape(&bridge).await;
+    assert_eq!(sample(&metrics, "bridge_webhooks_total{outcome=\"body_timeout\"}"), Some(1.0));
+    assert_eq!(sample(&metrics, "bridge_webhooks_total{outcome=\"bad_request\"}"), Some(0.0));
     assert_eq!(bridge.send(&Webhook::sample()).await.0, 200);
     read_exactly(&bridge.topic, 1, Duration::from_secs(30));
 }
