@@ -67,12 +67,14 @@ fn main() -> ExitCode {
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime starts");
     let result: Result<(), Box<dyn std::error::Error>> = runtime.block_on(async {
+        // The handlers are in place before anything starts.
+        let stop = shutdown::signal();
         match mode {
-            Mode::Drain => Ok(startup::drain(settings, shutdown::signal()).await?),
-            Mode::Snapshot => snapshot::run(settings, shutdown::signal()).await.map(drop).map_err(Into::into),
+            Mode::Drain => Ok(startup::drain(settings, stop).await?),
+            Mode::Snapshot => snapshot::run(settings, stop).await.map(drop).map_err(Into::into),
             Mode::Serve => {
                 let app = Application::build(settings).await?;
-                Ok(app.run_until_stopped(shutdown::signal()).await?)
+                Ok(app.run_until_stopped(stop).await?)
             }
         }
     });

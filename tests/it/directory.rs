@@ -564,6 +564,23 @@ struct Counts {
     cleared_fields: usize,
     owner_changed: usize,
     destroyed: usize,
+    /// Two changes of one group's name in the same millisecond: the greater `event_id` wins.
+    ties: usize,
+    /// Of those, how many the greater `event_id` decided against the order of the history.
+    ties_against_history: usize,
+}
+
+/// The `event_id` the bridge gives a webhook (derived from its content).
+fn event_id_of(hook: &Hook) -> String {
+    let now = now_secs();
+    let checked = verifier()
+        .check(
+            &signed_query_for(hook.command, now),
+            hook.body.to_string().as_bytes(),
+            tim_kafka_bridge::now_ms(),
+        )
+        .expect("a valid webhook");
+    checked.event().expect("a published command").event_id().as_str().to_owned()
 }
 
 /// A random history of `ops` operations over `groups` groups (`@TGS#<prefix><i>`), each with an
@@ -582,7 +599,28 @@ fn history(
     let mut truth: BTreeMap<String, Group> = BTreeMap::new();
     let mut hooks = Vec::with_capacity(ops);
     let mut counts = Counts::default();
+    // The last name change: (its hook's index, group, new name), for a tie in the same millisecond.
+    let mut last_rename: Option<(usize, String, String)> = None;
     for _ in 0..ops {
+        if let Some((i, id, name)) = last_rename.take().filter(|_| rng.percent(8)) {
+            // Another change of the same group's name in the same millisecond: the stamps tie, and
+            // every consumer takes the one with the greater event_id, whatever the order.
+            let g = truth.get_mut(&id).expect("renamed before");
+            let other = rng.word("Name");
+            let body = json!({"CallbackCommand": "Group.CallbackAfterGroupInfoChanged", "GroupId": id,
+                "Type": g.group_type, "Operator_Account": "admin", "Name": other, "EventTime": t});
+            let hook = Hook { command: "Group.CallbackAfterGroupInfoChanged", body };
+            counts.ties += 1;
+            counts.info_changed += 1;
+            if event_id_of(&hook) > event_id_of(&hooks[i]) {
+                g.name = Some(other);
+            } else {
+                g.name = Some(name);
+                counts.ties_against_history += 1;
+            }
+            hooks.push(hook);
+            continue;
+        }
         t += 1 + rng.below(3) as u64;
         let id = format!("@TGS#{prefix}{}", rng.below(groups));
         let alive = truth.get(&id).filter(|g| !g.destroyed).cloned();
@@ -660,6 +698,9 @@ fn history(
                     *slot = Some(v);
                 }
             }
+            if let Some(name) = body["Name"].as_str() {
+                last_rename = Some((hooks.len(), id.clone(), name.to_owned()));
+            }
             Hook { command: "Group.CallbackAfterGroupInfoChanged", body }
         } else if roll < 90 {
             counts.owner_changed += 1;
@@ -684,36 +725,61 @@ fn history(
     (hooks, truth, counts)
 }
 
-/// The order of delivery: the history's, with local reordering (an event swapped with one of the next
-/// three, `reorder_percent` of the time) and repeats (a copy delivered again up to 20 places later,
-/// `repeat_percent` of the time), as Tencent's retries and concurrent callbacks deliver. Returns the
-/// indices and how many swaps and repeats it made.
+/// The order of delivery: the history's, with reordering and repeats inside groups, as Tencent's
+/// retries and concurrent callbacks deliver one group's changes: `reorder_percent` of the time an event
+/// is swapped with the next event of its group (within 50 places), and `repeat_percent` of the time a
+/// copy is delivered again right after a later event of its group (a late retry). Returns the indices,
+/// how many swaps and late repeats it made.
 fn delivery_order(
     rng: &mut Rng,
-    n: usize,
+    hooks: &[Hook],
     reorder_percent: usize,
     repeat_percent: usize,
 ) -> (Vec<usize>, usize, usize) {
+    let group = |i: usize| hooks[i].body["GroupId"].as_str().unwrap_or_default().to_owned();
+    let n = hooks.len();
     let mut order: Vec<usize> = (0..n).collect();
     let mut swaps = 0;
-    for i in 0..n.saturating_sub(1) {
+    for at in 0..n {
         if rng.percent(reorder_percent) {
-            let j = (i + 1 + rng.below(3)).min(n - 1);
-            order.swap(i, j);
-            swaps += 1;
+            let g = group(order[at]);
+            if let Some(next) = (at + 1..n.min(at + 50)).find(|q| group(order[*q]) == g) {
+                order.swap(at, next);
+                swaps += 1;
+            }
         }
     }
     let mut repeats = 0;
-    let mut i = 0;
-    while i < order.len() {
+    let mut at = 0;
+    while at < order.len() {
         if rng.percent(repeat_percent) {
-            let at = (i + 1 + rng.below(20)).min(order.len());
-            order.insert(at, order[i]);
-            repeats += 1;
+            let g = group(order[at]);
+            if let Some(later) = (at + 1..order.len().min(at + 200)).find(|q| group(order[*q]) == g) {
+                order.insert(later + 1, order[at]);
+                repeats += 1;
+            }
         }
-        i += 1;
+        at += 1;
     }
     (order, swaps, repeats)
+}
+
+/// Records applied after a newer record of their group, in the topic's (partition) order: what the
+/// directory had to get right by stamps, not by arrival.
+fn stale_after_newer(records: &[Record]) -> usize {
+    let mut newest: std::collections::HashMap<&str, (i64, &str)> = std::collections::HashMap::new();
+    let mut stale = 0;
+    for r in records {
+        let stamp =
+            (r.value["event_time_ms"].as_i64().unwrap_or(0), r.value["event_id"].as_str().unwrap_or(""));
+        let seen = newest.entry(r.key.as_str()).or_insert(stamp);
+        if stamp < *seen {
+            stale += 1;
+        } else {
+            *seen = stamp;
+        }
+    }
+    stale
 }
 
 /// POSTs `hook` through the balancer until a bridge answers 200 (a webhook that reaches the killed
@@ -816,7 +882,7 @@ async fn converges_exactly(db: &str, url: &str) {
     let mut rng = Rng(seed);
     let prefix = format!("{}p", rng.below(1 << 20));
     let (hooks, truth, counts) = history(&mut rng, &prefix, OPERATIONS, GROUPS);
-    let (order, swaps, repeats) = delivery_order(&mut rng, hooks.len(), 10, 5);
+    let (order, swaps, repeats) = delivery_order(&mut rng, &hooks, 10, 5);
 
     // Two bridges on one topic behind a round-robin balancer; a fresh connection per webhook, so they
     // alternate; the directory consuming.
@@ -887,6 +953,14 @@ async fn converges_exactly(db: &str, url: &str) {
         .await;
     }
     let on_topic = topic_len_on(&bootstrap, &topic);
+    let stale = {
+        let (t, n) = (topic.clone(), on_topic as usize);
+        let records =
+            tokio::task::spawn_blocking(move || read_until(&t, Duration::from_secs(60), |r| r.len() >= n))
+                .await
+                .unwrap();
+        stale_after_newer(&records)
+    };
     wait_for("the directory's lag to be 0", Duration::from_secs(90), || {
         let (b, t, g) = (bootstrap.clone(), topic.clone(), consumer_group.clone());
         async move {
@@ -911,7 +985,8 @@ async fn converges_exactly(db: &str, url: &str) {
     }
     println!(
         "{db}: {} operations over {} groups ({counts:?}); {} webhooks delivered ({repeats} repeats, \
-         {swaps} local reorders, {failed} attempts failed and retried), {on_topic} records on the topic; \
+         {swaps} swaps within a group, {failed} attempts failed and retried), {on_topic} records on the topic, \
+         {stale} of them older than one of their group before them; \
          crashes: 1 bridge and the directory (kill -9 after {killed_at} answers, the directory {lag_at_kill:?} \
          records behind), both restarted; \
          {} rows compared, {} differ; {:.1?}",
@@ -933,6 +1008,8 @@ async fn converges_exactly(db: &str, url: &str) {
         counts.recreated > 0 && counts.cleared_fields > 0,
         "the history exercises re-creation: {counts:?}"
     );
+    assert!(stale >= 100, "only {stale} records came after a newer one of their group");
+    assert!(counts.ties > 10 && counts.ties_against_history > 0, "ties by event time: {counts:?}");
     assert!(directory.terminate().success());
 }
 
