@@ -220,9 +220,15 @@ impl Spool {
         let damage = Arc::new(recovered.damage.clone());
         let w = writer::Writer::new(config, recovered, committed_tx, stats.clone())?;
         stats.writer_running.store(true, Ordering::Relaxed);
+        #[cfg(all(test, feature = "failpoints"))]
+        let faults = crate::failpoints::here();
         let handle = std::thread::Builder::new()
             .name("spool-writer".into())
-            .spawn(move || w.run(rx))
+            .spawn(move || {
+                #[cfg(all(test, feature = "failpoints"))]
+                crate::failpoints::enable_here(faults);
+                w.run(rx)
+            })
             .map_err(SpoolError::Io)?;
         Ok((Spool { tx, committed, stats, dir, max_bytes, start_seq, damage }, SpoolThread(handle)))
     }
@@ -306,6 +312,34 @@ pub(crate) fn injected(arg: Option<String>) -> std::io::Error {
         _ => 5,
     };
     std::io::Error::from_raw_os_error(errno)
+}
+
+/// For unit tests: failpoints set as `FAILPOINTS` would set them, until the guard is dropped, firing
+/// on the test's thread and on the spool writers it starts only (see [`crate::failpoints`]). The
+/// tests holding one run one at a time.
+#[cfg(all(test, feature = "failpoints"))]
+pub(crate) struct Faults(Option<fail::FailScenario<'static>>);
+
+#[cfg(all(test, feature = "failpoints"))]
+impl Faults {
+    pub(crate) fn set(points: &[(&str, &str)]) -> Self {
+        let scenario = fail::FailScenario::setup();
+        for (name, actions) in points {
+            fail::cfg(*name, actions).unwrap();
+        }
+        crate::failpoints::enable_here(true);
+        Faults(Some(scenario))
+    }
+}
+
+#[cfg(all(test, feature = "failpoints"))]
+impl Drop for Faults {
+    fn drop(&mut self) {
+        crate::failpoints::enable_here(false);
+        if let Some(scenario) = self.0.take() {
+            scenario.teardown();
+        }
+    }
 }
 
 #[cfg(test)]
