@@ -362,9 +362,8 @@ pub(super) struct Writer {
     /// With `fsync=interval`: when the oldest unsynced write happened.
     dirty_since: Option<Instant>,
     state: State,
-    /// Sequence numbers given to batches whose write failed (inclusive ranges): never reused, never
-    /// pending. Dropped once acknowledged past.
-    burnt: Vec<(u64, u64)>,
+    /// Sequence numbers given to batches whose write failed: never reused, never pending.
+    burnt: Burnt,
     committed: watch::Sender<Committed>,
     stats: Arc<SpoolStats>,
     /// The spool directory's lock, released when the writer exits.
@@ -398,7 +397,7 @@ impl Writer {
             disk_bytes,
             dirty_since: None,
             state: State::Open,
-            burnt: Vec::new(),
+            burnt: Burnt::default(),
             committed,
             stats,
             _lock: recovered.lock,
@@ -511,6 +510,7 @@ impl Writer {
                         .duration_since(std::time::UNIX_EPOCH)
                         .map_or(0, |d| d.as_millis());
                     self.stats.committed_at(self.next_seq - 1, now as i64);
+                    self.burnt.committed_past();
                     self.committed.send_replace(Committed {
                         seq: self.next_seq - 1,
                         segment: seg.first_seq,
@@ -523,7 +523,7 @@ impl Writer {
                 Err(failure) => {
                     // These numbers are burnt: the next batch gets new ones, so nothing that read or
                     // buffered the failed bytes can mistake them for the next batch's records.
-                    self.burnt.push((first_seq, self.next_seq - 1));
+                    self.burnt.burn(first_seq, self.next_seq - 1);
                     let events = replies.len();
                     let answer = |failure: &WriteFailure| match failure {
                         WriteFailure::DiskFull(e) => {
@@ -659,7 +659,7 @@ impl Writer {
             return;
         }
         self.acked = seq.min(self.next_seq - 1);
-        self.burnt.retain(|(_, to)| *to > self.acked);
+        self.burnt.acknowledged(self.acked, self.committed.borrow().seq);
         self.ack_slot ^= 1;
         if let Err(e) = write_ack(&self.ack_file, self.acked, ACK_SLOTS[self.ack_slot]) {
             // Segments are deleted only once the acknowledgement that frees them is on record.
@@ -694,17 +694,72 @@ impl Writer {
 
     fn publish_stats(&self) {
         let committed = self.committed.borrow().seq;
-        // Burnt numbers are never records; count only those between the acknowledged and committed
-        // positions (a failed batch's numbers lie above the committed position until a later batch
-        // commits past them).
-        let burnt: u64 = self
-            .burnt
-            .iter()
-            .map(|&(from, to)| (to.min(committed) + 1).saturating_sub(from.max(self.acked + 1)))
-            .sum();
-        let pending = committed.saturating_sub(self.acked).saturating_sub(burnt);
+        let pending = committed.saturating_sub(self.acked).saturating_sub(self.burnt.pending());
         self.stats.pending_events.store(pending, Ordering::Relaxed);
         self.stats.bytes.store(self.disk_bytes, Ordering::Relaxed);
+    }
+}
+
+/// The sequence numbers of batches whose write failed, above the acknowledged one, as ranges.
+///
+/// Consecutive failed batches take consecutive numbers and merge into one range, so a disk full for
+/// hours costs one entry; a new range starts only after a batch committed, so there are never more
+/// ranges than records pending, plus one. Counts are kept as the ranges change, so the pending count
+/// after each group commit costs O(1).
+#[derive(Debug, Default)]
+struct Burnt {
+    /// Inclusive, ascending, not adjacent.
+    ranges: VecDeque<(u64, u64)>,
+    /// The numbers the ranges hold.
+    total: u64,
+    /// Those of them above the committed sequence number: burnt since the last batch committed.
+    uncommitted: u64,
+}
+
+impl Burnt {
+    /// A batch with the numbers `from..=to` failed; they are above every number given before.
+    fn burn(&mut self, from: u64, to: u64) {
+        match self.ranges.back_mut() {
+            Some(last) if last.1 + 1 == from => last.1 = to,
+            _ => self.ranges.push_back((from, to)),
+        }
+        self.total += to - from + 1;
+        self.uncommitted += to - from + 1;
+    }
+
+    /// A batch committed, above every burnt number.
+    fn committed_past(&mut self) {
+        self.uncommitted = 0;
+    }
+
+    /// Kafka has everything up to `acked`; `committed` is the committed sequence number.
+    fn acknowledged(&mut self, acked: u64, committed: u64) {
+        while let Some(first) = self.ranges.front_mut() {
+            if first.0 > acked {
+                break;
+            }
+            let to = first.1.min(acked);
+            let gone = to - first.0 + 1;
+            let gone_uncommitted = (to + 1).saturating_sub(first.0.max(committed + 1));
+            self.total -= gone;
+            self.uncommitted -= gone_uncommitted;
+            if to == first.1 {
+                self.ranges.pop_front();
+            } else {
+                first.0 = to + 1;
+            }
+        }
+    }
+
+    /// Burnt numbers between the acknowledged and the committed sequence numbers: numbers that no
+    /// record holds.
+    fn pending(&self) -> u64 {
+        self.total - self.uncommitted
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.ranges.len()
     }
 }
 
@@ -786,7 +841,76 @@ fn remove_segment(path: &Path) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use tokio::sync::oneshot;
+
+    use super::super::Faults;
     use super::*;
+
+    /// A writer on `dir`, driven by the test's own thread (no writer thread): each [`append`] is one
+    /// group commit.
+    fn writer(dir: &Path, fsync: FsyncMode) -> Writer {
+        let stats = Arc::new(SpoolStats::default());
+        let config = SpoolConfig { dir: dir.to_owned(), fsync, max_bytes: 1 << 30, observer: None };
+        let recovered = recover(dir, &stats).unwrap();
+        let (committed, _) = watch::channel(recovered.committed);
+        Writer::new(config, recovered, committed, stats).unwrap()
+    }
+
+    /// One group commit of `payloads`; what each append was answered.
+    fn append(w: &mut Writer, payloads: &[&[u8]]) -> Vec<Result<u64, SpoolError>> {
+        let (mut batch, mut answers) = (Vec::new(), Vec::new());
+        for p in payloads {
+            let (reply, answer) = oneshot::channel();
+            batch.push(Command::Append { payload: p.to_vec(), reply });
+            answers.push(answer);
+        }
+        w.commit(&mut batch);
+        answers.into_iter().map(|mut a| a.try_recv().expect("answered in the commit")).collect()
+    }
+
+    fn pending(w: &Writer) -> u64 {
+        w.stats.pending_events.load(Ordering::Relaxed)
+    }
+
+    #[test]
+    fn many_failed_batches_in_a_row_keep_one_burnt_range_and_the_pending_count_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer(dir.path(), FsyncMode::Never);
+        for _ in 0..10 {
+            assert!(append(&mut w, &[b"accepted"])[0].is_ok());
+        }
+        // The disk is full for a long while: every batch fails.
+        let faults = Faults::set(&[("spool::write", "return(enospc)")]);
+        for _ in 0..10_000 {
+            let answers = append(&mut w, &[b"refused", b"refused too"]);
+            assert!(answers.iter().all(|a| matches!(a, Err(SpoolError::DiskFull(_)))), "{answers:?}");
+        }
+        drop(faults);
+        assert_eq!(w.burnt.len(), 1, "consecutive failures are one range");
+        assert_eq!(pending(&w), 10);
+
+        // Space returns: numbering goes on after the burnt ones, and only records are pending.
+        assert_eq!(append(&mut w, &[b"accepted"])[0].as_ref().unwrap(), &20_011);
+        assert_eq!(pending(&w), 11);
+        let faults = Faults::set(&[("spool::write", "return(enospc)")]);
+        for _ in 0..5 {
+            assert!(append(&mut w, &[b"refused"])[0].is_err());
+        }
+        drop(faults);
+        assert_eq!(w.burnt.len(), 2);
+        assert_eq!(pending(&w), 11, "numbers burnt above the last record are not pending");
+        w.acknowledge(5);
+        w.publish_stats();
+        assert_eq!(pending(&w), 6);
+        w.acknowledge(20_011);
+        w.publish_stats();
+        assert_eq!((pending(&w), w.burnt.len()), (0, 1), "only the range above the last record is left");
+        assert_eq!(append(&mut w, &[b"accepted"])[0].as_ref().unwrap(), &20_017);
+        assert_eq!(pending(&w), 1);
+        w.acknowledge(20_017);
+        w.publish_stats();
+        assert_eq!((pending(&w), w.burnt.len()), (0, 0));
+    }
 
     #[test]
     fn the_newer_valid_ack_slot_wins_and_a_torn_one_is_ignored() {
