@@ -33,9 +33,19 @@ const SPARE_TMP: &str = "spare.zero.tmp";
 /// A spare is prepared only while the filesystem has this many segments' worth of room: it must
 /// never be what fills a disk the records need.
 const SPARE_ROOM: u64 = 4;
-const ACK_MAGIC: &[u8; 4] = b"TKBA";
-/// The two ack slots live in different disk sectors, so a torn write can damage one slot only.
-const ACK_SLOTS: [u64; 2] = [0, 512];
+/// The ack file holds two slots, written in turn, the next write always going to the slot not
+/// written last by a write that succeeded: a torn or failed write damages that slot only, and the
+/// other keeps the last position on record. Each slot has a 4 KiB page of its own, so no write of one
+/// (a sector, or a page the kernel writes back whole) touches the other.
+const ACK_SLOTS: [u64; 2] = [0, 4096];
+const ACK_PAGE: usize = 4096;
+const ACK_MAGIC: &[u8; 4] = b"TKB2";
+const ACK_SLOT_LEN: usize = 32;
+/// Earlier versions wrote 16-byte slots (`TKBA`, the sequence number, a CRC-32) at 0 and 512, or one
+/// at 0. They are read, and the file is rewritten in the current layout at open.
+const LEGACY_ACK_MAGIC: &[u8; 4] = b"TKBA";
+const LEGACY_ACK_SLOTS: [u64; 2] = [0, 512];
+const LEGACY_ACK_SLOT_LEN: usize = 16;
 
 #[derive(Debug, Clone)]
 pub(super) struct Segment {
@@ -53,6 +63,8 @@ pub(super) struct Recovered {
     /// The first sequence number new appends get: after every number seen, damaged ones included.
     pub next_seq: u64,
     pub acked: u64,
+    /// A refused batch's numbers, as the ack file records them (see [`AckState::refused`]).
+    pub refused: Option<(u64, u64)>,
     /// Held (locked) for as long as the writer lives.
     pub lock: File,
     pub damage: Damage,
@@ -80,29 +92,67 @@ pub(super) fn list_segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     Ok(out)
 }
 
-/// The acknowledged sequence number: the higher of the two slots whose checksum holds, or `None` when
-/// the file is missing or both slots are damaged. A file written by an earlier version (one slot)
-/// reads too.
-pub(super) fn read_ack(dir: &Path) -> Option<u64> {
-    let b = fs::read(dir.join(ACK_FILE)).ok()?;
-    ACK_SLOTS
-        .iter()
-        .filter_map(|at| {
-            let s = b.get(*at as usize..*at as usize + 16)?;
-            let crc = u32::from_le_bytes(s[12..16].try_into().unwrap());
-            (&s[0..4] == ACK_MAGIC && crc32fast::hash(&s[0..12]) == crc)
-                .then(|| u64::from_le_bytes(s[4..12].try_into().unwrap()))
-        })
-        .max()
+/// What an ack slot records.
+///
+/// ```text
+/// | "TKB2" | acked: u64 LE | refused from: u64 LE | refused to: u64 LE | crc32 of the 28 bytes before: u32 LE |
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct AckState {
+    /// Kafka has every record up to this sequence number.
+    pub acked: u64,
+    /// The sequence numbers of a refused batch (answered 5xx) whose bytes could not be durably cut
+    /// off its segment: recovery drops them. Encoded as `0, 0` when there is none.
+    pub refused: Option<(u64, u64)>,
 }
 
-fn ack_bytes(seq: u64) -> [u8; 16] {
-    let mut b = [0u8; 16];
-    b[0..4].copy_from_slice(ACK_MAGIC);
-    b[4..12].copy_from_slice(&seq.to_le_bytes());
-    let crc = crc32fast::hash(&b[0..12]);
-    b[12..16].copy_from_slice(&crc.to_le_bytes());
-    b
+impl AckState {
+    fn to_bytes(self) -> [u8; ACK_SLOT_LEN] {
+        let (from, to) = self.refused.unwrap_or((0, 0));
+        let mut b = [0u8; ACK_SLOT_LEN];
+        b[0..4].copy_from_slice(ACK_MAGIC);
+        b[4..12].copy_from_slice(&self.acked.to_le_bytes());
+        b[12..20].copy_from_slice(&from.to_le_bytes());
+        b[20..28].copy_from_slice(&to.to_le_bytes());
+        let crc = crc32fast::hash(&b[0..28]);
+        b[28..32].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    fn parse(b: &[u8]) -> Option<Self> {
+        let u64_at = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
+        let crc = u32::from_le_bytes(b.get(28..32)?.try_into().unwrap());
+        if &b[0..4] != ACK_MAGIC || crc32fast::hash(&b[0..28]) != crc {
+            return None;
+        }
+        let refused = Some((u64_at(12), u64_at(20))).filter(|(from, _)| *from > 0);
+        Some(AckState { acked: u64_at(4), refused })
+    }
+
+    /// A slot of an earlier version.
+    fn parse_legacy(b: &[u8]) -> Option<Self> {
+        let crc = u32::from_le_bytes(b.get(12..16)?.try_into().unwrap());
+        (&b[0..4] == LEGACY_ACK_MAGIC && crc32fast::hash(&b[0..12]) == crc)
+            .then(|| AckState { acked: u64::from_le_bytes(b[4..12].try_into().unwrap()), refused: None })
+    }
+
+    /// Which of two slots is newer: each write records an acknowledged number no lower than the one
+    /// before, and a refusal recorded at the same acknowledged number a higher range.
+    fn age(&self) -> (u64, u64) {
+        (self.acked, self.refused.map_or(0, |(_, to)| to))
+    }
+}
+
+/// What the ack file records: the newer of the slots whose checksum holds, or `None` when the file is
+/// missing or no slot is whole. A file written by an earlier version (slots at 0 and 512, or one at
+/// 0) reads too.
+pub(super) fn read_ack(dir: &Path) -> Option<AckState> {
+    let b = fs::read(dir.join(ACK_FILE)).ok()?;
+    let slot = |at: u64, len: usize| b.get(at as usize..at as usize + len);
+    let current = ACK_SLOTS.iter().filter_map(|at| AckState::parse(slot(*at, ACK_SLOT_LEN)?));
+    let legacy =
+        LEGACY_ACK_SLOTS.iter().filter_map(|at| AckState::parse_legacy(slot(*at, LEGACY_ACK_SLOT_LEN)?));
+    current.chain(legacy).max_by_key(AckState::age)
 }
 
 /// Checks every record left by an earlier run.
@@ -127,11 +177,11 @@ pub(super) fn recover(dir: &Path, stats: &SpoolStats) -> Result<Recovered, Spool
         Err(fs::TryLockError::WouldBlock) => return Err(SpoolError::Locked { path: dir.to_owned() }),
         Err(fs::TryLockError::Error(e)) => return Err(open_err(e)),
     }
-    let acked_file = read_ack(dir);
-    if acked_file.is_none() && dir.join(ACK_FILE).exists() {
+    let on_record = read_ack(dir);
+    if on_record.is_none() && dir.join(ACK_FILE).exists() {
         tracing::warn!("spool: ack file is damaged; every spooled event will be published again");
     }
-    let acked = acked_file.unwrap_or(0);
+    let AckState { acked, refused } = on_record.unwrap_or_default();
     // A spare being filled when the last run stopped is half-filled: the writer makes a new one.
     match fs::remove_file(dir.join(SPARE_TMP)) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(SpoolError::from(e)),
@@ -234,7 +284,7 @@ pub(super) fn recover(dir: &Path, stats: &SpoolStats) -> Result<Recovered, Spool
     // A fresh spool continues numbering after the acknowledged sequence number; the reader's bound is
     // the last record that can be read (a damaged tail of an older segment is not waited for).
     committed.seq = committed.seq.max(acked);
-    Ok(Recovered { segments, committed, next_seq: last_seq.max(acked) + 1, acked, lock, damage })
+    Ok(Recovered { segments, committed, next_seq: last_seq.max(acked) + 1, acked, refused, lock, damage })
 }
 
 /// Blocks of a segment read at start: a block the disk cannot read is filled with 0xFF.
@@ -356,8 +406,10 @@ pub(super) struct Writer {
     next_seq: u64,
     acked: u64,
     ack_file: File,
-    /// The ack slot written last; the next write goes to the other one.
+    /// The ack slot written last by a write that succeeded; the next write goes to the other one.
     ack_slot: usize,
+    /// Recorded in the ack file with the acknowledged number: see [`AckState::refused`].
+    refused: Option<(u64, u64)>,
     disk_bytes: u64,
     /// With `fsync=interval`: when the oldest unsynced write happened.
     dirty_since: Option<Instant>,
@@ -393,7 +445,8 @@ impl Writer {
             next_seq: recovered.next_seq,
             acked: recovered.acked,
             ack_file,
-            ack_slot: 1,
+            ack_slot: 0,
+            refused: recovered.refused,
             disk_bytes,
             dirty_since: None,
             state: State::Open,
@@ -402,10 +455,15 @@ impl Writer {
             stats,
             _lock: recovered.lock,
         };
-        // Both slots hold the recovered value, so neither is stale or damaged from here on.
-        for at in ACK_SLOTS {
-            w.ack_file.write_all_at(&ack_bytes(w.acked), at)?;
-        }
+        // Both slots hold the recovered state, so neither is stale or damaged from here on: the
+        // second first, synced, so that a torn write of the first leaves it whole; the first page is
+        // written whole, which clears the slot an earlier version kept at 512.
+        let slot = w.ack_state().to_bytes();
+        w.ack_file.write_all_at(&slot, ACK_SLOTS[1])?;
+        w.ack_file.sync_data()?;
+        let mut page = [0u8; ACK_PAGE];
+        page[..ACK_SLOT_LEN].copy_from_slice(&slot);
+        w.ack_file.write_all_at(&page, ACK_SLOTS[0])?;
         w.ack_file.sync_data()?;
         w.publish_stats();
         let mut w = w;
@@ -660,8 +718,7 @@ impl Writer {
         }
         self.acked = seq.min(self.next_seq - 1);
         self.burnt.acknowledged(self.acked, self.committed.borrow().seq);
-        self.ack_slot ^= 1;
-        if let Err(e) = write_ack(&self.ack_file, self.acked, ACK_SLOTS[self.ack_slot]) {
+        if let Err(e) = self.record_ack_state() {
             // Segments are deleted only once the acknowledgement that frees them is on record.
             tracing::warn!(error = %e, "spool: could not record acknowledgements; they will be published again after a restart");
             return;
@@ -674,22 +731,41 @@ impl Writer {
             tracing::warn!(error = %e, "spool: could not sync the ack file; keeping acknowledged segments for now");
             return;
         }
+        let mut deleted = 0;
         for _ in 0..freeable {
+            let seg = self.segments.front().expect("counted above");
+            if let Err(e) = remove_segment(&seg.path) {
+                // It stays listed, its bytes counted (they are still on the disk), and the next
+                // acknowledgement tries again; failing that, the next start removes it.
+                tracing::warn!(segment = %seg.path.display(), error = %e, "spool: could not delete an acknowledged segment; trying again at the next acknowledgement");
+                break;
+            }
             if self.segments.len() == 1 && self.active.is_some() {
                 self.active = None;
             }
             let seg = self.segments.pop_front().expect("counted above");
-            if let Err(e) = remove_segment(&seg.path) {
-                // The next start removes it (everything in it is acknowledged).
-                tracing::warn!(segment = %seg.path.display(), error = %e, "spool: could not delete an acknowledged segment");
-            }
             self.disk_bytes -= seg.bytes;
+            deleted += 1;
         }
-        if self.config.fsync != FsyncMode::Never {
+        if deleted > 0 && self.config.fsync != FsyncMode::Never {
             if let Err(e) = sync_dir(&self.config.dir) {
                 tracing::warn!(error = %e, "spool: could not sync the spool directory after deleting segments");
             }
         }
+    }
+
+    fn ack_state(&self) -> AckState {
+        AckState { acked: self.acked, refused: self.refused }
+    }
+
+    /// Writes the acknowledged number (and any refused range) to the slot not written last; only a
+    /// write that succeeded makes that slot the one written last, so a failed one is retried there
+    /// and the other slot keeps the last state on record. Not synced: the caller syncs.
+    fn record_ack_state(&mut self) -> io::Result<()> {
+        let slot = self.ack_slot ^ 1;
+        write_ack(&self.ack_file, self.ack_state(), ACK_SLOTS[slot])?;
+        self.ack_slot = slot;
+        Ok(())
     }
 
     fn publish_stats(&self) {
@@ -825,13 +901,13 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-fn write_ack(file: &File, seq: u64, at: u64) -> io::Result<()> {
+fn write_ack(file: &File, state: AckState, at: u64) -> io::Result<()> {
     failpoint!("spool::ack_write", |arg| {
         // A torn slot: half of it written.
-        file.write_all_at(&ack_bytes(seq)[..8], at)?;
+        file.write_all_at(&state.to_bytes()[..ACK_SLOT_LEN / 2], at)?;
         Err(super::injected(arg))
     });
-    file.write_all_at(&ack_bytes(seq), at)
+    file.write_all_at(&state.to_bytes(), at)
 }
 
 fn remove_segment(path: &Path) -> io::Result<()> {
@@ -849,8 +925,13 @@ mod tests {
     /// A writer on `dir`, driven by the test's own thread (no writer thread): each [`append`] is one
     /// group commit.
     fn writer(dir: &Path, fsync: FsyncMode) -> Writer {
+        writer_of(dir, fsync, 1 << 30)
+    }
+
+    /// The same with the cap `max_bytes` (segments are a sixteenth of it, at least 4 KiB).
+    fn writer_of(dir: &Path, fsync: FsyncMode, max_bytes: u64) -> Writer {
         let stats = Arc::new(SpoolStats::default());
-        let config = SpoolConfig { dir: dir.to_owned(), fsync, max_bytes: 1 << 30, observer: None };
+        let config = SpoolConfig { dir: dir.to_owned(), fsync, max_bytes, observer: None };
         let recovered = recover(dir, &stats).unwrap();
         let (committed, _) = watch::channel(recovered.committed);
         Writer::new(config, recovered, committed, stats).unwrap()
@@ -870,6 +951,104 @@ mod tests {
 
     fn pending(w: &Writer) -> u64 {
         w.stats.pending_events.load(Ordering::Relaxed)
+    }
+
+    /// The sequence numbers a spool opened on `dir` (as at the next start) hands the forwarder.
+    fn delivered_after_reopen(dir: &Path) -> Vec<u64> {
+        let (spool, thread) = super::super::Spool::open(SpoolConfig {
+            dir: dir.to_owned(),
+            fsync: FsyncMode::Never,
+            max_bytes: 1 << 30,
+            observer: None,
+        })
+        .unwrap();
+        let seqs = spool.reader().read(*spool.committed().borrow(), 100_000, 1 << 30).unwrap();
+        spool.close();
+        drop(spool);
+        thread.join();
+        seqs.iter().map(|r| r.seq).collect()
+    }
+
+    #[test]
+    fn after_failed_ack_writes_the_last_good_position_is_still_read_on_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer_of(dir.path(), FsyncMode::Always, 64 << 10);
+        for _ in 0..200 {
+            assert!(append(&mut w, &[&[7u8; 100]])[0].is_ok());
+        }
+        w.acknowledge(10);
+        // Two writes of the ack file in a row fail half-way, each tearing the slot it wrote.
+        let faults = Faults::set(&[("spool::ack_write", "2*return(eio)")]);
+        w.acknowledge(100);
+        w.acknowledge(150);
+        drop(faults);
+        let segments = list_segments(dir.path()).unwrap();
+        drop(w); // A crash: nothing more is written.
+
+        assert!(segments.len() > 3, "{segments:?}");
+        assert_eq!(
+            list_segments(dir.path()).unwrap(),
+            segments,
+            "nothing is deleted on an ack not on record"
+        );
+        assert_eq!(delivered_after_reopen(dir.path()), (11..=200).collect::<Vec<_>>());
+
+        // Written but not synced: still nothing is deleted.
+        let mut w = writer_of(dir.path(), FsyncMode::Always, 64 << 10);
+        let segments = list_segments(dir.path()).unwrap();
+        let faults = Faults::set(&[("spool::fsync", "return(eio)")]);
+        w.acknowledge(150);
+        drop(faults);
+        assert_eq!(
+            list_segments(dir.path()).unwrap(),
+            segments,
+            "nothing is deleted before the ack is synced"
+        );
+        w.acknowledge(151);
+        assert_eq!(list_segments(dir.path()).unwrap()[0].0, segments[4].0, "{segments:?}");
+    }
+
+    #[test]
+    fn after_a_failed_delete_nothing_acknowledged_is_lost_nor_delivered_again_and_the_delete_is_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        // Not `always`: its zero-filled spare segments are longer than their records.
+        let mut w = writer_of(dir.path(), FsyncMode::Interval(Duration::from_secs(3600)), 64 << 10);
+        for _ in 0..200 {
+            assert!(append(&mut w, &[&[7u8; 100]])[0].is_ok());
+        }
+        let segments = list_segments(dir.path()).unwrap();
+        assert!(segments.len() > 4, "{segments:?}");
+        let on_disk = |dir: &Path| {
+            list_segments(dir).unwrap().iter().map(|(_, p)| fs::metadata(p).unwrap().len()).sum::<u64>()
+        };
+        // Everything in the first three segments is in Kafka, and the deletes fail.
+        let acked = segments[3].0 - 1;
+        let faults = Faults::set(&[("spool::unlink", "return(eio)")]);
+        w.acknowledge(acked);
+        drop(faults);
+        w.publish_stats();
+        assert_eq!(list_segments(dir.path()).unwrap(), segments, "the deletes failed");
+        assert_eq!(w.stats.bytes.load(Ordering::Relaxed), on_disk(dir.path()), "their bytes still count");
+        assert_eq!(pending(&w), 200 - acked);
+
+        // The next acknowledgement deletes them.
+        w.acknowledge(acked + 1);
+        w.publish_stats();
+        assert_eq!(list_segments(dir.path()).unwrap(), segments[3..]);
+        assert_eq!(w.stats.bytes.load(Ordering::Relaxed), on_disk(dir.path()));
+
+        // A crash after failed deletes: the next start delivers what follows the position, once.
+        let faults = Faults::set(&[("spool::unlink", "return(eio)")]);
+        let acked = segments[4].0 + 3;
+        w.acknowledge(acked);
+        drop(faults);
+        drop(w);
+        assert_eq!(delivered_after_reopen(dir.path()), (acked + 1..=200).collect::<Vec<_>>());
+        assert_eq!(
+            list_segments(dir.path()).unwrap()[0].0,
+            segments[4].0,
+            "the acknowledged segment is gone"
+        );
     }
 
     #[test]
@@ -912,24 +1091,66 @@ mod tests {
         assert_eq!((pending(&w), w.burnt.len()), (0, 0));
     }
 
+    fn ack_file(dir: &Path) -> File {
+        OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(ACK_FILE)).unwrap()
+    }
+
+    fn acked(acked: u64) -> AckState {
+        AckState { acked, refused: None }
+    }
+
+    /// A slot as versions before the current layout wrote it.
+    fn legacy_slot(seq: u64) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        b[0..4].copy_from_slice(LEGACY_ACK_MAGIC);
+        b[4..12].copy_from_slice(&seq.to_le_bytes());
+        let crc = crc32fast::hash(&b[0..12]);
+        b[12..16].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
     #[test]
     fn the_newer_valid_ack_slot_wins_and_a_torn_one_is_ignored() {
         let dir = tempfile::tempdir().unwrap();
-        let f = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(dir.path().join(ACK_FILE))
-            .unwrap();
-        f.write_all_at(&ack_bytes(7), 0).unwrap();
-        f.write_all_at(&ack_bytes(9), 512).unwrap();
-        assert_eq!(read_ack(dir.path()), Some(9));
+        let f = ack_file(dir.path());
+        f.write_all_at(&acked(7).to_bytes(), 0).unwrap();
+        f.write_all_at(&acked(9).to_bytes(), 4096).unwrap();
+        assert_eq!(read_ack(dir.path()), Some(acked(9)));
         // Slot two torn mid-write: slot one's older value stands.
-        f.write_all_at(&ack_bytes(11)[..8], 512).unwrap();
-        assert_eq!(read_ack(dir.path()), Some(7));
-        // An ack file of the earlier one-slot format reads too.
-        fs::write(dir.path().join(ACK_FILE), ack_bytes(5)).unwrap();
-        assert_eq!(read_ack(dir.path()), Some(5));
+        f.write_all_at(&acked(11).to_bytes()[..16], 4096).unwrap();
+        assert_eq!(read_ack(dir.path()), Some(acked(7)));
+        // A refused range recorded at the same position is the newer state.
+        let refused = AckState { acked: 7, refused: Some((12, 15)) };
+        f.write_all_at(&refused.to_bytes(), 4096).unwrap();
+        assert_eq!(read_ack(dir.path()), Some(refused));
+    }
+
+    #[test]
+    fn the_ack_slots_are_a_page_apart_and_the_earlier_layouts_read_and_are_rewritten() {
+        // An earlier version's file: slots at 0 and 512, the newer one at 512.
+        let dir = tempfile::tempdir().unwrap();
+        let f = ack_file(dir.path());
+        f.write_all_at(&legacy_slot(7), 0).unwrap();
+        f.write_all_at(&legacy_slot(9), 512).unwrap();
+        assert_eq!(read_ack(dir.path()), Some(acked(9)));
+        // The version before: one slot.
+        fs::write(dir.path().join(ACK_FILE), legacy_slot(5)).unwrap();
+        assert_eq!(read_ack(dir.path()), Some(acked(5)));
+
+        // Opened, the file is rewritten in the current layout: a slot in each of two pages, nothing
+        // left of the earlier slots.
+        f.write_all_at(&legacy_slot(9), 512).unwrap();
+        let mut w = writer(dir.path(), FsyncMode::Never);
+        for _ in 0..20 {
+            append(&mut w, &[b"event"]);
+        }
+        w.acknowledge(12);
+        w.acknowledge(14);
+        drop(w);
+        let b = fs::read(dir.path().join(ACK_FILE)).unwrap();
+        assert_eq!(b.len(), 4096 + ACK_SLOT_LEN);
+        assert_eq!(AckState::parse(&b[0..ACK_SLOT_LEN]), Some(acked(14)));
+        assert_eq!(AckState::parse(&b[4096..]), Some(acked(12)));
+        assert!(b[ACK_SLOT_LEN..4096].iter().all(|b| *b == 0), "the earlier layout's slot at 512 is gone");
     }
 }
