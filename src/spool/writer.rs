@@ -200,6 +200,18 @@ pub(super) fn recover(dir: &Path, stats: &SpoolStats) -> Result<Recovered, Spool
         while at < buf.len() {
             let expected = last_seq.max(first_seq.saturating_sub(1)) + 1;
             match frame_at(&buf, at) {
+                Some(f) if refused.is_some_and(|(from, to)| (from..=to).contains(&f.seq)) => {
+                    // A batch refused (answered 5xx) when its write or fsync failed, whose bytes could
+                    // not be cut off then: the end of this segment's records. Nothing was written
+                    // after it (the spool failed for good), and a restart starts a new segment.
+                    tracing::warn!(segment = %path.display(), offset = at, cut_bytes = buf.len() - at, records,
+                        "spool: records of a batch refused when its write or fsync failed; cutting them off");
+                    let file = OpenOptions::new().write(true).open(path)?;
+                    file.set_len(at as u64)?;
+                    file.sync_data()?;
+                    buf.truncate(at);
+                    break;
+                }
                 Some(f) if f.seq >= expected && f.seq < before_seq => {
                     at += f.size();
                     (seg_last, last_seq, records) = (f.seq, f.seq, records + 1);
@@ -284,7 +296,9 @@ pub(super) fn recover(dir: &Path, stats: &SpoolStats) -> Result<Recovered, Spool
     // A fresh spool continues numbering after the acknowledged sequence number; the reader's bound is
     // the last record that can be read (a damaged tail of an older segment is not waited for).
     committed.seq = committed.seq.max(acked);
-    Ok(Recovered { segments, committed, next_seq: last_seq.max(acked) + 1, acked, refused, lock, damage })
+    // Nor are refused numbers given again.
+    let next_seq = last_seq.max(acked).max(refused.map_or(0, |(_, to)| to)) + 1;
+    Ok(Recovered { segments, committed, next_seq, acked, refused, lock, damage })
 }
 
 /// Blocks of a segment read at start: a block the disk cannot read is filled with 0xFF.
@@ -361,7 +375,7 @@ enum WriteFailure {
     DiskFull(io::Error),
     /// Nothing of the batch remains in the file, and the file is as it was (e.g. too many open files).
     Transient(io::Error),
-    /// The files are in doubt: a sync failed, an `EIO`, or a partial write could not be cut off.
+    /// The files are in doubt: a sync failed, an `EIO`, or a refused batch could not be cut off.
     Sticky(String),
 }
 
@@ -613,41 +627,64 @@ impl Writer {
     }
 
     /// Writes one batch to the active segment and syncs it as the mode says; returns how long the
-    /// fsync took, if one ran. On failure nothing of the batch is left in the file, or the failure
-    /// is [`WriteFailure::Sticky`].
+    /// fsync took, if one ran. On failure nothing of the batch is left for a reader, now or after a
+    /// restart (see [`take_back`](Self::take_back)).
     fn write(&mut self, buf: &[u8], first_seq: u64) -> Result<Option<Duration>, WriteFailure> {
         if self.active.is_none() || self.segments.back().is_some_and(|s| s.bytes >= self.segment_bytes) {
             self.roll(first_seq)?;
         }
         let file = self.active.as_mut().expect("rolled above");
-        let seg = self.segments.back_mut().expect("active segment is listed");
-        if let Err(e) = write_all(file, buf, seg.bytes) {
-            // Take the partial write back so the file holds only whole records; if even that fails,
-            // the file is in doubt.
-            if let Err(cut) = file.set_len(seg.bytes) {
-                return Err(WriteFailure::Sticky(format!(
-                    "write failed ({e}) and the partial write could not be cut off ({cut})"
-                )));
+        let end = self.segments.back().expect("active segment is listed").bytes;
+        let written =
+            write_all(file, buf, end).map_err(WriteFailure::of).and_then(|()| match self.config.fsync {
+                FsyncMode::Always => {
+                    let started = Instant::now();
+                    // After a failed fsync the kernel may have dropped the dirty pages: nothing written
+                    // since the last good sync can be trusted to be durable.
+                    sync_data(file).map_err(|e| WriteFailure::Sticky(format!("fsync failed: {e}")))?;
+                    Ok(Some(started.elapsed()))
+                }
+                FsyncMode::Interval(_) => {
+                    self.dirty_since.get_or_insert_with(Instant::now);
+                    Ok(None)
+                }
+                FsyncMode::Never => Ok(None),
+            });
+        match written {
+            Ok(fsync) => {
+                let seg = self.segments.back_mut().expect("active segment is listed");
+                seg.bytes += buf.len() as u64;
+                seg.last_seq = self.next_seq - 1;
+                self.disk_bytes += buf.len() as u64;
+                Ok(fsync)
             }
-            return Err(WriteFailure::of(e));
+            Err(failure) => Err(self.take_back(end, first_seq, failure)),
         }
-        seg.bytes += buf.len() as u64;
-        seg.last_seq = self.next_seq - 1;
-        self.disk_bytes += buf.len() as u64;
-        match self.config.fsync {
-            FsyncMode::Always => {
-                let started = Instant::now();
-                // After a failed fsync the kernel may have dropped the dirty pages: nothing written
-                // since the last good sync can be trusted to be durable.
-                sync_data(file).map_err(|e| WriteFailure::Sticky(format!("fsync failed: {e}")))?;
-                Ok(Some(started.elapsed()))
-            }
-            FsyncMode::Interval(_) => {
-                self.dirty_since.get_or_insert_with(Instant::now);
-                Ok(None)
-            }
-            FsyncMode::Never => Ok(None),
+    }
+
+    /// Takes a refused batch's bytes (all of them, after a failed fsync; what reached the file, after
+    /// a failed write) back off the active segment, which ends at `end` without them: cut there and
+    /// synced, so that no restart reads them as records (after `kill -9` an uncut file would hand
+    /// them out, and after a power cut an unsynced cut could be undone). When the cut or its sync
+    /// fails, the batch's numbers are recorded as refused in the ack file, recovery drops them, and
+    /// the spool fails for good.
+    fn take_back(&mut self, end: u64, first_seq: u64, failure: WriteFailure) -> WriteFailure {
+        let file = self.active.as_ref().expect("written to the active segment");
+        let Err(e) = cut(file, end).and_then(|()| sync_data(file)) else { return failure };
+        let what = match &failure {
+            WriteFailure::DiskFull(e) | WriteFailure::Transient(e) => format!("write failed: {e}"),
+            WriteFailure::Sticky(reason) => reason.clone(),
+        };
+        let (from, to) = (first_seq, self.next_seq - 1);
+        self.refused = Some((from, to));
+        let recorded = self.record_ack_state().and_then(|()| sync_data(&self.ack_file));
+        match recorded {
+            Ok(()) => tracing::error!(error = %e, from_seq = from, to_seq = to,
+                "spool: a refused batch could not be cut off its segment; its numbers are recorded as refused and the next start drops them"),
+            Err(r) => tracing::error!(error = %e, record_error = %r, from_seq = from, to_seq = to,
+                "spool: a refused batch could not be cut off its segment nor durably recorded as refused; after a power cut the next start may publish it"),
         }
+        WriteFailure::Sticky(format!("{what}; the refused batch could not be cut off the segment ({e})"))
     }
 
     fn roll(&mut self, first_seq: u64) -> Result<(), WriteFailure> {
@@ -897,6 +934,12 @@ fn open_segment(dir: &Path, path: &Path, segment_bytes: u64) -> io::Result<File>
     OpenOptions::new().create_new(true).write(true).open(path)
 }
 
+/// Cuts a segment's file at `len`: takes back a refused batch's bytes.
+fn cut(file: &File, len: u64) -> io::Result<()> {
+    failpoint!("spool::cut", |arg| Err(super::injected(arg)));
+    file.set_len(len)
+}
+
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -1049,6 +1092,57 @@ mod tests {
             segments[4].0,
             "the acknowledged segment is gone"
         );
+    }
+
+    #[test]
+    fn a_batch_refused_for_a_failed_fsync_is_not_read_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer(dir.path(), FsyncMode::Always);
+        for _ in 0..5 {
+            assert!(append(&mut w, &[b"accepted"])[0].is_ok());
+        }
+        let faults = Faults::set(&[("spool::fsync", "1*return(eio)")]);
+        let answers = append(&mut w, &[b"refused", b"refused too"]);
+        drop(faults);
+        assert!(answers.iter().all(|a| matches!(a, Err(SpoolError::Failed(_)))), "{answers:?}");
+        assert!(matches!(append(&mut w, &[b"after"])[0], Err(SpoolError::Failed(_))), "failed for good");
+        drop(w); // kill -9
+
+        assert_eq!(delivered_after_reopen(dir.path()), (1..=5).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_refused_batch_that_cannot_be_cut_off_is_recorded_and_dropped_at_the_next_start() {
+        for (faults, refusal) in [
+            // Disk full half-way through the batch (its first record whole in the file), and the cut
+            // fails.
+            ("spool::write=1*return(enospc);spool::cut=return(eio)", "write"),
+            // The fsync fails, and so does every one after it: the cut is made but cannot be synced.
+            ("spool::fsync=return(eio)", "fsync"),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut w = writer(dir.path(), FsyncMode::Always);
+            for _ in 0..5 {
+                assert!(append(&mut w, &[b"accepted"])[0].is_ok());
+            }
+            let points: Vec<(&str, &str)> = faults.split(';').map(|p| p.split_once('=').unwrap()).collect();
+            let set = Faults::set(&points);
+            let answers = append(&mut w, &[b"refused", b"refused"]);
+            drop(set);
+            assert!(
+                answers.iter().all(|a| matches!(a, Err(SpoolError::Failed(_)))),
+                "{refusal}: {answers:?}"
+            );
+            assert_eq!(read_ack(dir.path()).unwrap().refused, Some((6, 7)), "{refusal}");
+            drop(w); // kill -9
+
+            assert_eq!(delivered_after_reopen(dir.path()), (1..=5).collect::<Vec<_>>(), "{refusal}");
+            // Numbering goes on above the refused numbers, which stay refused.
+            let mut w = writer(dir.path(), FsyncMode::Always);
+            assert_eq!(append(&mut w, &[b"next"])[0].as_ref().unwrap(), &8, "{refusal}");
+            drop(w);
+            assert_eq!(delivered_after_reopen(dir.path()), vec![1, 2, 3, 4, 5, 8], "{refusal}");
+        }
     }
 
     #[test]
