@@ -338,6 +338,55 @@ async fn a_failed_fsync_refuses_every_event_after_it_and_fails_liveness() {
     assert_eq!(names(&records), ok);
 }
 
+/// A refused event must never reach the topic, also after a crash: a failed fsync left the batch's
+/// bytes in the segment, where the next start found whole records; a cut that fails (or cannot be
+/// synced) is recorded as a refused range the next start honours; a cut after a full disk is synced.
+#[tokio::test]
+async fn events_refused_for_a_failed_fsync_or_write_are_not_published_after_kill_9_and_a_restart() {
+    let _up = broker().shared().await;
+    for (failpoints, refusal) in [
+        ("spool::fsync=5*off->return(eio)", 500),
+        ("spool::fsync=5*off->return(eio);spool::cut=return(eio)", 500),
+        ("spool::write=5*off->1*return(enospc)", 503),
+    ] {
+        let spool = tempfile::tempdir().unwrap();
+        // Kafka out of reach: nothing is delivered before the crash.
+        let mut bridge = Bridge::spawn(
+            BridgeOptions::new(spool.path())
+                .env("BRIDGE_KAFKA_BROKERS", "127.0.0.1:1")
+                .env("FAILPOINTS", failpoints),
+        )
+        .await;
+        let (mut ok, mut refused) = (HashSet::new(), HashSet::new());
+        for n in 0..10 {
+            let (status, answer) = bridge.send(&Webhook::rename("@TGS#refused", n)).await;
+            match status {
+                200 => {
+                    ok.insert(("@TGS#refused".to_owned(), n));
+                }
+                s if s == refusal => {
+                    assert_eq!(answer.action_status, "FAIL");
+                    refused.insert(("@TGS#refused".to_owned(), n));
+                }
+                other => panic!("{failpoints}: unexpected status {other}: {}", answer.error_info),
+            }
+        }
+        assert!(ok.len() >= 5 && !refused.is_empty(), "{failpoints}: {ok:?} {refused:?}");
+
+        bridge.kill9();
+        bridge.restart(&[("BRIDGE_KAFKA_BROKERS", broker().bootstrap().as_str()), ("FAILPOINTS", "")]).await;
+
+        wait_for("the spool to be forwarded", Duration::from_secs(60), || async {
+            sample(&scrape(&bridge).await, "bridge_spool_pending_events") == Some(0.0)
+        })
+        .await;
+        let total = topic_len(&bridge.topic) as usize;
+        let records = read_until(&bridge.topic, Duration::from_secs(30), |r| r.len() >= total);
+        assert_eq!(names(&records), ok, "{failpoints}: every event answered OK, and none refused");
+        assert_eq!(records.len(), ok.len(), "{failpoints}");
+    }
+}
+
 #[tokio::test]
 async fn a_dead_writer_thread_or_a_dead_forwarder_fails_liveness() {
     let _up = broker().shared().await;
