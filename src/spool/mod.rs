@@ -65,6 +65,10 @@ pub enum SpoolError {
     Io(#[from] std::io::Error),
     #[error("spool is unusable after an earlier failure ({0}); restart the bridge")]
     Failed(String),
+    #[error(
+        "the spool's writer is behind: {queued_bytes} bytes of events wait for it (at most {max_bytes})"
+    )]
+    Busy { queued_bytes: u64, max_bytes: u64 },
     #[error("spool is closed")]
     Closed,
     #[error("spool directory {path} is in use by another process (one bridge per spool directory)")]
@@ -100,6 +104,15 @@ impl std::fmt::Display for FsyncMode {
     }
 }
 
+/// How many bytes of appends may wait for the writer thread (queued, or in the group commit under
+/// way) before more are refused with [`SpoolError::Busy`] (503) instead of waiting in memory. A group
+/// commit takes the whole queue, so it grows only while the disk stalls; then, without a bound, every
+/// webhook in flight would hold its event in memory. 64 MiB is a thousand events of the largest body
+/// `BRIDGE_MAX_BODY_BYTES` allows by default, and at the benchmark's peak rate (30 000 events a second
+/// of about 600 bytes) over three seconds of appends; an append is never refused while nothing waits,
+/// so no event is too large for it.
+pub const MAX_QUEUED_BYTES: u64 = 64 << 20;
+
 /// How the spool is set up.
 #[derive(Clone)]
 pub struct SpoolConfig {
@@ -107,6 +120,9 @@ pub struct SpoolConfig {
     pub fsync: FsyncMode,
     /// At this many bytes on disk, appends are refused ([`SpoolError::Full`]).
     pub max_bytes: u64,
+    /// At this many bytes waiting for the writer, appends are refused ([`SpoolError::Busy`]);
+    /// [`MAX_QUEUED_BYTES`] unless a test wants less.
+    pub max_queued_bytes: u64,
     /// Told about every group commit (the metrics implement it); the spool knows no metric names.
     pub observer: Option<Arc<dyn SpoolObserver>>,
 }
@@ -145,6 +161,8 @@ pub struct SpoolStats {
     pub bytes: AtomicU64,
     /// Records lost to damage (found at start or while forwarding), never counted twice.
     pub corrupt_records: AtomicU64,
+    /// Bytes of appends (record size: header and payload) sent to the writer and not yet answered.
+    pub queued_bytes: AtomicU64,
     /// True while the writer thread runs; false once it has exited, normally or by a panic.
     writer_running: AtomicBool,
     /// Why the spool refuses every append for good, once it does.
@@ -165,6 +183,11 @@ impl SpoolStats {
     }
 }
 
+/// What an append counts for in [`SpoolStats::queued_bytes`]: its record's size.
+fn queued_size(payload: &[u8]) -> u64 {
+    (record::HEADER_LEN + payload.len()) as u64
+}
+
 /// Where damage was found, as (segment, byte offset), so that it is reported and counted once.
 pub(crate) type Damage = HashSet<(u64, u64)>;
 
@@ -182,6 +205,7 @@ pub struct Spool {
     stats: Arc<SpoolStats>,
     dir: PathBuf,
     max_bytes: u64,
+    max_queued_bytes: u64,
     /// The first sequence number not acknowledged when the spool was opened: where forwarding starts.
     start_seq: u64,
     /// Damage recovery found and reported, handed to the reader so it is not reported again.
@@ -215,7 +239,7 @@ impl Spool {
         let (tx, rx) = mpsc::channel();
         let (committed_tx, committed) = watch::channel(recovered.committed);
         let dir = config.dir.clone();
-        let max_bytes = config.max_bytes;
+        let (max_bytes, max_queued_bytes) = (config.max_bytes, config.max_queued_bytes);
         let start_seq = recovered.acked + 1;
         let damage = Arc::new(recovered.damage.clone());
         let w = writer::Writer::new(config, recovered, committed_tx, stats.clone())?;
@@ -230,14 +254,26 @@ impl Spool {
                 w.run(rx)
             })
             .map_err(SpoolError::Io)?;
-        Ok((Spool { tx, committed, stats, dir, max_bytes, start_seq, damage }, SpoolThread(handle)))
+        let spool = Spool { tx, committed, stats, dir, max_bytes, max_queued_bytes, start_seq, damage };
+        Ok((spool, SpoolThread(handle)))
     }
 
     /// Appends one event and resolves once it is as durable as the fsync mode promises. The returned
-    /// sequence number orders it among all events.
+    /// sequence number orders it among all events. Refused at once ([`SpoolError::Busy`]) when
+    /// [`SpoolConfig::max_queued_bytes`] already wait for the writer.
     pub async fn append(&self, payload: Vec<u8>) -> Result<u64, SpoolError> {
+        let size = queued_size(&payload);
+        let queued = self.stats.queued_bytes.fetch_add(size, Ordering::Relaxed);
+        if queued > 0 && queued + size > self.max_queued_bytes {
+            self.stats.queued_bytes.fetch_sub(size, Ordering::Relaxed);
+            return Err(SpoolError::Busy { queued_bytes: queued, max_bytes: self.max_queued_bytes });
+        }
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Command::Append { payload, reply }).map_err(|_| SpoolError::Closed)?;
+        if self.tx.send(Command::Append { payload, reply }).is_err() {
+            self.stats.queued_bytes.fetch_sub(size, Ordering::Relaxed);
+            return Err(SpoolError::Closed);
+        }
+        // The writer takes the size off once it answered (even when this future is dropped first).
         rx.await.map_err(|_| SpoolError::Closed)?
     }
 
@@ -349,8 +385,14 @@ mod tests {
     use super::*;
 
     fn open(dir: &Path, max_bytes: u64) -> (Spool, SpoolThread) {
-        Spool::open(SpoolConfig { dir: dir.to_owned(), fsync: FsyncMode::Never, max_bytes, observer: None })
-            .unwrap()
+        Spool::open(SpoolConfig {
+            dir: dir.to_owned(),
+            fsync: FsyncMode::Never,
+            max_bytes,
+            max_queued_bytes: MAX_QUEUED_BYTES,
+            observer: None,
+        })
+        .unwrap()
     }
 
     fn close((spool, thread): (Spool, SpoolThread)) {
@@ -401,6 +443,62 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn appends_beyond_the_queue_bound_are_refused_at_once_while_the_writer_is_stalled() {
+        let dir = tempfile::tempdir().unwrap();
+        // The writer stalls in its group commit, as on a disk that does not answer.
+        let faults = Faults::set(&[("spool::commit", "pause")]);
+        let (spool, thread) = Spool::open(SpoolConfig {
+            dir: dir.path().to_owned(),
+            fsync: FsyncMode::Never,
+            max_bytes: 1 << 20,
+            max_queued_bytes: 4 << 10,
+            observer: None,
+        })
+        .unwrap();
+        let size = (record::HEADER_LEN + 1000) as u64;
+        let queued_becomes = |bytes: u64| {
+            let spool = spool.clone();
+            async move {
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+                while spool.stats().queued_bytes.load(Ordering::Relaxed) != bytes {
+                    assert!(std::time::Instant::now() < deadline, "{bytes} bytes never queued");
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+            }
+        };
+        let waiting: Vec<_> = (0..4u8)
+            .map(|i| {
+                let spool = spool.clone();
+                tokio::spawn(async move { spool.append(vec![i; 1000]).await })
+            })
+            .collect();
+        queued_becomes(4 * size).await;
+
+        // A fifth would pass the bound: refused at once, not queued.
+        let refused = spool.append(vec![9; 1000]).await;
+        assert!(
+            matches!(refused, Err(SpoolError::Busy { queued_bytes, max_bytes: 4096 }) if queued_bytes == 4 * size),
+            "{refused:?}"
+        );
+        assert_eq!(spool.stats().queued_bytes.load(Ordering::Relaxed), 4 * size);
+
+        // The disk answers again: every queued append is written, and the queue is empty.
+        fail::cfg("spool::commit", "off").unwrap();
+        let mut seqs = Vec::new();
+        for w in waiting {
+            seqs.push(w.await.unwrap().unwrap());
+        }
+        assert_eq!(seqs.len(), 4);
+        // (Taken off once the writer has answered the whole batch.)
+        queued_becomes(0).await;
+        // With nothing waiting, even an append larger than the bound is taken.
+        assert_eq!(spool.append(vec![1; 8 << 10]).await.unwrap(), 5);
+        queued_becomes(0).await;
+        drop(faults);
+        close((spool, thread));
+    }
+
+    #[tokio::test]
     async fn a_reopened_spool_starts_after_what_was_acknowledged() {
         let dir = tempfile::tempdir().unwrap();
         let first = open(dir.path(), 1 << 20);
@@ -422,6 +520,7 @@ mod tests {
                 dir: dir.path().to_owned(),
                 fsync: FsyncMode::Never,
                 max_bytes: 1 << 20,
+                max_queued_bytes: MAX_QUEUED_BYTES,
                 observer: None,
             }),
             Err(SpoolError::Locked { .. })
@@ -600,6 +699,7 @@ mod tests {
             dir: dir.path().to_owned(),
             fsync: FsyncMode::Always,
             max_bytes: 64 << 10,
+            max_queued_bytes: MAX_QUEUED_BYTES,
             observer: None,
         };
         let segment = config().segment_bytes();
@@ -657,6 +757,7 @@ mod tests {
             dir: dir.path().to_owned(),
             fsync: FsyncMode::Always,
             max_bytes: 64 << 10,
+            max_queued_bytes: MAX_QUEUED_BYTES,
             observer: None,
         };
         let segment = config.segment_bytes();

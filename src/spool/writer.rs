@@ -534,6 +534,11 @@ impl Writer {
 
     fn commit(&mut self, batch: &mut Vec<Command>) {
         failpoint!("spool::commit");
+        // Taken off the queued bytes once every append of the batch is answered.
+        let queued: u64 = batch
+            .iter()
+            .map(|c| if let Command::Append { payload, .. } = c { super::queued_size(payload) } else { 0 })
+            .sum();
         // Acknowledgements first: the space they free is there for the appends of the same batch.
         let ack =
             batch.iter().filter_map(|c| if let Command::Ack(seq) = c { Some(*seq) } else { None }).max();
@@ -623,6 +628,7 @@ impl Writer {
                 }
             }
         }
+        self.stats.queued_bytes.fetch_sub(queued, Ordering::Relaxed);
         self.publish_stats();
     }
 
@@ -962,7 +968,7 @@ fn remove_segment(path: &Path) -> io::Result<()> {
 mod tests {
     use tokio::sync::oneshot;
 
-    use super::super::Faults;
+    use super::super::{Faults, MAX_QUEUED_BYTES};
     use super::*;
 
     /// A writer on `dir`, driven by the test's own thread (no writer thread): each [`append`] is one
@@ -974,7 +980,13 @@ mod tests {
     /// The same with the cap `max_bytes` (segments are a sixteenth of it, at least 4 KiB).
     fn writer_of(dir: &Path, fsync: FsyncMode, max_bytes: u64) -> Writer {
         let stats = Arc::new(SpoolStats::default());
-        let config = SpoolConfig { dir: dir.to_owned(), fsync, max_bytes, observer: None };
+        let config = SpoolConfig {
+            dir: dir.to_owned(),
+            fsync,
+            max_bytes,
+            max_queued_bytes: MAX_QUEUED_BYTES,
+            observer: None,
+        };
         let recovered = recover(dir, &stats).unwrap();
         let (committed, _) = watch::channel(recovered.committed);
         Writer::new(config, recovered, committed, stats).unwrap()
@@ -1002,6 +1014,7 @@ mod tests {
             dir: dir.to_owned(),
             fsync: FsyncMode::Never,
             max_bytes: 1 << 30,
+            max_queued_bytes: MAX_QUEUED_BYTES,
             observer: None,
         })
         .unwrap();
