@@ -475,7 +475,9 @@ mod tests {
         queued_becomes(4 * size).await;
 
         // A fifth would pass the bound: refused at once, not queued.
-        let refused = spool.append(vec![9; 1000]).await;
+        let refused = tokio::time::timeout(std::time::Duration::from_secs(1), spool.append(vec![9; 1000]))
+            .await
+            .expect("refused at once, not queued behind the stalled writer");
         assert!(
             matches!(refused, Err(SpoolError::Busy { queued_bytes, max_bytes: 4096 }) if queued_bytes == 4 * size),
             "{refused:?}"
