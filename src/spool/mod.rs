@@ -9,25 +9,32 @@
 //! - `NNNNNNNNNNNNNNNNNNNN.seg`: segment files named by the sequence number of their first record, each
 //!   an append-only run of checksummed [records](record). A segment is deleted once every record in it
 //!   is acknowledged.
-//! - `ack`: the highest sequence number Kafka acknowledged, in two checksummed slots written in turn,
-//!   so a torn write of one leaves the other; made durable before the segments it frees are deleted.
+//! - `ack`: the highest sequence number Kafka acknowledged, in two checksummed slots (each in a 4 KiB
+//!   page of its own) written in turn, so a torn or failed write of one leaves the other; made durable
+//!   before the segments it frees are deleted. It also records the numbers of a refused batch whose
+//!   bytes could not be cut off its segment, which recovery then drops.
 //! - `lock`: locked (`flock`) by the running bridge, so a second one on the same directory refuses to
 //!   start.
 //!
 //! ## Threads
 //! One writer thread owns every file mutation ([`writer`]): appends from all HTTP workers queue on a
 //! channel and the thread turns whatever has queued into one `write` and, with `fsync=always`, one
-//! `fdatasync` (group commit) before any of their answers go out. Disk I/O never runs on the async
+//! `fdatasync` (group commit) before any of their answers go out. At most [`MAX_QUEUED_BYTES`] of
+//! appends wait for it: while the disk stalls, more are refused at once ([`SpoolError::Busy`], 503)
+//! rather than held in memory. Disk I/O never runs on the async
 //! runtime. The forwarder reads segments with its own [`SpoolReader`], only up to the [`Committed`]
 //! position (sequence number, segment and byte offset) published on a `watch` channel after each group
 //! commit, so it never sees a half-written record nor the bytes of a write that failed.
 //!
 //! ## Failures
 //! - A sequence number is never given twice: a batch whose write failed burns its numbers.
+//! - A refused batch is never published, not even after a restart: what its failed write or fsync left
+//!   in the segment is cut off and the cut synced; when that fails, its numbers are recorded as
+//!   refused in `ack`, recovery cuts them off, and the spool fails for good.
 //! - Disk full (`ENOSPC`, `EDQUOT`) while appending or rolling: the partial write is cut off and the
 //!   batch is refused as [`SpoolError::DiskFull`] (503); the next batch tries again, so appends resume by
 //!   themselves once space returns.
-//! - A failed `fsync`, `EIO`, or a partial write that cannot be cut off: the kernel may have dropped
+//! - A failed `fsync`, `EIO`, or a refused batch that cannot be cut off: the kernel may have dropped
 //!   pages we cannot name, so the spool refuses every append from then on ([`SpoolError::Failed`]) and
 //!   says so through [`Spool::health`], which fails liveness so an orchestrator restarts the bridge.
 //! - A damaged record (bit rot, a torn write) costs that record only: reading resumes at the next
@@ -748,6 +755,54 @@ mod tests {
         assert_eq!(spool.append(b"next".to_vec()).await.unwrap(), 11);
         close((spool, thread));
         assert!(!dir.path().join("spare.zero.tmp").exists());
+    }
+
+    /// With `fsync=always` a segment is a zero-filled spare, so a crash mid-write leaves a torn last
+    /// record followed by zeros, not a short file.
+    #[tokio::test]
+    async fn a_torn_last_record_followed_by_a_zero_tail_is_cut_off_and_every_whole_record_before_it_kept() {
+        // Torn inside the header, just after it, and half-way through the payload.
+        for torn_at in [7, record::HEADER_LEN, record::HEADER_LEN + 100] {
+            let dir = tempfile::tempdir().unwrap();
+            let config = || SpoolConfig {
+                dir: dir.path().to_owned(),
+                fsync: FsyncMode::Always,
+                max_bytes: 64 << 10,
+                max_queued_bytes: MAX_QUEUED_BYTES,
+                observer: None,
+            };
+            let mut bytes = Vec::new();
+            for seq in 1..=10u64 {
+                record::encode(seq, format!("event {seq}").as_bytes(), &mut bytes);
+            }
+            let whole = bytes.len();
+            let mut torn = Vec::new();
+            record::encode(11, &[b'x'; 200], &mut torn);
+            bytes.extend_from_slice(&torn[..torn_at]);
+            bytes.resize(config().segment_bytes() as usize, 0);
+            let segment = writer::segment_path(dir.path(), 1);
+            std::fs::write(&segment, &bytes).unwrap();
+
+            let (spool, thread) = Spool::open(config()).unwrap();
+
+            assert_eq!(
+                std::fs::metadata(&segment).unwrap().len(),
+                whole as u64,
+                "cut where the torn record starts"
+            );
+            // As for any torn tail of the newest segment: cut with a warning, not counted as damage.
+            assert_eq!(spool.stats().corrupt_records.load(Ordering::Relaxed), 0, "torn at {torn_at}");
+            let records = spool.reader().read(*spool.committed().borrow(), 100, 1 << 20).unwrap();
+            assert_eq!(records.iter().map(|r| r.seq).collect::<Vec<_>>(), (1..=10).collect::<Vec<_>>());
+            assert_eq!(records[9].payload, b"event 10");
+            assert_eq!(spool.pending_events(), 10);
+            assert_eq!(
+                spool.append(b"next".to_vec()).await.unwrap(),
+                11,
+                "the torn record was never answered OK"
+            );
+            close((spool, thread));
+        }
     }
 
     #[tokio::test]
