@@ -688,7 +688,7 @@ impl Writer {
             Ok(()) => tracing::error!(error = %e, from_seq = from, to_seq = to,
                 "spool: a refused batch could not be cut off its segment; its numbers are recorded as refused and the next start drops them"),
             Err(r) => tracing::error!(error = %e, record_error = %r, from_seq = from, to_seq = to,
-                "spool: a refused batch could not be cut off its segment nor durably recorded as refused; after a power cut the next start may publish it"),
+                "spool: a refused batch could not be cut off its segment nor durably recorded as refused; a restart may publish it"),
         }
         WriteFailure::Sticky(format!("{what}; the refused batch could not be cut off the segment ({e})"))
     }
