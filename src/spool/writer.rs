@@ -334,7 +334,9 @@ fn read_block(file: &File, buf: &mut [u8], offset: usize) -> io::Result<()> {
     // `spool::recover_read=return(<offset>)`: the block holding that offset of the segment read then
     // fails with EIO.
     #[cfg(feature = "failpoints")]
-    if let Some(Some(arg)) = fail::eval("spool::recover_read", |arg| arg) {
+    if let Some(Some(arg)) =
+        crate::failpoints::here().then(|| fail::eval("spool::recover_read", |arg| arg)).flatten()
+    {
         if arg.parse::<usize>().is_ok_and(|o| (offset..offset + buf.len()).contains(&o)) {
             return Err(io::Error::from_raw_os_error(5));
         }
