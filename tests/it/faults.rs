@@ -375,6 +375,8 @@ async fn events_refused_for_a_failed_fsync_or_write_are_not_published_after_kill
         assert!(ok.len() >= 5 && !refused.is_empty(), "{failpoints}: {ok:?} {refused:?}");
 
         bridge.kill9();
+        // Gone, and its lock on the spool with it, before the next start.
+        assert!(!bridge.wait_exit(Duration::from_secs(10)).success());
         bridge.restart(&[("BRIDGE_KAFKA_BROKERS", broker().bootstrap().as_str()), ("FAILPOINTS", "")]).await;
 
         wait_for("the spool to be forwarded", Duration::from_secs(60), || async {
