@@ -16,7 +16,13 @@ const NOW_MS: i64 = 1_670_574_420_000;
 /// first is in a running bridge) unless `spare` is false.
 fn with_spool(fsync: FsyncMode, spare: bool, bench: impl FnOnce(&Spool)) {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let config = SpoolConfig { dir: dir.path().to_owned(), fsync, max_bytes: 1 << 40, observer: None };
+    let config = SpoolConfig {
+        dir: dir.path().to_owned(),
+        fsync,
+        max_bytes: 1 << 40,
+        max_queued_bytes: tim_kafka_bridge::spool::MAX_QUEUED_BYTES,
+        observer: None,
+    };
     let (spool, thread) = Spool::open(config).unwrap();
     if fsync == FsyncMode::Always {
         let ready = dir.path().join("spare.zero");

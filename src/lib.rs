@@ -28,12 +28,51 @@
 //! the `tim-group-directory` binary (a groups table in SQLite or PostgreSQL, kept from the topic).
 
 /// `fail::fail_point!` when built with the `failpoints` feature (the test suite turns it on), nothing
-/// otherwise: the release build carries no failpoint.
+/// otherwise: the release build carries no failpoint. In the library's own unit tests a failpoint fires
+/// only on the threads a test opted in ([`failpoints`]).
 macro_rules! failpoint {
-    ($($arg:tt)*) => {
+    ($name:expr) => {
         #[cfg(feature = "failpoints")]
-        fail::fail_point!($($arg)*);
+        crate::failpoints::plain($name);
     };
+    ($name:expr, $e:expr) => {
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!($name, crate::failpoints::here(), $e);
+    };
+}
+
+/// Where failpoints fire. A bridge built with the `failpoints` feature (the integration tests set them
+/// per process through `FAILPOINTS`) fires them on every thread. The library's unit tests run side by
+/// side in one process, where `fail`'s configuration is global: there a failpoint fires only on a
+/// thread that opted in (`enable_here`) and on the spool writer such a thread starts, so a test that
+/// injects a fault trips no other test.
+#[cfg(feature = "failpoints")]
+pub(crate) mod failpoints {
+    #[cfg(test)]
+    thread_local! {
+        static HERE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    /// Whether failpoints fire on this thread.
+    pub(crate) fn here() -> bool {
+        #[cfg(test)]
+        return HERE.with(|h| h.get());
+        #[cfg(not(test))]
+        true
+    }
+
+    /// A failpoint that returns nothing (`panic`, `sleep`, `pause` and the like).
+    pub(crate) fn plain(name: &str) {
+        if here() {
+            fail::fail_point!(name);
+        }
+    }
+
+    /// Lets failpoints fire on this thread (and on the spool writers it starts), or no longer.
+    #[cfg(test)]
+    pub(crate) fn enable_here(on: bool) {
+        HERE.with(|h| h.set(on));
+    }
 }
 
 pub mod configuration;

@@ -237,6 +237,8 @@ pub const OUTCOMES: &[&str] = &[
     "body_timeout",
     "too_large",
     "spool_full",
+    // The spool's writer is behind (a stalled disk): too many bytes wait for it.
+    "spool_busy",
     "spool_error",
     "kafka_unavailable",
 ];

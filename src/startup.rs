@@ -155,6 +155,7 @@ impl Application {
                     dir: settings.spool_dir.clone(),
                     fsync: settings.spool_fsync,
                     max_bytes: settings.spool_max_bytes,
+                    max_queued_bytes: crate::spool::MAX_QUEUED_BYTES,
                     observer: Some(metrics.clone()),
                 };
                 let (spool, thread) = tokio::task::spawn_blocking(move || Spool::open(config))
@@ -419,6 +420,7 @@ pub async fn drain(settings: Settings, interrupt: impl Future<Output = ()>) -> R
         dir: settings.spool_dir.clone(),
         fsync: settings.spool_fsync,
         max_bytes: settings.spool_max_bytes,
+        max_queued_bytes: crate::spool::MAX_QUEUED_BYTES,
         observer: None,
     };
     let (spool, thread) =

@@ -148,6 +148,7 @@ impl WebhookError {
             WebhookError::Refused(r) => r.code(),
             WebhookError::Body(_) => 60024,
             WebhookError::Spool(e) if e.is_full() => 60040,
+            WebhookError::Spool(SpoolError::Busy { .. }) => 60043,
             WebhookError::Spool(_) => 60041,
             WebhookError::Kafka(_) | WebhookError::KafkaTimeout(_) => 60042,
             WebhookError::Method => 60405,
@@ -164,6 +165,7 @@ impl WebhookError {
             WebhookError::Body(_) | WebhookError::Method | WebhookError::Unencodable(_) => "bad_request",
             WebhookError::BodyTimeout(_) => "body_timeout",
             WebhookError::Spool(e) if e.is_full() => "spool_full",
+            WebhookError::Spool(SpoolError::Busy { .. }) => "spool_busy",
             WebhookError::TooLargeForTopic { .. } => "too_large",
             WebhookError::Spool(_) => "spool_error",
             WebhookError::Kafka(_) | WebhookError::KafkaTimeout(_) => "kafka_unavailable",
@@ -179,6 +181,10 @@ impl WebhookError {
             WebhookError::Spool(SpoolError::DiskFull(_)) => {
                 "the spool's disk is full; the event was not accepted".to_owned()
             }
+            WebhookError::Spool(SpoolError::Busy { .. }) => {
+                "the spool's disk is slow and too many events wait for it; the event was not accepted"
+                    .to_owned()
+            }
             WebhookError::Spool(_) => "the event could not be stored; it was not accepted".to_owned(),
             WebhookError::Kafka(_) => "Kafka did not take the event; it was not accepted".to_owned(),
             other => other.to_string(),
@@ -192,6 +198,7 @@ impl ResponseError for WebhookError {
             WebhookError::Refused(r) => StatusCode::from_u16(r.status()).unwrap_or(StatusCode::BAD_REQUEST),
             WebhookError::Body(_) | WebhookError::Unencodable(_) => StatusCode::BAD_REQUEST,
             WebhookError::Spool(e) if e.is_full() => StatusCode::SERVICE_UNAVAILABLE,
+            WebhookError::Spool(SpoolError::Busy { .. }) => StatusCode::SERVICE_UNAVAILABLE,
             WebhookError::TooLargeForTopic { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             WebhookError::Spool(_) => StatusCode::INTERNAL_SERVER_ERROR,
             WebhookError::Kafka(_) | WebhookError::KafkaTimeout(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -319,4 +326,33 @@ async fn read_body(
 /// Anything but POST on the webhook path.
 pub async fn method_not_allowed() -> Result<HttpResponse, WebhookError> {
     Err(WebhookError::Method)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the caller gets for `e`: status, and the envelope's ErrorCode and ActionStatus.
+    async fn answer(e: &WebhookError) -> (u16, serde_json::Value) {
+        let response = e.error_response();
+        let status = response.status().as_u16();
+        let body = actix_web::body::to_bytes(response.into_body()).await.unwrap();
+        (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[actix_web::test]
+    async fn a_spool_whose_writer_is_behind_answers_503_with_a_fail_envelope_and_its_own_outcome() {
+        let busy = WebhookError::Spool(SpoolError::Busy { queued_bytes: 64 << 20, max_bytes: 64 << 20 });
+        let (status, envelope) = answer(&busy).await;
+        assert_eq!(status, 503);
+        assert_eq!(
+            (envelope["ActionStatus"].as_str(), envelope["ErrorCode"].as_u64()),
+            (Some("FAIL"), Some(60043))
+        );
+        assert_eq!(busy.outcome(), "spool_busy");
+        assert!(crate::metrics::OUTCOMES.contains(&busy.outcome()));
+        // Apart from a full spool, which passes once Kafka catches up.
+        let full = WebhookError::Spool(SpoolError::Full { bytes: 1, max_bytes: 1 });
+        assert_eq!((answer(&full).await.0, full.code(), full.outcome()), (503, 60040, "spool_full"));
+    }
 }

@@ -9,25 +9,32 @@
 //! - `NNNNNNNNNNNNNNNNNNNN.seg`: segment files named by the sequence number of their first record, each
 //!   an append-only run of checksummed [records](record). A segment is deleted once every record in it
 //!   is acknowledged.
-//! - `ack`: the highest sequence number Kafka acknowledged, in two checksummed slots written in turn,
-//!   so a torn write of one leaves the other; made durable before the segments it frees are deleted.
+//! - `ack`: the highest sequence number Kafka acknowledged, in two checksummed slots (each in a 4 KiB
+//!   page of its own) written in turn, so a torn or failed write of one leaves the other; made durable
+//!   before the segments it frees are deleted. It also records the numbers of a refused batch whose
+//!   bytes could not be cut off its segment, which recovery then drops.
 //! - `lock`: locked (`flock`) by the running bridge, so a second one on the same directory refuses to
 //!   start.
 //!
 //! ## Threads
 //! One writer thread owns every file mutation ([`writer`]): appends from all HTTP workers queue on a
 //! channel and the thread turns whatever has queued into one `write` and, with `fsync=always`, one
-//! `fdatasync` (group commit) before any of their answers go out. Disk I/O never runs on the async
+//! `fdatasync` (group commit) before any of their answers go out. At most [`MAX_QUEUED_BYTES`] of
+//! appends wait for it: while the disk stalls, more are refused at once ([`SpoolError::Busy`], 503)
+//! rather than held in memory. Disk I/O never runs on the async
 //! runtime. The forwarder reads segments with its own [`SpoolReader`], only up to the [`Committed`]
 //! position (sequence number, segment and byte offset) published on a `watch` channel after each group
 //! commit, so it never sees a half-written record nor the bytes of a write that failed.
 //!
 //! ## Failures
 //! - A sequence number is never given twice: a batch whose write failed burns its numbers.
+//! - A refused batch is never published, not even after a restart: what its failed write or fsync left
+//!   in the segment is cut off and the cut synced; when that fails, its numbers are recorded as
+//!   refused in `ack`, recovery cuts them off, and the spool fails for good.
 //! - Disk full (`ENOSPC`, `EDQUOT`) while appending or rolling: the partial write is cut off and the
 //!   batch is refused as [`SpoolError::DiskFull`] (503); the next batch tries again, so appends resume by
 //!   themselves once space returns.
-//! - A failed `fsync`, `EIO`, or a partial write that cannot be cut off: the kernel may have dropped
+//! - A failed `fsync`, `EIO`, or a refused batch that cannot be cut off: the kernel may have dropped
 //!   pages we cannot name, so the spool refuses every append from then on ([`SpoolError::Failed`]) and
 //!   says so through [`Spool::health`], which fails liveness so an orchestrator restarts the bridge.
 //! - A damaged record (bit rot, a torn write) costs that record only: reading resumes at the next
@@ -65,6 +72,10 @@ pub enum SpoolError {
     Io(#[from] std::io::Error),
     #[error("spool is unusable after an earlier failure ({0}); restart the bridge")]
     Failed(String),
+    #[error(
+        "the spool's writer is behind: {queued_bytes} bytes of events wait for it (at most {max_bytes})"
+    )]
+    Busy { queued_bytes: u64, max_bytes: u64 },
     #[error("spool is closed")]
     Closed,
     #[error("spool directory {path} is in use by another process (one bridge per spool directory)")]
@@ -100,6 +111,15 @@ impl std::fmt::Display for FsyncMode {
     }
 }
 
+/// How many bytes of appends may wait for the writer thread (queued, or in the group commit under
+/// way) before more are refused with [`SpoolError::Busy`] (503) instead of waiting in memory. A group
+/// commit takes the whole queue, so it grows only while the disk stalls; then, without a bound, every
+/// webhook in flight would hold its event in memory. 64 MiB is a thousand events of the largest body
+/// `BRIDGE_MAX_BODY_BYTES` allows by default, and at the benchmark's peak rate (30 000 events a second
+/// of about 600 bytes) over three seconds of appends; an append is never refused while nothing waits,
+/// so no event is too large for it.
+pub const MAX_QUEUED_BYTES: u64 = 64 << 20;
+
 /// How the spool is set up.
 #[derive(Clone)]
 pub struct SpoolConfig {
@@ -107,6 +127,9 @@ pub struct SpoolConfig {
     pub fsync: FsyncMode,
     /// At this many bytes on disk, appends are refused ([`SpoolError::Full`]).
     pub max_bytes: u64,
+    /// At this many bytes waiting for the writer, appends are refused ([`SpoolError::Busy`]);
+    /// [`MAX_QUEUED_BYTES`] unless a test wants less.
+    pub max_queued_bytes: u64,
     /// Told about every group commit (the metrics implement it); the spool knows no metric names.
     pub observer: Option<Arc<dyn SpoolObserver>>,
 }
@@ -145,6 +168,8 @@ pub struct SpoolStats {
     pub bytes: AtomicU64,
     /// Records lost to damage (found at start or while forwarding), never counted twice.
     pub corrupt_records: AtomicU64,
+    /// Bytes of appends (record size: header and payload) sent to the writer and not yet answered.
+    pub queued_bytes: AtomicU64,
     /// True while the writer thread runs; false once it has exited, normally or by a panic.
     writer_running: AtomicBool,
     /// Why the spool refuses every append for good, once it does.
@@ -165,6 +190,11 @@ impl SpoolStats {
     }
 }
 
+/// What an append counts for in [`SpoolStats::queued_bytes`]: its record's size.
+fn queued_size(payload: &[u8]) -> u64 {
+    (record::HEADER_LEN + payload.len()) as u64
+}
+
 /// Where damage was found, as (segment, byte offset), so that it is reported and counted once.
 pub(crate) type Damage = HashSet<(u64, u64)>;
 
@@ -182,6 +212,7 @@ pub struct Spool {
     stats: Arc<SpoolStats>,
     dir: PathBuf,
     max_bytes: u64,
+    max_queued_bytes: u64,
     /// The first sequence number not acknowledged when the spool was opened: where forwarding starts.
     start_seq: u64,
     /// Damage recovery found and reported, handed to the reader so it is not reported again.
@@ -215,23 +246,41 @@ impl Spool {
         let (tx, rx) = mpsc::channel();
         let (committed_tx, committed) = watch::channel(recovered.committed);
         let dir = config.dir.clone();
-        let max_bytes = config.max_bytes;
+        let (max_bytes, max_queued_bytes) = (config.max_bytes, config.max_queued_bytes);
         let start_seq = recovered.acked + 1;
         let damage = Arc::new(recovered.damage.clone());
         let w = writer::Writer::new(config, recovered, committed_tx, stats.clone())?;
         stats.writer_running.store(true, Ordering::Relaxed);
+        #[cfg(all(test, feature = "failpoints"))]
+        let faults = crate::failpoints::here();
         let handle = std::thread::Builder::new()
             .name("spool-writer".into())
-            .spawn(move || w.run(rx))
+            .spawn(move || {
+                #[cfg(all(test, feature = "failpoints"))]
+                crate::failpoints::enable_here(faults);
+                w.run(rx)
+            })
             .map_err(SpoolError::Io)?;
-        Ok((Spool { tx, committed, stats, dir, max_bytes, start_seq, damage }, SpoolThread(handle)))
+        let spool = Spool { tx, committed, stats, dir, max_bytes, max_queued_bytes, start_seq, damage };
+        Ok((spool, SpoolThread(handle)))
     }
 
     /// Appends one event and resolves once it is as durable as the fsync mode promises. The returned
-    /// sequence number orders it among all events.
+    /// sequence number orders it among all events. Refused at once ([`SpoolError::Busy`]) when
+    /// [`SpoolConfig::max_queued_bytes`] already wait for the writer.
     pub async fn append(&self, payload: Vec<u8>) -> Result<u64, SpoolError> {
+        let size = queued_size(&payload);
+        let queued = self.stats.queued_bytes.fetch_add(size, Ordering::Relaxed);
+        if queued > 0 && queued + size > self.max_queued_bytes {
+            self.stats.queued_bytes.fetch_sub(size, Ordering::Relaxed);
+            return Err(SpoolError::Busy { queued_bytes: queued, max_bytes: self.max_queued_bytes });
+        }
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Command::Append { payload, reply }).map_err(|_| SpoolError::Closed)?;
+        if self.tx.send(Command::Append { payload, reply }).is_err() {
+            self.stats.queued_bytes.fetch_sub(size, Ordering::Relaxed);
+            return Err(SpoolError::Closed);
+        }
+        // The writer takes the size off once it answered (even when this future is dropped first).
         rx.await.map_err(|_| SpoolError::Closed)?
     }
 
@@ -308,6 +357,34 @@ pub(crate) fn injected(arg: Option<String>) -> std::io::Error {
     std::io::Error::from_raw_os_error(errno)
 }
 
+/// For unit tests: failpoints set as `FAILPOINTS` would set them, until the guard is dropped, firing
+/// on the test's thread and on the spool writers it starts only (see [`crate::failpoints`]). The
+/// tests holding one run one at a time.
+#[cfg(all(test, feature = "failpoints"))]
+pub(crate) struct Faults(Option<fail::FailScenario<'static>>);
+
+#[cfg(all(test, feature = "failpoints"))]
+impl Faults {
+    pub(crate) fn set(points: &[(&str, &str)]) -> Self {
+        let scenario = fail::FailScenario::setup();
+        for (name, actions) in points {
+            fail::cfg(*name, actions).unwrap();
+        }
+        crate::failpoints::enable_here(true);
+        Faults(Some(scenario))
+    }
+}
+
+#[cfg(all(test, feature = "failpoints"))]
+impl Drop for Faults {
+    fn drop(&mut self) {
+        crate::failpoints::enable_here(false);
+        if let Some(scenario) = self.0.take() {
+            scenario.teardown();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::Write;
@@ -315,8 +392,14 @@ mod tests {
     use super::*;
 
     fn open(dir: &Path, max_bytes: u64) -> (Spool, SpoolThread) {
-        Spool::open(SpoolConfig { dir: dir.to_owned(), fsync: FsyncMode::Never, max_bytes, observer: None })
-            .unwrap()
+        Spool::open(SpoolConfig {
+            dir: dir.to_owned(),
+            fsync: FsyncMode::Never,
+            max_bytes,
+            max_queued_bytes: MAX_QUEUED_BYTES,
+            observer: None,
+        })
+        .unwrap()
     }
 
     fn close((spool, thread): (Spool, SpoolThread)) {
@@ -367,6 +450,64 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn appends_beyond_the_queue_bound_are_refused_at_once_while_the_writer_is_stalled() {
+        let dir = tempfile::tempdir().unwrap();
+        // The writer stalls in its group commit, as on a disk that does not answer.
+        let faults = Faults::set(&[("spool::commit", "pause")]);
+        let (spool, thread) = Spool::open(SpoolConfig {
+            dir: dir.path().to_owned(),
+            fsync: FsyncMode::Never,
+            max_bytes: 1 << 20,
+            max_queued_bytes: 4 << 10,
+            observer: None,
+        })
+        .unwrap();
+        let size = (record::HEADER_LEN + 1000) as u64;
+        let queued_becomes = |bytes: u64| {
+            let spool = spool.clone();
+            async move {
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+                while spool.stats().queued_bytes.load(Ordering::Relaxed) != bytes {
+                    assert!(std::time::Instant::now() < deadline, "{bytes} bytes never queued");
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+            }
+        };
+        let waiting: Vec<_> = (0..4u8)
+            .map(|i| {
+                let spool = spool.clone();
+                tokio::spawn(async move { spool.append(vec![i; 1000]).await })
+            })
+            .collect();
+        queued_becomes(4 * size).await;
+
+        // A fifth would pass the bound: refused at once, not queued.
+        let refused = tokio::time::timeout(std::time::Duration::from_secs(1), spool.append(vec![9; 1000]))
+            .await
+            .expect("refused at once, not queued behind the stalled writer");
+        assert!(
+            matches!(refused, Err(SpoolError::Busy { queued_bytes, max_bytes: 4096 }) if queued_bytes == 4 * size),
+            "{refused:?}"
+        );
+        assert_eq!(spool.stats().queued_bytes.load(Ordering::Relaxed), 4 * size);
+
+        // The disk answers again: every queued append is written, and the queue is empty.
+        fail::cfg("spool::commit", "off").unwrap();
+        let mut seqs = Vec::new();
+        for w in waiting {
+            seqs.push(w.await.unwrap().unwrap());
+        }
+        assert_eq!(seqs.len(), 4);
+        // (Taken off once the writer has answered the whole batch.)
+        queued_becomes(0).await;
+        // With nothing waiting, even an append larger than the bound is taken.
+        assert_eq!(spool.append(vec![1; 8 << 10]).await.unwrap(), 5);
+        queued_becomes(0).await;
+        drop(faults);
+        close((spool, thread));
+    }
+
+    #[tokio::test]
     async fn a_reopened_spool_starts_after_what_was_acknowledged() {
         let dir = tempfile::tempdir().unwrap();
         let first = open(dir.path(), 1 << 20);
@@ -388,6 +529,7 @@ mod tests {
                 dir: dir.path().to_owned(),
                 fsync: FsyncMode::Never,
                 max_bytes: 1 << 20,
+                max_queued_bytes: MAX_QUEUED_BYTES,
                 observer: None,
             }),
             Err(SpoolError::Locked { .. })
@@ -566,6 +708,7 @@ mod tests {
             dir: dir.path().to_owned(),
             fsync: FsyncMode::Always,
             max_bytes: 64 << 10,
+            max_queued_bytes: MAX_QUEUED_BYTES,
             observer: None,
         };
         let segment = config().segment_bytes();
@@ -614,6 +757,54 @@ mod tests {
         assert!(!dir.path().join("spare.zero.tmp").exists());
     }
 
+    /// With `fsync=always` a segment is a zero-filled spare, so a crash mid-write leaves a torn last
+    /// record followed by zeros, not a short file.
+    #[tokio::test]
+    async fn a_torn_last_record_followed_by_a_zero_tail_is_cut_off_and_every_whole_record_before_it_kept() {
+        // Torn inside the header, just after it, and half-way through the payload.
+        for torn_at in [7, record::HEADER_LEN, record::HEADER_LEN + 100] {
+            let dir = tempfile::tempdir().unwrap();
+            let config = || SpoolConfig {
+                dir: dir.path().to_owned(),
+                fsync: FsyncMode::Always,
+                max_bytes: 64 << 10,
+                max_queued_bytes: MAX_QUEUED_BYTES,
+                observer: None,
+            };
+            let mut bytes = Vec::new();
+            for seq in 1..=10u64 {
+                record::encode(seq, format!("event {seq}").as_bytes(), &mut bytes);
+            }
+            let whole = bytes.len();
+            let mut torn = Vec::new();
+            record::encode(11, &[b'x'; 200], &mut torn);
+            bytes.extend_from_slice(&torn[..torn_at]);
+            bytes.resize(config().segment_bytes() as usize, 0);
+            let segment = writer::segment_path(dir.path(), 1);
+            std::fs::write(&segment, &bytes).unwrap();
+
+            let (spool, thread) = Spool::open(config()).unwrap();
+
+            assert_eq!(
+                std::fs::metadata(&segment).unwrap().len(),
+                whole as u64,
+                "cut where the torn record starts"
+            );
+            // As for any torn tail of the newest segment: cut with a warning, not counted as damage.
+            assert_eq!(spool.stats().corrupt_records.load(Ordering::Relaxed), 0, "torn at {torn_at}");
+            let records = spool.reader().read(*spool.committed().borrow(), 100, 1 << 20).unwrap();
+            assert_eq!(records.iter().map(|r| r.seq).collect::<Vec<_>>(), (1..=10).collect::<Vec<_>>());
+            assert_eq!(records[9].payload, b"event 10");
+            assert_eq!(spool.pending_events(), 10);
+            assert_eq!(
+                spool.append(b"next".to_vec()).await.unwrap(),
+                11,
+                "the torn record was never answered OK"
+            );
+            close((spool, thread));
+        }
+    }
+
     #[tokio::test]
     async fn a_spare_left_by_a_run_with_another_segment_size_is_not_used() {
         let dir = tempfile::tempdir().unwrap();
@@ -623,6 +814,7 @@ mod tests {
             dir: dir.path().to_owned(),
             fsync: FsyncMode::Always,
             max_bytes: 64 << 10,
+            max_queued_bytes: MAX_QUEUED_BYTES,
             observer: None,
         };
         let segment = config.segment_bytes();

@@ -33,9 +33,19 @@ const SPARE_TMP: &str = "spare.zero.tmp";
 /// A spare is prepared only while the filesystem has this many segments' worth of room: it must
 /// never be what fills a disk the records need.
 const SPARE_ROOM: u64 = 4;
-const ACK_MAGIC: &[u8; 4] = b"TKBA";
-/// The two ack slots live in different disk sectors, so a torn write can damage one slot only.
-const ACK_SLOTS: [u64; 2] = [0, 512];
+/// The ack file holds two slots, written in turn, the next write always going to the slot not
+/// written last by a write that succeeded: a torn or failed write damages that slot only, and the
+/// other keeps the last position on record. Each slot has a 4 KiB page of its own, so no write of one
+/// (a sector, or a page the kernel writes back whole) touches the other.
+const ACK_SLOTS: [u64; 2] = [0, 4096];
+const ACK_PAGE: usize = 4096;
+const ACK_MAGIC: &[u8; 4] = b"TKB2";
+const ACK_SLOT_LEN: usize = 32;
+/// Earlier versions wrote 16-byte slots (`TKBA`, the sequence number, a CRC-32) at 0 and 512, or one
+/// at 0. They are read, and the file is rewritten in the current layout at open.
+const LEGACY_ACK_MAGIC: &[u8; 4] = b"TKBA";
+const LEGACY_ACK_SLOTS: [u64; 2] = [0, 512];
+const LEGACY_ACK_SLOT_LEN: usize = 16;
 
 #[derive(Debug, Clone)]
 pub(super) struct Segment {
@@ -53,6 +63,8 @@ pub(super) struct Recovered {
     /// The first sequence number new appends get: after every number seen, damaged ones included.
     pub next_seq: u64,
     pub acked: u64,
+    /// A refused batch's numbers, as the ack file records them (see [`AckState::refused`]).
+    pub refused: Option<(u64, u64)>,
     /// Held (locked) for as long as the writer lives.
     pub lock: File,
     pub damage: Damage,
@@ -80,29 +92,67 @@ pub(super) fn list_segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     Ok(out)
 }
 
-/// The acknowledged sequence number: the higher of the two slots whose checksum holds, or `None` when
-/// the file is missing or both slots are damaged. A file written by an earlier version (one slot)
-/// reads too.
-pub(super) fn read_ack(dir: &Path) -> Option<u64> {
-    let b = fs::read(dir.join(ACK_FILE)).ok()?;
-    ACK_SLOTS
-        .iter()
-        .filter_map(|at| {
-            let s = b.get(*at as usize..*at as usize + 16)?;
-            let crc = u32::from_le_bytes(s[12..16].try_into().unwrap());
-            (&s[0..4] == ACK_MAGIC && crc32fast::hash(&s[0..12]) == crc)
-                .then(|| u64::from_le_bytes(s[4..12].try_into().unwrap()))
-        })
-        .max()
+/// What an ack slot records.
+///
+/// ```text
+/// | "TKB2" | acked: u64 LE | refused from: u64 LE | refused to: u64 LE | crc32 of the 28 bytes before: u32 LE |
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct AckState {
+    /// Kafka has every record up to this sequence number.
+    pub acked: u64,
+    /// The sequence numbers of a refused batch (answered 5xx) whose bytes could not be durably cut
+    /// off its segment: recovery drops them. Encoded as `0, 0` when there is none.
+    pub refused: Option<(u64, u64)>,
 }
 
-fn ack_bytes(seq: u64) -> [u8; 16] {
-    let mut b = [0u8; 16];
-    b[0..4].copy_from_slice(ACK_MAGIC);
-    b[4..12].copy_from_slice(&seq.to_le_bytes());
-    let crc = crc32fast::hash(&b[0..12]);
-    b[12..16].copy_from_slice(&crc.to_le_bytes());
-    b
+impl AckState {
+    fn to_bytes(self) -> [u8; ACK_SLOT_LEN] {
+        let (from, to) = self.refused.unwrap_or((0, 0));
+        let mut b = [0u8; ACK_SLOT_LEN];
+        b[0..4].copy_from_slice(ACK_MAGIC);
+        b[4..12].copy_from_slice(&self.acked.to_le_bytes());
+        b[12..20].copy_from_slice(&from.to_le_bytes());
+        b[20..28].copy_from_slice(&to.to_le_bytes());
+        let crc = crc32fast::hash(&b[0..28]);
+        b[28..32].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    fn parse(b: &[u8]) -> Option<Self> {
+        let u64_at = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
+        let crc = u32::from_le_bytes(b.get(28..32)?.try_into().unwrap());
+        if &b[0..4] != ACK_MAGIC || crc32fast::hash(&b[0..28]) != crc {
+            return None;
+        }
+        let refused = Some((u64_at(12), u64_at(20))).filter(|(from, _)| *from > 0);
+        Some(AckState { acked: u64_at(4), refused })
+    }
+
+    /// A slot of an earlier version.
+    fn parse_legacy(b: &[u8]) -> Option<Self> {
+        let crc = u32::from_le_bytes(b.get(12..16)?.try_into().unwrap());
+        (&b[0..4] == LEGACY_ACK_MAGIC && crc32fast::hash(&b[0..12]) == crc)
+            .then(|| AckState { acked: u64::from_le_bytes(b[4..12].try_into().unwrap()), refused: None })
+    }
+
+    /// Which of two slots is newer: each write records an acknowledged number no lower than the one
+    /// before, and a refusal recorded at the same acknowledged number a higher range.
+    fn age(&self) -> (u64, u64) {
+        (self.acked, self.refused.map_or(0, |(_, to)| to))
+    }
+}
+
+/// What the ack file records: the newer of the slots whose checksum holds, or `None` when the file is
+/// missing or no slot is whole. A file written by an earlier version (slots at 0 and 512, or one at
+/// 0) reads too.
+pub(super) fn read_ack(dir: &Path) -> Option<AckState> {
+    let b = fs::read(dir.join(ACK_FILE)).ok()?;
+    let slot = |at: u64, len: usize| b.get(at as usize..at as usize + len);
+    let current = ACK_SLOTS.iter().filter_map(|at| AckState::parse(slot(*at, ACK_SLOT_LEN)?));
+    let legacy =
+        LEGACY_ACK_SLOTS.iter().filter_map(|at| AckState::parse_legacy(slot(*at, LEGACY_ACK_SLOT_LEN)?));
+    current.chain(legacy).max_by_key(AckState::age)
 }
 
 /// Checks every record left by an earlier run.
@@ -127,11 +177,11 @@ pub(super) fn recover(dir: &Path, stats: &SpoolStats) -> Result<Recovered, Spool
         Err(fs::TryLockError::WouldBlock) => return Err(SpoolError::Locked { path: dir.to_owned() }),
         Err(fs::TryLockError::Error(e)) => return Err(open_err(e)),
     }
-    let acked_file = read_ack(dir);
-    if acked_file.is_none() && dir.join(ACK_FILE).exists() {
+    let on_record = read_ack(dir);
+    if on_record.is_none() && dir.join(ACK_FILE).exists() {
         tracing::warn!("spool: ack file is damaged; every spooled event will be published again");
     }
-    let acked = acked_file.unwrap_or(0);
+    let AckState { acked, refused } = on_record.unwrap_or_default();
     // A spare being filled when the last run stopped is half-filled: the writer makes a new one.
     match fs::remove_file(dir.join(SPARE_TMP)) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(SpoolError::from(e)),
@@ -150,6 +200,18 @@ pub(super) fn recover(dir: &Path, stats: &SpoolStats) -> Result<Recovered, Spool
         while at < buf.len() {
             let expected = last_seq.max(first_seq.saturating_sub(1)) + 1;
             match frame_at(&buf, at) {
+                Some(f) if refused.is_some_and(|(from, to)| (from..=to).contains(&f.seq)) => {
+                    // A batch refused (answered 5xx) when its write or fsync failed, whose bytes could
+                    // not be cut off then: the end of this segment's records. Nothing was written
+                    // after it (the spool failed for good), and a restart starts a new segment.
+                    tracing::warn!(segment = %path.display(), offset = at, cut_bytes = buf.len() - at, records,
+                        "spool: records of a batch refused when its write or fsync failed; cutting them off");
+                    let file = OpenOptions::new().write(true).open(path)?;
+                    file.set_len(at as u64)?;
+                    file.sync_data()?;
+                    buf.truncate(at);
+                    break;
+                }
                 Some(f) if f.seq >= expected && f.seq < before_seq => {
                     at += f.size();
                     (seg_last, last_seq, records) = (f.seq, f.seq, records + 1);
@@ -234,7 +296,9 @@ pub(super) fn recover(dir: &Path, stats: &SpoolStats) -> Result<Recovered, Spool
     // A fresh spool continues numbering after the acknowledged sequence number; the reader's bound is
     // the last record that can be read (a damaged tail of an older segment is not waited for).
     committed.seq = committed.seq.max(acked);
-    Ok(Recovered { segments, committed, next_seq: last_seq.max(acked) + 1, acked, lock, damage })
+    // Nor are refused numbers given again.
+    let next_seq = last_seq.max(acked).max(refused.map_or(0, |(_, to)| to)) + 1;
+    Ok(Recovered { segments, committed, next_seq, acked, refused, lock, damage })
 }
 
 /// Blocks of a segment read at start: a block the disk cannot read is filled with 0xFF.
@@ -270,7 +334,9 @@ fn read_block(file: &File, buf: &mut [u8], offset: usize) -> io::Result<()> {
     // `spool::recover_read=return(<offset>)`: the block holding that offset of the segment read then
     // fails with EIO.
     #[cfg(feature = "failpoints")]
-    if let Some(Some(arg)) = fail::eval("spool::recover_read", |arg| arg) {
+    if let Some(Some(arg)) =
+        crate::failpoints::here().then(|| fail::eval("spool::recover_read", |arg| arg)).flatten()
+    {
         if arg.parse::<usize>().is_ok_and(|o| (offset..offset + buf.len()).contains(&o)) {
             return Err(io::Error::from_raw_os_error(5));
         }
@@ -311,7 +377,7 @@ enum WriteFailure {
     DiskFull(io::Error),
     /// Nothing of the batch remains in the file, and the file is as it was (e.g. too many open files).
     Transient(io::Error),
-    /// The files are in doubt: a sync failed, an `EIO`, or a partial write could not be cut off.
+    /// The files are in doubt: a sync failed, an `EIO`, or a refused batch could not be cut off.
     Sticky(String),
 }
 
@@ -356,15 +422,16 @@ pub(super) struct Writer {
     next_seq: u64,
     acked: u64,
     ack_file: File,
-    /// The ack slot written last; the next write goes to the other one.
+    /// The ack slot written last by a write that succeeded; the next write goes to the other one.
     ack_slot: usize,
+    /// Recorded in the ack file with the acknowledged number: see [`AckState::refused`].
+    refused: Option<(u64, u64)>,
     disk_bytes: u64,
     /// With `fsync=interval`: when the oldest unsynced write happened.
     dirty_since: Option<Instant>,
     state: State,
-    /// Sequence numbers given to batches whose write failed (inclusive ranges): never reused, never
-    /// pending. Dropped once acknowledged past.
-    burnt: Vec<(u64, u64)>,
+    /// Sequence numbers given to batches whose write failed: never reused, never pending.
+    burnt: Burnt,
     committed: watch::Sender<Committed>,
     stats: Arc<SpoolStats>,
     /// The spool directory's lock, released when the writer exits.
@@ -394,19 +461,25 @@ impl Writer {
             next_seq: recovered.next_seq,
             acked: recovered.acked,
             ack_file,
-            ack_slot: 1,
+            ack_slot: 0,
+            refused: recovered.refused,
             disk_bytes,
             dirty_since: None,
             state: State::Open,
-            burnt: Vec::new(),
+            burnt: Burnt::default(),
             committed,
             stats,
             _lock: recovered.lock,
         };
-        // Both slots hold the recovered value, so neither is stale or damaged from here on.
-        for at in ACK_SLOTS {
-            w.ack_file.write_all_at(&ack_bytes(w.acked), at)?;
-        }
+        // Both slots hold the recovered state, so neither is stale or damaged from here on: the
+        // second first, synced, so that a torn write of the first leaves it whole; the first page is
+        // written whole, which clears the slot an earlier version kept at 512.
+        let slot = w.ack_state().to_bytes();
+        w.ack_file.write_all_at(&slot, ACK_SLOTS[1])?;
+        w.ack_file.sync_data()?;
+        let mut page = [0u8; ACK_PAGE];
+        page[..ACK_SLOT_LEN].copy_from_slice(&slot);
+        w.ack_file.write_all_at(&page, ACK_SLOTS[0])?;
         w.ack_file.sync_data()?;
         w.publish_stats();
         let mut w = w;
@@ -463,6 +536,11 @@ impl Writer {
 
     fn commit(&mut self, batch: &mut Vec<Command>) {
         failpoint!("spool::commit");
+        // Taken off the queued bytes once every append of the batch is answered.
+        let queued: u64 = batch
+            .iter()
+            .map(|c| if let Command::Append { payload, .. } = c { super::queued_size(payload) } else { 0 })
+            .sum();
         // Acknowledgements first: the space they free is there for the appends of the same batch.
         let ack =
             batch.iter().filter_map(|c| if let Command::Ack(seq) = c { Some(*seq) } else { None }).max();
@@ -511,6 +589,7 @@ impl Writer {
                         .duration_since(std::time::UNIX_EPOCH)
                         .map_or(0, |d| d.as_millis());
                     self.stats.committed_at(self.next_seq - 1, now as i64);
+                    self.burnt.committed_past();
                     self.committed.send_replace(Committed {
                         seq: self.next_seq - 1,
                         segment: seg.first_seq,
@@ -523,7 +602,7 @@ impl Writer {
                 Err(failure) => {
                     // These numbers are burnt: the next batch gets new ones, so nothing that read or
                     // buffered the failed bytes can mistake them for the next batch's records.
-                    self.burnt.push((first_seq, self.next_seq - 1));
+                    self.burnt.burn(first_seq, self.next_seq - 1);
                     let events = replies.len();
                     let answer = |failure: &WriteFailure| match failure {
                         WriteFailure::DiskFull(e) => {
@@ -551,45 +630,69 @@ impl Writer {
                 }
             }
         }
+        self.stats.queued_bytes.fetch_sub(queued, Ordering::Relaxed);
         self.publish_stats();
     }
 
     /// Writes one batch to the active segment and syncs it as the mode says; returns how long the
-    /// fsync took, if one ran. On failure nothing of the batch is left in the file, or the failure
-    /// is [`WriteFailure::Sticky`].
+    /// fsync took, if one ran. On failure nothing of the batch is left for a reader, now or after a
+    /// restart (see [`take_back`](Self::take_back)).
     fn write(&mut self, buf: &[u8], first_seq: u64) -> Result<Option<Duration>, WriteFailure> {
         if self.active.is_none() || self.segments.back().is_some_and(|s| s.bytes >= self.segment_bytes) {
             self.roll(first_seq)?;
         }
         let file = self.active.as_mut().expect("rolled above");
-        let seg = self.segments.back_mut().expect("active segment is listed");
-        if let Err(e) = write_all(file, buf, seg.bytes) {
-            // Take the partial write back so the file holds only whole records; if even that fails,
-            // the file is in doubt.
-            if let Err(cut) = file.set_len(seg.bytes) {
-                return Err(WriteFailure::Sticky(format!(
-                    "write failed ({e}) and the partial write could not be cut off ({cut})"
-                )));
+        let end = self.segments.back().expect("active segment is listed").bytes;
+        let written =
+            write_all(file, buf, end).map_err(WriteFailure::of).and_then(|()| match self.config.fsync {
+                FsyncMode::Always => {
+                    let started = Instant::now();
+                    // After a failed fsync the kernel may have dropped the dirty pages: nothing written
+                    // since the last good sync can be trusted to be durable.
+                    sync_data(file).map_err(|e| WriteFailure::Sticky(format!("fsync failed: {e}")))?;
+                    Ok(Some(started.elapsed()))
+                }
+                FsyncMode::Interval(_) => {
+                    self.dirty_since.get_or_insert_with(Instant::now);
+                    Ok(None)
+                }
+                FsyncMode::Never => Ok(None),
+            });
+        match written {
+            Ok(fsync) => {
+                let seg = self.segments.back_mut().expect("active segment is listed");
+                seg.bytes += buf.len() as u64;
+                seg.last_seq = self.next_seq - 1;
+                self.disk_bytes += buf.len() as u64;
+                Ok(fsync)
             }
-            return Err(WriteFailure::of(e));
+            Err(failure) => Err(self.take_back(end, first_seq, failure)),
         }
-        seg.bytes += buf.len() as u64;
-        seg.last_seq = self.next_seq - 1;
-        self.disk_bytes += buf.len() as u64;
-        match self.config.fsync {
-            FsyncMode::Always => {
-                let started = Instant::now();
-                // After a failed fsync the kernel may have dropped the dirty pages: nothing written
-                // since the last good sync can be trusted to be durable.
-                sync_data(file).map_err(|e| WriteFailure::Sticky(format!("fsync failed: {e}")))?;
-                Ok(Some(started.elapsed()))
-            }
-            FsyncMode::Interval(_) => {
-                self.dirty_since.get_or_insert_with(Instant::now);
-                Ok(None)
-            }
-            FsyncMode::Never => Ok(None),
+    }
+
+    /// Takes a refused batch's bytes (all of them, after a failed fsync; what reached the file, after
+    /// a failed write) back off the active segment, which ends at `end` without them: cut there and
+    /// synced, so that no restart reads them as records (after `kill -9` an uncut file would hand
+    /// them out, and after a power cut an unsynced cut could be undone). When the cut or its sync
+    /// fails, the batch's numbers are recorded as refused in the ack file, recovery drops them, and
+    /// the spool fails for good.
+    fn take_back(&mut self, end: u64, first_seq: u64, failure: WriteFailure) -> WriteFailure {
+        let file = self.active.as_ref().expect("written to the active segment");
+        let Err(e) = cut(file, end).and_then(|()| sync_data(file)) else { return failure };
+        let what = match &failure {
+            WriteFailure::DiskFull(e) | WriteFailure::Transient(e) => format!("write failed: {e}"),
+            WriteFailure::Sticky(reason) => reason.clone(),
+        };
+        let (from, to) = (first_seq, self.next_seq - 1);
+        self.refused = Some((from, to));
+        let recorded = self.record_ack_state().and_then(|()| sync_data(&self.ack_file));
+        match recorded {
+            Ok(()) => tracing::error!(error = %e, from_seq = from, to_seq = to,
+                "spool: a refused batch could not be cut off its segment; its numbers are recorded as refused and the next start drops them"),
+            Err(r) => tracing::error!(error = %e, record_error = %r, from_seq = from, to_seq = to,
+                "spool: a refused batch could not be cut off its segment nor durably recorded as refused; a restart may publish it"),
         }
+        WriteFailure::Sticky(format!("{what}; the refused batch could not be cut off the segment ({e})"))
     }
 
     fn roll(&mut self, first_seq: u64) -> Result<(), WriteFailure> {
@@ -659,9 +762,8 @@ impl Writer {
             return;
         }
         self.acked = seq.min(self.next_seq - 1);
-        self.burnt.retain(|(_, to)| *to > self.acked);
-        self.ack_slot ^= 1;
-        if let Err(e) = write_ack(&self.ack_file, self.acked, ACK_SLOTS[self.ack_slot]) {
+        self.burnt.acknowledged(self.acked, self.committed.borrow().seq);
+        if let Err(e) = self.record_ack_state() {
             // Segments are deleted only once the acknowledgement that frees them is on record.
             tracing::warn!(error = %e, "spool: could not record acknowledgements; they will be published again after a restart");
             return;
@@ -674,37 +776,111 @@ impl Writer {
             tracing::warn!(error = %e, "spool: could not sync the ack file; keeping acknowledged segments for now");
             return;
         }
+        let mut deleted = 0;
         for _ in 0..freeable {
+            let seg = self.segments.front().expect("counted above");
+            if let Err(e) = remove_segment(&seg.path) {
+                // It stays listed, its bytes counted (they are still on the disk), and the next
+                // acknowledgement tries again; failing that, the next start removes it.
+                tracing::warn!(segment = %seg.path.display(), error = %e, "spool: could not delete an acknowledged segment; trying again at the next acknowledgement");
+                break;
+            }
             if self.segments.len() == 1 && self.active.is_some() {
                 self.active = None;
             }
             let seg = self.segments.pop_front().expect("counted above");
-            if let Err(e) = remove_segment(&seg.path) {
-                // The next start removes it (everything in it is acknowledged).
-                tracing::warn!(segment = %seg.path.display(), error = %e, "spool: could not delete an acknowledged segment");
-            }
             self.disk_bytes -= seg.bytes;
+            deleted += 1;
         }
-        if self.config.fsync != FsyncMode::Never {
+        if deleted > 0 && self.config.fsync != FsyncMode::Never {
             if let Err(e) = sync_dir(&self.config.dir) {
                 tracing::warn!(error = %e, "spool: could not sync the spool directory after deleting segments");
             }
         }
     }
 
+    fn ack_state(&self) -> AckState {
+        AckState { acked: self.acked, refused: self.refused }
+    }
+
+    /// Writes the acknowledged number (and any refused range) to the slot not written last; only a
+    /// write that succeeded makes that slot the one written last, so a failed one is retried there
+    /// and the other slot keeps the last state on record. Not synced: the caller syncs.
+    fn record_ack_state(&mut self) -> io::Result<()> {
+        let slot = self.ack_slot ^ 1;
+        write_ack(&self.ack_file, self.ack_state(), ACK_SLOTS[slot])?;
+        self.ack_slot = slot;
+        Ok(())
+    }
+
     fn publish_stats(&self) {
         let committed = self.committed.borrow().seq;
-        // Burnt numbers are never records; count only those between the acknowledged and committed
-        // positions (a failed batch's numbers lie above the committed position until a later batch
-        // commits past them).
-        let burnt: u64 = self
-            .burnt
-            .iter()
-            .map(|&(from, to)| (to.min(committed) + 1).saturating_sub(from.max(self.acked + 1)))
-            .sum();
-        let pending = committed.saturating_sub(self.acked).saturating_sub(burnt);
+        let pending = committed.saturating_sub(self.acked).saturating_sub(self.burnt.pending());
         self.stats.pending_events.store(pending, Ordering::Relaxed);
         self.stats.bytes.store(self.disk_bytes, Ordering::Relaxed);
+    }
+}
+
+/// The sequence numbers of batches whose write failed, above the acknowledged one, as ranges.
+///
+/// Consecutive failed batches take consecutive numbers and merge into one range, so a disk full for
+/// hours costs one entry; a new range starts only after a batch committed, so there are never more
+/// ranges than records pending, plus one. Counts are kept as the ranges change, so the pending count
+/// after each group commit costs O(1).
+#[derive(Debug, Default)]
+struct Burnt {
+    /// Inclusive, ascending, not adjacent.
+    ranges: VecDeque<(u64, u64)>,
+    /// The numbers the ranges hold.
+    total: u64,
+    /// Those of them above the committed sequence number: burnt since the last batch committed.
+    uncommitted: u64,
+}
+
+impl Burnt {
+    /// A batch with the numbers `from..=to` failed; they are above every number given before.
+    fn burn(&mut self, from: u64, to: u64) {
+        match self.ranges.back_mut() {
+            Some(last) if last.1 + 1 == from => last.1 = to,
+            _ => self.ranges.push_back((from, to)),
+        }
+        self.total += to - from + 1;
+        self.uncommitted += to - from + 1;
+    }
+
+    /// A batch committed, above every burnt number.
+    fn committed_past(&mut self) {
+        self.uncommitted = 0;
+    }
+
+    /// Kafka has everything up to `acked`; `committed` is the committed sequence number.
+    fn acknowledged(&mut self, acked: u64, committed: u64) {
+        while let Some(first) = self.ranges.front_mut() {
+            if first.0 > acked {
+                break;
+            }
+            let to = first.1.min(acked);
+            let gone = to - first.0 + 1;
+            let gone_uncommitted = (to + 1).saturating_sub(first.0.max(committed + 1));
+            self.total -= gone;
+            self.uncommitted -= gone_uncommitted;
+            if to == first.1 {
+                self.ranges.pop_front();
+            } else {
+                first.0 = to + 1;
+            }
+        }
+    }
+
+    /// Burnt numbers between the acknowledged and the committed sequence numbers: numbers that no
+    /// record holds.
+    fn pending(&self) -> u64 {
+        self.total - self.uncommitted
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.ranges.len()
     }
 }
 
@@ -766,17 +942,23 @@ fn open_segment(dir: &Path, path: &Path, segment_bytes: u64) -> io::Result<File>
     OpenOptions::new().create_new(true).write(true).open(path)
 }
 
+/// Cuts a segment's file at `len`: takes back a refused batch's bytes.
+fn cut(file: &File, len: u64) -> io::Result<()> {
+    failpoint!("spool::cut", |arg| Err(super::injected(arg)));
+    file.set_len(len)
+}
+
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-fn write_ack(file: &File, seq: u64, at: u64) -> io::Result<()> {
+fn write_ack(file: &File, state: AckState, at: u64) -> io::Result<()> {
     failpoint!("spool::ack_write", |arg| {
         // A torn slot: half of it written.
-        file.write_all_at(&ack_bytes(seq)[..8], at)?;
+        file.write_all_at(&state.to_bytes()[..ACK_SLOT_LEN / 2], at)?;
         Err(super::injected(arg))
     });
-    file.write_all_at(&ack_bytes(seq), at)
+    file.write_all_at(&state.to_bytes(), at)
 }
 
 fn remove_segment(path: &Path) -> io::Result<()> {
@@ -786,26 +968,298 @@ fn remove_segment(path: &Path) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use tokio::sync::oneshot;
+
+    use super::super::{Faults, MAX_QUEUED_BYTES};
     use super::*;
+
+    /// A writer on `dir`, driven by the test's own thread (no writer thread): each [`append`] is one
+    /// group commit.
+    fn writer(dir: &Path, fsync: FsyncMode) -> Writer {
+        writer_of(dir, fsync, 1 << 30)
+    }
+
+    /// The same with the cap `max_bytes` (segments are a sixteenth of it, at least 4 KiB).
+    fn writer_of(dir: &Path, fsync: FsyncMode, max_bytes: u64) -> Writer {
+        let stats = Arc::new(SpoolStats::default());
+        let config = SpoolConfig {
+            dir: dir.to_owned(),
+            fsync,
+            max_bytes,
+            max_queued_bytes: MAX_QUEUED_BYTES,
+            observer: None,
+        };
+        let recovered = recover(dir, &stats).unwrap();
+        let (committed, _) = watch::channel(recovered.committed);
+        Writer::new(config, recovered, committed, stats).unwrap()
+    }
+
+    /// One group commit of `payloads`; what each append was answered.
+    fn append(w: &mut Writer, payloads: &[&[u8]]) -> Vec<Result<u64, SpoolError>> {
+        let (mut batch, mut answers) = (Vec::new(), Vec::new());
+        for p in payloads {
+            let (reply, answer) = oneshot::channel();
+            batch.push(Command::Append { payload: p.to_vec(), reply });
+            answers.push(answer);
+        }
+        w.commit(&mut batch);
+        answers.into_iter().map(|mut a| a.try_recv().expect("answered in the commit")).collect()
+    }
+
+    fn pending(w: &Writer) -> u64 {
+        w.stats.pending_events.load(Ordering::Relaxed)
+    }
+
+    /// The sequence numbers a spool opened on `dir` (as at the next start) hands the forwarder.
+    fn delivered_after_reopen(dir: &Path) -> Vec<u64> {
+        let (spool, thread) = super::super::Spool::open(SpoolConfig {
+            dir: dir.to_owned(),
+            fsync: FsyncMode::Never,
+            max_bytes: 1 << 30,
+            max_queued_bytes: MAX_QUEUED_BYTES,
+            observer: None,
+        })
+        .unwrap();
+        let seqs = spool.reader().read(*spool.committed().borrow(), 100_000, 1 << 30).unwrap();
+        spool.close();
+        drop(spool);
+        thread.join();
+        seqs.iter().map(|r| r.seq).collect()
+    }
+
+    #[test]
+    fn after_failed_ack_writes_the_last_good_position_is_still_read_on_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer_of(dir.path(), FsyncMode::Always, 64 << 10);
+        for _ in 0..200 {
+            assert!(append(&mut w, &[&[7u8; 100]])[0].is_ok());
+        }
+        w.acknowledge(10);
+        // Two writes of the ack file in a row fail half-way, each tearing the slot it wrote.
+        let faults = Faults::set(&[("spool::ack_write", "2*return(eio)")]);
+        w.acknowledge(100);
+        w.acknowledge(150);
+        drop(faults);
+        let segments = list_segments(dir.path()).unwrap();
+        drop(w); // A crash: nothing more is written.
+
+        assert!(segments.len() > 3, "{segments:?}");
+        assert_eq!(
+            list_segments(dir.path()).unwrap(),
+            segments,
+            "nothing is deleted on an ack not on record"
+        );
+        assert_eq!(delivered_after_reopen(dir.path()), (11..=200).collect::<Vec<_>>());
+
+        // Written but not synced: still nothing is deleted.
+        let mut w = writer_of(dir.path(), FsyncMode::Always, 64 << 10);
+        let segments = list_segments(dir.path()).unwrap();
+        let faults = Faults::set(&[("spool::fsync", "return(eio)")]);
+        w.acknowledge(150);
+        drop(faults);
+        assert_eq!(
+            list_segments(dir.path()).unwrap(),
+            segments,
+            "nothing is deleted before the ack is synced"
+        );
+        w.acknowledge(151);
+        assert_eq!(list_segments(dir.path()).unwrap()[0].0, segments[4].0, "{segments:?}");
+    }
+
+    #[test]
+    fn after_a_failed_delete_nothing_acknowledged_is_lost_nor_delivered_again_and_the_delete_is_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        // Not `always`: its zero-filled spare segments are longer than their records.
+        let mut w = writer_of(dir.path(), FsyncMode::Interval(Duration::from_secs(3600)), 64 << 10);
+        for _ in 0..200 {
+            assert!(append(&mut w, &[&[7u8; 100]])[0].is_ok());
+        }
+        let segments = list_segments(dir.path()).unwrap();
+        assert!(segments.len() > 4, "{segments:?}");
+        let on_disk = |dir: &Path| {
+            list_segments(dir).unwrap().iter().map(|(_, p)| fs::metadata(p).unwrap().len()).sum::<u64>()
+        };
+        // Everything in the first three segments is in Kafka, and the deletes fail.
+        let acked = segments[3].0 - 1;
+        let faults = Faults::set(&[("spool::unlink", "return(eio)")]);
+        w.acknowledge(acked);
+        drop(faults);
+        w.publish_stats();
+        assert_eq!(list_segments(dir.path()).unwrap(), segments, "the deletes failed");
+        assert_eq!(w.stats.bytes.load(Ordering::Relaxed), on_disk(dir.path()), "their bytes still count");
+        assert_eq!(pending(&w), 200 - acked);
+
+        // The next acknowledgement deletes them.
+        w.acknowledge(acked + 1);
+        w.publish_stats();
+        assert_eq!(list_segments(dir.path()).unwrap(), segments[3..]);
+        assert_eq!(w.stats.bytes.load(Ordering::Relaxed), on_disk(dir.path()));
+
+        // A crash after failed deletes: the next start delivers what follows the position, once.
+        let faults = Faults::set(&[("spool::unlink", "return(eio)")]);
+        let acked = segments[4].0 + 3;
+        w.acknowledge(acked);
+        drop(faults);
+        drop(w);
+        assert_eq!(delivered_after_reopen(dir.path()), (acked + 1..=200).collect::<Vec<_>>());
+        assert_eq!(
+            list_segments(dir.path()).unwrap()[0].0,
+            segments[4].0,
+            "the acknowledged segment is gone"
+        );
+    }
+
+    #[test]
+    fn a_batch_refused_for_a_failed_fsync_is_not_read_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer(dir.path(), FsyncMode::Always);
+        for _ in 0..5 {
+            assert!(append(&mut w, &[b"accepted"])[0].is_ok());
+        }
+        let faults = Faults::set(&[("spool::fsync", "1*return(eio)")]);
+        let answers = append(&mut w, &[b"refused", b"refused too"]);
+        drop(faults);
+        assert!(answers.iter().all(|a| matches!(a, Err(SpoolError::Failed(_)))), "{answers:?}");
+        assert!(matches!(append(&mut w, &[b"after"])[0], Err(SpoolError::Failed(_))), "failed for good");
+        drop(w); // kill -9
+
+        assert_eq!(delivered_after_reopen(dir.path()), (1..=5).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_refused_batch_that_cannot_be_cut_off_is_recorded_and_dropped_at_the_next_start() {
+        for (faults, refusal) in [
+            // Disk full half-way through the batch (its first record whole in the file), and the cut
+            // fails.
+            ("spool::write=1*return(enospc);spool::cut=return(eio)", "write"),
+            // The fsync fails, and so does every one after it: the cut is made but cannot be synced.
+            ("spool::fsync=return(eio)", "fsync"),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut w = writer(dir.path(), FsyncMode::Always);
+            for _ in 0..5 {
+                assert!(append(&mut w, &[b"accepted"])[0].is_ok());
+            }
+            let points: Vec<(&str, &str)> = faults.split(';').map(|p| p.split_once('=').unwrap()).collect();
+            let set = Faults::set(&points);
+            let answers = append(&mut w, &[b"refused", b"refused"]);
+            drop(set);
+            assert!(
+                answers.iter().all(|a| matches!(a, Err(SpoolError::Failed(_)))),
+                "{refusal}: {answers:?}"
+            );
+            assert_eq!(read_ack(dir.path()).unwrap().refused, Some((6, 7)), "{refusal}");
+            drop(w); // kill -9
+
+            assert_eq!(delivered_after_reopen(dir.path()), (1..=5).collect::<Vec<_>>(), "{refusal}");
+            // Numbering goes on above the refused numbers, which stay refused.
+            let mut w = writer(dir.path(), FsyncMode::Always);
+            assert_eq!(append(&mut w, &[b"next"])[0].as_ref().unwrap(), &8, "{refusal}");
+            drop(w);
+            assert_eq!(delivered_after_reopen(dir.path()), vec![1, 2, 3, 4, 5, 8], "{refusal}");
+        }
+    }
+
+    #[test]
+    fn many_failed_batches_in_a_row_keep_one_burnt_range_and_the_pending_count_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer(dir.path(), FsyncMode::Never);
+        for _ in 0..10 {
+            assert!(append(&mut w, &[b"accepted"])[0].is_ok());
+        }
+        // The disk is full for a long while: every batch fails.
+        let faults = Faults::set(&[("spool::write", "return(enospc)")]);
+        for _ in 0..10_000 {
+            let answers = append(&mut w, &[b"refused", b"refused too"]);
+            assert!(answers.iter().all(|a| matches!(a, Err(SpoolError::DiskFull(_)))), "{answers:?}");
+        }
+        drop(faults);
+        assert_eq!(w.burnt.len(), 1, "consecutive failures are one range");
+        assert_eq!(pending(&w), 10);
+
+        // Space returns: numbering goes on after the burnt ones, and only records are pending.
+        assert_eq!(append(&mut w, &[b"accepted"])[0].as_ref().unwrap(), &20_011);
+        assert_eq!(pending(&w), 11);
+        let faults = Faults::set(&[("spool::write", "return(enospc)")]);
+        for _ in 0..5 {
+            assert!(append(&mut w, &[b"refused"])[0].is_err());
+        }
+        drop(faults);
+        assert_eq!(w.burnt.len(), 2);
+        assert_eq!(pending(&w), 11, "numbers burnt above the last record are not pending");
+        w.acknowledge(5);
+        w.publish_stats();
+        assert_eq!(pending(&w), 6);
+        w.acknowledge(20_011);
+        w.publish_stats();
+        assert_eq!((pending(&w), w.burnt.len()), (0, 1), "only the range above the last record is left");
+        assert_eq!(append(&mut w, &[b"accepted"])[0].as_ref().unwrap(), &20_017);
+        assert_eq!(pending(&w), 1);
+        w.acknowledge(20_017);
+        w.publish_stats();
+        assert_eq!((pending(&w), w.burnt.len()), (0, 0));
+    }
+
+    fn ack_file(dir: &Path) -> File {
+        OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(ACK_FILE)).unwrap()
+    }
+
+    fn acked(acked: u64) -> AckState {
+        AckState { acked, refused: None }
+    }
+
+    /// A slot as versions before the current layout wrote it.
+    fn legacy_slot(seq: u64) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        b[0..4].copy_from_slice(LEGACY_ACK_MAGIC);
+        b[4..12].copy_from_slice(&seq.to_le_bytes());
+        let crc = crc32fast::hash(&b[0..12]);
+        b[12..16].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
 
     #[test]
     fn the_newer_valid_ack_slot_wins_and_a_torn_one_is_ignored() {
         let dir = tempfile::tempdir().unwrap();
-        let f = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(dir.path().join(ACK_FILE))
-            .unwrap();
-        f.write_all_at(&ack_bytes(7), 0).unwrap();
-        f.write_all_at(&ack_bytes(9), 512).unwrap();
-        assert_eq!(read_ack(dir.path()), Some(9));
+        let f = ack_file(dir.path());
+        f.write_all_at(&acked(7).to_bytes(), 0).unwrap();
+        f.write_all_at(&acked(9).to_bytes(), 4096).unwrap();
+        assert_eq!(read_ack(dir.path()), Some(acked(9)));
         // Slot two torn mid-write: slot one's older value stands.
-        f.write_all_at(&ack_bytes(11)[..8], 512).unwrap();
-        assert_eq!(read_ack(dir.path()), Some(7));
-        // An ack file of the earlier one-slot format reads too.
-        fs::write(dir.path().join(ACK_FILE), ack_bytes(5)).unwrap();
-        assert_eq!(read_ack(dir.path()), Some(5));
+        f.write_all_at(&acked(11).to_bytes()[..16], 4096).unwrap();
+        assert_eq!(read_ack(dir.path()), Some(acked(7)));
+        // A refused range recorded at the same position is the newer state.
+        let refused = AckState { acked: 7, refused: Some((12, 15)) };
+        f.write_all_at(&refused.to_bytes(), 4096).unwrap();
+        assert_eq!(read_ack(dir.path()), Some(refused));
+    }
+
+    #[test]
+    fn the_ack_slots_are_a_page_apart_and_the_earlier_layouts_read_and_are_rewritten() {
+        // An earlier version's file: slots at 0 and 512, the newer one at 512.
+        let dir = tempfile::tempdir().unwrap();
+        let f = ack_file(dir.path());
+        f.write_all_at(&legacy_slot(7), 0).unwrap();
+        f.write_all_at(&legacy_slot(9), 512).unwrap();
+        assert_eq!(read_ack(dir.path()), Some(acked(9)));
+        // The version before: one slot.
+        fs::write(dir.path().join(ACK_FILE), legacy_slot(5)).unwrap();
+        assert_eq!(read_ack(dir.path()), Some(acked(5)));
+
+        // Opened, the file is rewritten in the current layout: a slot in each of two pages, nothing
+        // left of the earlier slots.
+        f.write_all_at(&legacy_slot(9), 512).unwrap();
+        let mut w = writer(dir.path(), FsyncMode::Never);
+        for _ in 0..20 {
+            append(&mut w, &[b"event"]);
+        }
+        w.acknowledge(12);
+        w.acknowledge(14);
+        drop(w);
+        let b = fs::read(dir.path().join(ACK_FILE)).unwrap();
+        assert_eq!(b.len(), 4096 + ACK_SLOT_LEN);
+        assert_eq!(AckState::parse(&b[0..ACK_SLOT_LEN]), Some(acked(14)));
+        assert_eq!(AckState::parse(&b[4096..]), Some(acked(12)));
+        assert!(b[ACK_SLOT_LEN..4096].iter().all(|b| *b == 0), "the earlier layout's slot at 512 is gone");
     }
 }

@@ -5,6 +5,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tim_kafka_bridge::spool::record::frame_at;
+
 use crate::delivery::assert_valid;
 use crate::helpers::*;
 
@@ -199,16 +201,19 @@ async fn a_torn_last_record_is_skipped_with_a_log_line_and_the_rest_is_delivered
     let spool = tempfile::tempdir().unwrap();
     let mut bridge = spooled_backlog(spool.path(), "@TGS#torn", 10).await;
 
-    // Cut the last record short, as a crash mid-write would.
-    let mut segments: Vec<_> = std::fs::read_dir(spool.path())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
-        .collect();
-    segments.sort();
-    let last = segments.last().expect("a segment");
-    let len = std::fs::metadata(last).unwrap().len();
-    std::fs::OpenOptions::new().write(true).open(last).unwrap().set_len(len - 7).unwrap();
+    // Cut the last record short, as a crash mid-write would: its last 7 bytes never written. The
+    // segment may be a zero-filled spare (fsync=always) longer than its records, or not (the spare
+    // was not ready yet): the records' end is found by reading them, and the file keeps its length,
+    // the lost bytes reading as zeros.
+    let last = segments(spool.path()).pop().expect("a segment");
+    let bytes = std::fs::read(&last).unwrap();
+    let mut end = 0;
+    while let Some(f) = frame_at(&bytes, end) {
+        end += f.size();
+    }
+    let file = std::fs::OpenOptions::new().write(true).open(&last).unwrap();
+    file.set_len(end as u64 - 7).unwrap();
+    file.set_len(bytes.len() as u64).unwrap();
 
     bridge.restart(&[("BRIDGE_KAFKA_BROKERS", broker().bootstrap().as_str())]).await;
 

@@ -818,6 +818,7 @@ pub fn open_spool(dir: &Path) -> (tim_kafka_bridge::spool::Spool, tim_kafka_brid
         dir: dir.to_owned(),
         fsync: tim_kafka_bridge::spool::FsyncMode::Never,
         max_bytes: 1 << 30,
+        max_queued_bytes: tim_kafka_bridge::spool::MAX_QUEUED_BYTES,
         observer: None,
     })
     .unwrap()
