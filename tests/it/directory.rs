@@ -727,7 +727,7 @@ fn history(
 
 /// The order of delivery: the history's, with reordering and repeats inside groups, as Tencent's
 /// retries and concurrent callbacks deliver one group's changes: `reorder_percent` of the time an event
-/// is swapped with the next event of its group (within 50 places), and `repeat_percent` of the time a
+/// is swapped with the next event of its group (within 400 places), and `repeat_percent` of the time a
 /// copy is delivered again right after a later event of its group (a late retry). Returns the indices,
 /// how many swaps and late repeats it made.
 fn delivery_order(
@@ -743,7 +743,7 @@ fn delivery_order(
     for at in 0..n {
         if rng.percent(reorder_percent) {
             let g = group(order[at]);
-            if let Some(next) = (at + 1..n.min(at + 50)).find(|q| group(order[*q]) == g) {
+            if let Some(next) = (at + 1..n.min(at + 400)).find(|q| group(order[*q]) == g) {
                 order.swap(at, next);
                 swaps += 1;
             }
@@ -754,7 +754,7 @@ fn delivery_order(
     while at < order.len() {
         if rng.percent(repeat_percent) {
             let g = group(order[at]);
-            if let Some(later) = (at + 1..order.len().min(at + 200)).find(|q| group(order[*q]) == g) {
+            if let Some(later) = (at + 1..order.len().min(at + 400)).find(|q| group(order[*q]) == g) {
                 order.insert(later + 1, order[at]);
                 repeats += 1;
             }
