@@ -211,10 +211,11 @@ struct Books {
     answered_at_last_check: bool,
     /// Reading the spool fails: since when (ms since epoch) and how many tries in a row.
     read_failing: Option<(i64, u32)>,
-    /// Records after the first unacknowledged one that Kafka has already acknowledged (a report that
-    /// came while an earlier record failed, or from a producer replaced since), in increasing order:
-    /// publishing again from the spool skips them, so a failure confined to some partitions does not
-    /// republish what the others delivered.
+    /// Records after the first unacknowledged one that a producer replaced since (a stall, a fatal
+    /// error) had confirmed, in increasing order: publishing again from the spool skips them, so a
+    /// stall confined to some partitions does not republish what the others delivered. (With the
+    /// idempotent producer nothing later on a partition is confirmed before what is stuck on it, so
+    /// skipping keeps each partition's order.)
     delivered_ahead: VecDeque<u64>,
 }
 
@@ -305,6 +306,24 @@ impl Forwarder {
                     };
                     state = State::Draining { failed_seq };
                 }
+            }
+            if self.publisher.refit_pending()
+                && stopping.is_none()
+                && matches!(state, State::Delivering | State::Isolating { .. })
+            {
+                // The topic takes smaller batches now: nothing more goes out until what is in flight
+                // has settled and a producer that fits them is built (in `resume`).
+                tracing::info!(
+                    in_flight = b.inflight.len(),
+                    "refitting the producer to the topic's smaller limit once what is in flight has settled"
+                );
+                state = State::Recovering {
+                    failed_seq: u64::MAX,
+                    until: Instant::now(),
+                    fatal: false,
+                    stalled: false,
+                    isolate: 1,
+                };
             }
             let room = state.window().saturating_sub(b.inflight.len());
             if have_more && room > 0 && b.inflight_bytes < WINDOW_BYTES {
@@ -531,12 +550,10 @@ impl Forwarder {
                     other => other,
                 }
             }
-            // Delivered after an earlier record failed: in Kafka already, so publishing again from the
-            // failed one skips it.
-            Ok(()) => {
-                b.delivered_ahead.push_back(m.seq);
-                state
-            }
+            // Delivered after an earlier record failed: published again after it. (Not skipped: after
+            // a batch Kafka refused, librdkafka may deliver a later batch of the same partition, and
+            // only publishing it again keeps its last copy after the refused record.)
+            Ok(()) => state,
             Err(e) if !state.counts(m.seq) => {
                 self.count_error(&e);
                 state
@@ -559,7 +576,16 @@ impl Forwarder {
         match e {
             PublishError::Permanent(_) if !fatal => {
                 // Kafka refused a whole batch (its size counts against the topic's limit): send its
-                // records alone; the one still refused alone is dead-lettered.
+                // records alone; the one still refused alone is dead-lettered. What librdkafka holds
+                // unsent behind it goes back to the spool (it is sent again after it, in order), and
+                // the topic's limit is read again: if it shrank, a new producer fits it first.
+                self.publisher.purge_queued();
+                let publisher = self.publisher.clone();
+                tokio::spawn(async move {
+                    if let Ok(true) = publisher.refresh_limits(Duration::from_secs(2)).await {
+                        publisher.request_refit();
+                    }
+                });
                 let isolate = b.inflight.len() + 1;
                 tracing::info!(error = %e, seq, records = isolate, "Kafka refused a batch; publishing its records one at a time");
                 State::Recovering { failed_seq: seq, until: now, fatal: false, stalled: false, isolate }
@@ -640,7 +666,8 @@ impl Forwarder {
     /// from the first unacknowledged record (with a new producer after a fatal error or a stall).
     fn resume(&mut self, state: State, b: &mut Books) -> Result<State, ForwarderError> {
         let State::Recovering { fatal, stalled, isolate, .. } = state else { return Ok(state) };
-        // A replaced producer's records that Kafka acknowledged are in Kafka: not published again.
+        // A replaced producer's records that Kafka acknowledged are in Kafka: not published again. (In
+        // flight here only after a stall or a fatal error: other failures wait for everything to settle.)
         let delivered = b.inflight.iter().filter(|m| matches!(m.outcome, Some(Ok(())))).map(|m| m.seq);
         let mut ahead: Vec<u64> =
             b.delivered_ahead.drain(..).chain(delivered).filter(|s| *s > b.acked).collect();
@@ -658,7 +685,8 @@ impl Forwarder {
                 return Err(ForwarderError::ProducerKeepsFailing { restarts: MAX_FATAL_RESTARTS, last });
             }
         }
-        if fatal || stalled {
+        let refit = self.publisher.take_refit();
+        if fatal || stalled || refit {
             self.publisher.rebuild()?;
             // The old producer's reports (it purges what it held as it goes) no longer count.
             b.generation = self.publisher.generation();

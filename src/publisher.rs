@@ -34,7 +34,7 @@ use rdkafka::metadata::Metadata;
 use rdkafka::producer::future_producer::Delivery;
 use rdkafka::producer::{
     BaseRecord, DeliveryFuture, DeliveryResult, FutureProducer, FutureRecord, Producer, ProducerContext,
-    ThreadedProducer,
+    PurgeConfig, ThreadedProducer,
 };
 use rdkafka::statistics::Statistics;
 use rdkafka::ClientContext;
@@ -350,6 +350,9 @@ pub struct Publisher {
     limits: TopicLimits,
     metrics: Arc<Metrics>,
     overrides: RdkafkaOverrides,
+    /// The topic's `max.message.bytes` shrank below the main producer's batches: it must be rebuilt
+    /// to fit before more is sent (the forwarder does it, see [`Publisher::take_refit`]).
+    refit: AtomicBool,
 }
 
 impl Publisher {
@@ -408,6 +411,7 @@ impl Publisher {
             limits: TopicLimits::default(),
             metrics,
             overrides,
+            refit: AtomicBool::new(false),
         })
     }
 
@@ -486,19 +490,46 @@ impl Publisher {
         Ok(after < DEFAULT_BATCH_SIZE && after != before)
     }
 
-    /// Keeps the topic's limits current: every minute, every 5 s while they have not been read yet.
+    /// Keeps the topic's limits current: every 10 s (a `describe_configs`, cheap), every 5 s while they
+    /// have not been read yet. A limit that shrank below the producer's batches asks for a refit.
     pub async fn watch_limits(self: Arc<Self>) {
         loop {
             let known = self.limits.known.load(Ordering::Relaxed);
-            tokio::time::sleep(if known { Duration::from_secs(60) } else { Duration::from_secs(5) }).await;
+            tokio::time::sleep(if known { Duration::from_secs(10) } else { Duration::from_secs(5) }).await;
             match self.refresh_limits(Duration::from_secs(5)).await {
-                Ok(true) => tracing::warn!(
-                    max_message_bytes = self.limits.max_message_bytes(),
-                    "the topic's max.message.bytes shrank below the producer's batch size; the next new producer (a restart) will fit it"
-                ),
+                Ok(true) => self.request_refit(),
                 Ok(false) => {}
                 Err(e) => tracing::debug!(error = %e, "could not read the topic's limits"),
             }
+        }
+    }
+
+    /// Asks for the main producer to be rebuilt with batches the topic's current limit takes.
+    pub fn request_refit(&self) {
+        if !self.refit.swap(true, Ordering::AcqRel) {
+            tracing::warn!(
+                max_message_bytes = self.limits.max_message_bytes(),
+                "the topic's max.message.bytes shrank below the producer's batch size; a new producer will fit it before more is sent"
+            );
+        }
+    }
+
+    /// Whether a refit was asked for and not done yet.
+    pub fn refit_pending(&self) -> bool {
+        self.refit.load(Ordering::Acquire)
+    }
+
+    /// Takes the request for a refit (the caller rebuilds the producer).
+    pub fn take_refit(&self) -> bool {
+        self.refit.swap(false, Ordering::AcqRel)
+    }
+
+    /// Drops what the main producer holds and has not sent yet (it reports each as failed): after a
+    /// batch was refused, records of its partition queued behind it must not overtake it.
+    pub fn purge_queued(&self) {
+        match self.producer() {
+            Main::Futures(p) => p.purge(PurgeConfig::default().queue()),
+            Main::Reports(p) => p.purge(PurgeConfig::default().queue()),
         }
     }
 

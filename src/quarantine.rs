@@ -34,9 +34,20 @@ impl Quarantine {
     /// renamed, and the directory synced, so that once this returns `Ok` the event survives a crash.
     pub fn park(&self, seq: u64, record: &[u8]) -> io::Result<PathBuf> {
         failpoint!("quarantine::park", |arg| Err(crate::spool::injected(arg)));
-        fs::create_dir_all(&self.dir)?;
-        let path = self.dir.join(format!("{seq:020}.rec"));
-        let tmp = self.dir.join(format!("{seq:020}.rec.tmp"));
+        if !self.dir.exists() {
+            fs::create_dir_all(&self.dir)?;
+            // The new directory's entry must be durable too.
+            if let Some(parent) = self.dir.parent() {
+                File::open(parent)?.sync_all()?;
+            }
+        }
+        // The time in the name too: a sequence number can come again (a spool started afresh), and a
+        // parked event is never replaced by another.
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let name = format!("{seq:020}-{now}");
+        let path = self.dir.join(format!("{name}.rec"));
+        let tmp = self.dir.join(format!("{name}.rec.tmp"));
         {
             let mut f = File::create(&tmp)?;
             f.write_all(record)?;
@@ -47,7 +58,8 @@ impl Quarantine {
         Ok(path)
     }
 
-    /// The parked records, oldest first (by the sequence number they had in the spool).
+    /// The parked records, oldest first (by the sequence number they had in the spool, then the time
+    /// they were parked).
     pub fn list(&self) -> io::Result<Vec<PathBuf>> {
         let entries = match fs::read_dir(&self.dir) {
             Ok(e) => e,

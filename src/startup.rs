@@ -486,11 +486,20 @@ async fn replay_quarantine(publisher: &Publisher, spool_dir: &std::path::Path) -
         problem,
     };
     let parked = quarantine.list().map_err(|e| failed(quarantine.dir(), e.to_string()))?;
+    let mut unreadable = Vec::new();
     for file in &parked {
         let bytes = std::fs::read(file).map_err(|e| failed(file, e.to_string()))?;
-        let message =
-            crate::message::Message::decode(bytes, crate::domain::GroupChangeEvent::message_from_v1_spool)
-                .map_err(|(e, _)| failed(file, e.to_string()))?;
+        let decoded =
+            crate::message::Message::decode(bytes, crate::domain::GroupChangeEvent::message_from_v1_spool);
+        let message = match decoded {
+            Ok(m) => m,
+            Err((e, _)) => {
+                // A record this version cannot read (written by a newer one): it stays, the rest go on.
+                tracing::error!(file = %file.display(), error = %e, "a quarantined record this version cannot read stays in the quarantine");
+                unreadable.push(file);
+                continue;
+            }
+        };
         publisher
             .send_parked(&message)
             .map_err(|e| failed(file, e.to_string()))?
@@ -498,6 +507,12 @@ async fn replay_quarantine(publisher: &Publisher, spool_dir: &std::path::Path) -
             .map_err(|e| failed(file, e.to_string()))?;
         quarantine.remove(file).map_err(|e| failed(file, e.to_string()))?;
         tracing::info!(file = %file.display(), "quarantined event published");
+    }
+    if let Some(first) = unreadable.first() {
+        return Err(failed(
+            first,
+            format!("{} quarantined record(s) this version cannot read", unreadable.len()),
+        ));
     }
     if !parked.is_empty() {
         tracing::info!(events = parked.len(), "quarantine emptied: every event it held is in Kafka");

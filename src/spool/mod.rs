@@ -760,6 +760,45 @@ mod tests {
     /// With `fsync=always` a segment is a zero-filled spare, so a crash mid-write leaves a torn last
     /// record followed by zeros, not a short file.
     #[tokio::test]
+    async fn a_block_the_disk_cannot_read_at_start_is_skipped_counted_and_written_out_of_the_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = || SpoolConfig {
+            dir: dir.path().to_owned(),
+            fsync: FsyncMode::Never,
+            max_bytes: 64 << 20,
+            max_queued_bytes: MAX_QUEUED_BYTES,
+            observer: None,
+        };
+        let mut bytes = Vec::new();
+        for seq in 1..=40u64 {
+            record::encode(seq, &[b'e'; 300], &mut bytes);
+        }
+        let segment = writer::segment_path(dir.path(), 1);
+        std::fs::write(&segment, &bytes).unwrap();
+        // The block at 4096..8192 fails on every try: a bad sector. Its records (and the ones that
+        // straddle its edges) are lost, about 14 of these 320-byte ones.
+        let faults = Faults::set(&[("spool::recover_read", "return(5000)")]);
+        let (spool, thread) = Spool::open(config()).unwrap();
+        drop(faults);
+        let lost = spool.stats().corrupt_records.load(Ordering::Relaxed);
+        let records = spool.reader().read(*spool.committed().borrow(), 100, 1 << 20).unwrap();
+        let seqs: Vec<u64> = records.iter().map(|r| r.seq).collect();
+        assert!((13..=15).contains(&lost), "{lost}");
+        assert_eq!(seqs.len() as u64, 40 - lost);
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]));
+        // The file no longer holds the bad block's stretch: a reader never meets it again; the original
+        // is kept aside, out of the spool's listing.
+        assert_eq!(
+            std::fs::metadata(&segment).unwrap().len(),
+            bytes.len() as u64 - lost * (bytes.len() as u64 / 40)
+        );
+        assert_eq!(std::fs::read(segment.with_extension("seg.unreadable")).unwrap(), bytes);
+        spool.close();
+        drop(spool);
+        thread.join();
+    }
+
+    #[tokio::test]
     async fn a_torn_last_record_followed_by_a_zero_tail_is_cut_off_and_every_whole_record_before_it_kept() {
         // Torn inside the header, just after it, and half-way through the payload.
         for torn_at in [7, record::HEADER_LEN, record::HEADER_LEN + 100] {

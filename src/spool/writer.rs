@@ -146,13 +146,22 @@ impl AckState {
 /// What the ack file records: the newer of the slots whose checksum holds, or `None` when the file is
 /// missing or no slot is whole. A file written by an earlier version (slots at 0 and 512, or one at
 /// 0) reads too.
+///
+/// This version never writes a slot of the earlier layout (its first page overwrites them), so a whole
+/// earlier-layout slot means an earlier version wrote last (a rollback): its slots are the truth, and a
+/// slot of this layout left from before the rollback is stale and ignored (taking the greater of all
+/// would acknowledge what the earlier version spooled since and never published). While migrating,
+/// both hold the same position.
 pub(super) fn read_ack(dir: &Path) -> Option<AckState> {
     let b = fs::read(dir.join(ACK_FILE)).ok()?;
     let slot = |at: u64, len: usize| b.get(at as usize..at as usize + len);
-    let current = ACK_SLOTS.iter().filter_map(|at| AckState::parse(slot(*at, ACK_SLOT_LEN)?));
-    let legacy =
-        LEGACY_ACK_SLOTS.iter().filter_map(|at| AckState::parse_legacy(slot(*at, LEGACY_ACK_SLOT_LEN)?));
-    current.chain(legacy).max_by_key(AckState::age)
+    let legacy = LEGACY_ACK_SLOTS
+        .iter()
+        .filter_map(|at| AckState::parse_legacy(slot(*at, LEGACY_ACK_SLOT_LEN)?))
+        .max_by_key(AckState::age);
+    legacy.or_else(|| {
+        ACK_SLOTS.iter().filter_map(|at| AckState::parse(slot(*at, ACK_SLOT_LEN)?)).max_by_key(AckState::age)
+    })
 }
 
 /// Checks every record left by an earlier run.
@@ -196,6 +205,9 @@ pub(super) fn recover(dir: &Path, stats: &SpoolStats) -> Result<Recovered, Spool
         let (first_seq, newest) = (*first_seq, i + 1 == listed.len());
         let before_seq = listed.get(i + 1).map_or(u64::MAX, |(next, _)| *next);
         let (mut buf, unreadable) = read_segment(path)?;
+        let readable = |i: usize| !unreadable.iter().any(|r| r.contains(&i));
+        // The records found, for rewriting a segment that has blocks the disk cannot read.
+        let mut kept: Vec<std::ops::Range<usize>> = Vec::new();
         let (mut at, mut seg_last, mut records) = (0usize, 0u64, 0u64);
         while at < buf.len() {
             let expected = last_seq.max(first_seq.saturating_sub(1)) + 1;
@@ -213,13 +225,18 @@ pub(super) fn recover(dir: &Path, stats: &SpoolStats) -> Result<Recovered, Spool
                     break;
                 }
                 Some(f) if f.seq >= expected && f.seq < before_seq => {
+                    kept.push(at..at + f.size());
                     at += f.size();
                     (seg_last, last_seq, records) = (f.seq, f.seq, records + 1);
                     continue;
                 }
                 _ => {}
             }
-            if buf[at..].iter().all(|b| *b == 0) && (newest || expected == before_seq) {
+            // (A block the disk cannot read inside that unwritten rest does not make it damage: the
+            // zeros before it show nothing was written there.)
+            let zero_tail =
+                readable(at) && buf[at..].iter().enumerate().all(|(i, b)| *b == 0 || !readable(at + i));
+            if zero_tail && (newest || expected == before_seq) {
                 // The unwritten rest of a zero-filled segment: its records end here. (In an older
                 // segment only when the next one continues the numbering: a zeroed stretch that
                 // lost records is damage, below.) Cut, so readers see the end of the file there.
@@ -281,7 +298,17 @@ pub(super) fn recover(dir: &Path, stats: &SpoolStats) -> Result<Recovered, Spool
                 }
             }
         }
-        if records == 0 || seg_last <= acked {
+        if !unreadable.is_empty() && records > 0 && seg_last > acked {
+            // Readers must never meet the bad blocks again: the segment is written anew, its records
+            // only, on other blocks (the damage was counted above).
+            buf = rewrite_segment(path, &buf, &kept)?;
+            damage.retain(|(segment, _)| *segment != first_seq);
+        }
+        if (records == 0 || seg_last <= acked) && !unreadable.is_empty() {
+            // Nothing left to deliver in it, but what could not be read stays for an operator: a
+            // disk may give it back (the count of what it cost is in the damage report above).
+            set_aside(path)?;
+        } else if records == 0 || seg_last <= acked {
             fs::remove_file(path)?;
         } else {
             committed = Committed { seq: seg_last, segment: first_seq, offset: buf.len() as u64 };
@@ -330,7 +357,56 @@ fn read_segment(path: &Path) -> io::Result<(Vec<u8>, Vec<std::ops::Range<usize>>
     Ok((buf, unreadable))
 }
 
+/// Replaces the segment at `path` by one holding only `records` (ranges of `buf`): written to a new
+/// file, synced, renamed over it, the directory synced. Returns its new contents.
+fn rewrite_segment(path: &Path, buf: &[u8], records: &[std::ops::Range<usize>]) -> io::Result<Vec<u8>> {
+    let fresh: Vec<u8> = records.iter().flat_map(|r| buf[r.clone()].iter().copied()).collect();
+    use std::io::Write;
+    let tmp = path.with_extension("seg.rewrite");
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(&fresh)?;
+        f.sync_all()?;
+    }
+    // The original, bad blocks and all, is kept aside for an operator (a disk may give them back).
+    set_aside(path)?;
+    fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        sync_dir(dir)?;
+    }
+    tracing::warn!(segment = %path.display(), bytes = fresh.len(), records = records.len(),
+        "spool: segment rewritten without the blocks the disk cannot read");
+    Ok(fresh)
+}
+
+/// Renames a segment with blocks the disk cannot read to `<name>.seg.unreadable`: no longer listed as a
+/// segment, never read by the bridge again, kept for an operator.
+fn set_aside(path: &Path) -> io::Result<()> {
+    let aside = path.with_extension("seg.unreadable");
+    fs::rename(path, &aside)?;
+    if let Some(dir) = path.parent() {
+        sync_dir(dir)?;
+    }
+    tracing::warn!(segment = %path.display(), kept_as = %aside.display(),
+        "spool: a segment with blocks the disk cannot read is set aside");
+    Ok(())
+}
+
+/// One block, tried three times: a read error can pass (a path failing over), a bad sector does not.
 fn read_block(file: &File, buf: &mut [u8], offset: usize) -> io::Result<()> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match read_block_once(file, buf, offset) {
+            Err(e) if tries < 3 && e.raw_os_error() == Some(5) => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn read_block_once(file: &File, buf: &mut [u8], offset: usize) -> io::Result<()> {
     // `spool::recover_read=return(<offset>)`: the block holding that offset of the segment read then
     // fails with EIO.
     #[cfg(feature = "failpoints")]

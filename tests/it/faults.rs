@@ -279,14 +279,15 @@ async fn recovery_starts_past_a_block_the_disk_cannot_read_and_counts_what_it_he
     assert!(bridge.terminate(Duration::from_secs(20)).success());
     assert!(segments(spool.path()).len() > 3);
 
-    // The first block of the oldest segment cannot be read.
+    // The first block of the oldest segment cannot be read (three tries: a bad sector, not a blip).
     bridge
         .restart(&[
             ("BRIDGE_KAFKA_BROKERS", broker().bootstrap().as_str()),
-            ("FAILPOINTS", "spool::recover_read=1*return(0)"),
+            ("FAILPOINTS", "spool::recover_read=3*return(0)"),
         ])
         .await;
     assert!(bridge.logs().contains("a block of the segment cannot be read"), "{}", bridge.logs());
+    assert!(bridge.logs().contains("is set aside"), "kept for an operator: {}", bridge.logs());
     let lost = loop {
         if let Some(n) =
             sample(&scrape(&bridge).await, "bridge_spool_corrupt_records_total").filter(|n| *n > 0.0)
@@ -740,4 +741,66 @@ async fn a_blocked_stdout_does_not_stall_webhooks() {
     }
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// The topic's `max.message.bytes` lowered under load, below the producer's batches: batches Kafka now
+/// refuses are sent again record by record, and no record of a group may land before an earlier one of
+/// the same group: first occurrences keep per-group order, and every event answered OK arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lowering_max_message_bytes_under_load_keeps_every_event_and_per_group_order() {
+    let kafka = broker();
+    let _up = kafka.shared().await;
+    let spool = tempfile::tempdir().unwrap();
+    let bridge = Bridge::spawn(BridgeOptions::new(spool.path())).await;
+    let topic = bridge.topic.clone();
+    bridge.warm_up("@TGS#shrink-warm").await;
+    // Each record about 1.6 KB even compressed: the topic's new limit takes one, not a batch of three.
+    let noise = incompressible(1200);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let ok: Mutex<HashSet<(String, usize)>> = Mutex::new(HashSet::new());
+    let senders = (0..8).map(|s| {
+        let (bridge, noise, stop, ok) = (&bridge, &noise, &stop, &ok);
+        async move {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for g in 0..3 {
+                    let group = format!("@TGS#shrink{s}-{g}");
+                    let mut hook = Webhook::rename(&group, n);
+                    hook.0["Introduction"] = serde_json::Value::String(noise.clone());
+                    if bridge.send(&hook).await.0 == 200 {
+                        ok.lock().unwrap().insert((group, n));
+                    }
+                }
+                n += 1;
+            }
+        }
+    });
+    let shrink = async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let admin: rdkafka::admin::AdminClient<_> =
+            rdkafka::ClientConfig::new().set("bootstrap.servers", kafka.bootstrap()).create().unwrap();
+        let lower = rdkafka::admin::AlterConfig::new(rdkafka::admin::ResourceSpecifier::Topic(&topic))
+            .set("max.message.bytes", "4000");
+        let altered = admin.alter_configs([&lower], &rdkafka::admin::AdminOptions::new()).await.unwrap();
+        assert!(altered.iter().all(|r| r.is_ok()), "{altered:?}");
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    };
+    tokio::join!(futures_util::future::join_all(senders), shrink);
+    let ok = ok.into_inner().unwrap();
+    let records = read_to_end(&kafka.bootstrap(), &topic, &ok, Duration::from_secs(90));
+    let answers = Answers { sent: ok.len(), ok, ..Answers::default() };
+    let tally = Tally::of(&answers, &records);
+    println!(
+        "max.message.bytes lowered under load: {tally}; {}",
+        scrape(&bridge)
+            .await
+            .lines()
+            .filter(|l| l.starts_with("bridge_kafka_producer_restarts_total")
+                || l.starts_with("bridge_kafka_dead_lettered_total"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    tally.assert_nothing_lost_nor_reordered();
+    assert!(bridge.logs().contains("Kafka refused a batch"), "the limit did bite");
 }
