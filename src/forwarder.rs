@@ -78,6 +78,11 @@ pub struct Progress {
 /// How long the spool may stay unreadable (an I/O error on every try) before `/healthz` asks for a
 /// restart, which starts past the unreadable region.
 pub const READ_FAILURE_GRACE: Duration = Duration::from_secs(10);
+/// A record the producer has not confirmed this long after it confirmed a later record of the same
+/// partition is one it lost track of (an idempotent producer confirms a partition's records in
+/// order): it is replaced at once, without waiting for the stall time. Also how often that is looked
+/// at.
+pub const OVERTAKEN_AFTER: Duration = Duration::from_secs(5);
 /// The longest wait between two tries of a failing spool read.
 const MAX_READ_RETRY: Duration = Duration::from_secs(1);
 
@@ -165,6 +170,10 @@ struct InFlight {
     solo: bool,
     /// Its outcome, once reported (records settle in send order, reports arrive in any).
     outcome: Option<Result<(), PublishError>>,
+    /// Kafka's murmur2 of its key (where it lands: see [`crate::partition`]); `None` without a key.
+    key_hash: Option<i32>,
+    /// When it was handed to the producer.
+    sent_at: Instant,
 }
 
 impl InFlight {
@@ -181,6 +190,8 @@ impl InFlight {
             event_time_ms,
             solo: false,
             outcome: Some(Ok(())),
+            key_hash: None,
+            sent_at: Instant::now(),
         }
     }
 }
@@ -217,6 +228,12 @@ struct Books {
     /// idempotent producer nothing later on a partition is confirmed before what is stuck on it, so
     /// skipping keeps each partition's order.)
     delivered_ahead: VecDeque<u64>,
+    /// Per partition, the greatest sequence number the current producer confirmed there.
+    confirmed: std::collections::HashMap<i32, u64>,
+    /// The topic's partition count, once read (for where the oldest record in flight lands).
+    partitions: Option<i32>,
+    /// When to look next whether the oldest record in flight was overtaken on its partition.
+    next_overtaken_check: Instant,
 }
 
 impl Forwarder {
@@ -271,6 +288,9 @@ impl Forwarder {
             answered_at_last_check: false,
             read_failing: None,
             delivered_ahead: VecDeque::new(),
+            confirmed: Default::default(),
+            partitions: None,
+            next_overtaken_check: Instant::now() + OVERTAKEN_AFTER,
         };
         let mut state = State::Delivering;
         let mut stopping: Option<Stopping> = None;
@@ -445,6 +465,10 @@ impl Forwarder {
                 _ = tokio::time::sleep_until(b.last_report + self.stall_after), if watch_stall => {
                     state = self.stalled(state, &mut b).await;
                 }
+                _ = tokio::time::sleep_until(b.next_overtaken_check), if watch_stall => {
+                    b.next_overtaken_check = Instant::now() + OVERTAKEN_AFTER;
+                    state = self.overtaken(state, &mut b).await;
+                }
                 changed = committed.changed(), if wait_for_commit => {
                     if changed.is_err() {
                         // The spool is gone: nothing more will be committed.
@@ -469,10 +493,14 @@ impl Forwarder {
             return;
         }
         let Ok(i) = b.inflight.binary_search_by_key(&report.seq, |m| m.seq) else { return };
-        let m = &mut b.inflight[i];
-        if m.outcome.is_some() {
+        if b.inflight[i].outcome.is_some() {
             return;
         }
+        if matches!(report.outcome, Outcome::Delivered) {
+            let highest = b.confirmed.entry(report.partition).or_insert(report.seq);
+            *highest = (*highest).max(report.seq);
+        }
+        let m = &mut b.inflight[i];
         m.outcome = Some(match report.outcome {
             Outcome::Delivered => Ok(()),
             Outcome::Failed(e) => Err(e),
@@ -662,6 +690,44 @@ impl Forwarder {
         }
     }
 
+    /// Whether the producer lost track of the oldest record in flight: unconfirmed for
+    /// [`OVERTAKEN_AFTER`] while it confirmed a later record of the same partition, which an idempotent
+    /// producer never does (seen: the first records to a topic that was being created, sent before
+    /// the producer had its id, never reported on). If so, it is replaced now, not after the stall
+    /// time: its confirmed records are not sent again, the lost one is.
+    async fn overtaken(&self, state: State, b: &mut Books) -> State {
+        let Some(front) = b.inflight.front() else { return state };
+        let (Some(hash), None, seq) = (front.key_hash, &front.outcome, front.seq) else { return state };
+        if front.sent_at.elapsed() < OVERTAKEN_AFTER
+            || !matches!(state, State::Delivering | State::Isolating { .. })
+        {
+            return state;
+        }
+        let partitions = match b.partitions {
+            Some(n) => n,
+            None => {
+                let publisher = self.publisher.clone();
+                match tokio::task::spawn_blocking(move || publisher.partition_count(Duration::from_secs(2)))
+                    .await
+                {
+                    Ok(Ok(n)) if n > 0 => *b.partitions.insert(n),
+                    _ => return state,
+                }
+            }
+        };
+        let partition = crate::partition::partition_of_hash(hash, partitions);
+        let Some(later) = b.confirmed.get(&partition).copied().filter(|c| *c > seq) else { return state };
+        tracing::error!(
+            seq,
+            partition,
+            confirmed_after_it = later,
+            unconfirmed_for_ms = front.sent_at.elapsed().as_millis() as u64,
+            "the producer confirmed a later record of this partition but never this one; replacing it"
+        );
+        b.stalled_received_ms.get_or_insert(front.received_at_ms);
+        State::Recovering { failed_seq: seq, until: Instant::now(), fatal: false, stalled: true, isolate: 1 }
+    }
+
     /// Everything in flight has settled after a failure and the backoff has passed: publish again
     /// from the first unacknowledged record (with a new producer after a fatal error or a stall).
     fn resume(&mut self, state: State, b: &mut Books) -> Result<State, ForwarderError> {
@@ -690,6 +756,7 @@ impl Forwarder {
             self.publisher.rebuild()?;
             // The old producer's reports (it purges what it held as it goes) no longer count.
             b.generation = self.publisher.generation();
+            b.confirmed.clear();
             self.wedged.store(false, std::sync::atomic::Ordering::Relaxed);
             self.publisher.metrics().kafka_producer_restarts.inc();
             tracing::warn!(
@@ -773,7 +840,16 @@ impl Forwarder {
                     received_at_ms: now,
                     event_time_ms: now,
                 };
-                let m = InFlight { seq, bytes, received_at_ms: now, event_time_ms: now, solo, outcome: None };
+                let m = InFlight {
+                    seq,
+                    bytes,
+                    received_at_ms: now,
+                    event_time_ms: now,
+                    solo,
+                    outcome: None,
+                    key_hash: None,
+                    sent_at: Instant::now(),
+                };
                 let reason = format!("unreadable spool record: {e}");
                 let d = detour(
                     seq,
@@ -794,6 +870,8 @@ impl Forwarder {
             event_time_ms: message.event_time_ms,
             solo,
             outcome: None,
+            key_hash: (!message.key.is_empty()).then(|| crate::partition::murmur2(message.key)),
+            sent_at: Instant::now(),
         };
         // The failpoint wedges the producer: from then on it takes records and reports on none, until
         // it is replaced (a wedged librdkafka).

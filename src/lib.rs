@@ -83,6 +83,7 @@ pub mod forwarder;
 pub mod health;
 pub mod message;
 pub mod metrics;
+pub mod partition;
 pub mod publisher;
 pub mod quarantine;
 pub mod relay;

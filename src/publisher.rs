@@ -133,6 +133,8 @@ pub struct Report {
     pub generation: u64,
     /// The spool sequence number the record was sent with.
     pub seq: u64,
+    /// The partition it went to (or was to go to).
+    pub partition: i32,
     pub outcome: Outcome,
 }
 
@@ -175,6 +177,18 @@ impl ProducerContext for ReportingContext {
     type DeliveryOpaque = usize;
 
     fn delivery(&self, result: &DeliveryResult<'_>, seq: usize) {
+        let partition = match result {
+            Ok(m) => m.partition(),
+            Err((_, m)) => m.partition(),
+        };
+        #[cfg(feature = "failpoints")]
+        if result.is_ok()
+            && crate::failpoints::here()
+            && fail::eval("publisher::lose_report", |_| ()).is_some()
+        {
+            // As a producer that lost track of a record: it is in Kafka, and never reported on.
+            return;
+        }
         let outcome = match result {
             Ok(_) => Outcome::Delivered,
             Err((e, m)) => match classify(e.clone()) {
@@ -183,7 +197,8 @@ impl ProducerContext for ReportingContext {
             },
         };
         // The forwarder may be gone (shutdown): nobody needs the report then.
-        let _ = self.reports.send(Report { generation: self.generation, seq: seq as u64, outcome });
+        let _ =
+            self.reports.send(Report { generation: self.generation, seq: seq as u64, partition, outcome });
     }
 }
 

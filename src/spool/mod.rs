@@ -757,8 +757,8 @@ mod tests {
         assert!(!dir.path().join("spare.zero.tmp").exists());
     }
 
-    /// With `fsync=always` a segment is a zero-filled spare, so a crash mid-write leaves a torn last
-    /// record followed by zeros, not a short file.
+    /// A bad sector in a segment found at start: the records in that block (and those across its
+    /// edges) are counted as lost, the rest kept, and the segment rewritten without it.
     #[tokio::test]
     async fn a_block_the_disk_cannot_read_at_start_is_skipped_counted_and_written_out_of_the_segment() {
         let dir = tempfile::tempdir().unwrap();
@@ -798,6 +798,8 @@ mod tests {
         thread.join();
     }
 
+    /// With `fsync=always` a segment is a zero-filled spare, so a crash mid-write leaves a torn last
+    /// record followed by zeros, not a short file.
     #[tokio::test]
     async fn a_torn_last_record_followed_by_a_zero_tail_is_cut_off_and_every_whole_record_before_it_kept() {
         // Torn inside the header, just after it, and half-way through the payload.

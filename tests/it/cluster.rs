@@ -166,7 +166,7 @@ async fn a_rolling_restart_of_every_broker_under_load_loses_nothing_and_reorders
 /// partition's arrive in order once its replicas are back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stall_confined_to_one_partition_does_not_republish_what_the_others_delivered() {
-    use tim_kafka_bridge::directory::store::partition_of;
+    use tim_kafka_bridge::partition::partition_of;
     let started = Instant::now();
     let kafka = cluster();
     let _only = kafka.exclusive().await;

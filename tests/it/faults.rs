@@ -585,22 +585,7 @@ async fn a_spooled_record_kafka_refuses_goes_alone_to_the_dead_letter_topic_and_
     let spool = tempfile::tempdir().unwrap();
     let opts = BridgeOptions::new(spool.path());
     kafka.create_topic_taking_at_most(&opts.topic, 20_000);
-    let (s, thread) = open_spool(spool.path());
-    let verifier = verifier();
-    // lz4 cannot squeeze 40 000 hex digits under the topic's 20 000 bytes.
-    let noise = incompressible(40_000);
-    for n in 0..200 {
-        let mut hook = Webhook::rename(&format!("@TGS#refused{}", n % 4), n);
-        if n == 101 {
-            hook.0["Introduction"] = serde_json::Value::String(noise.clone());
-        }
-        let checked =
-            verifier.check(&signed_query(now_secs()), hook.body().as_bytes(), tim_kafka_bridge::now_ms());
-        s.append(checked.unwrap().event().unwrap().to_message().to_bytes()).await.unwrap();
-    }
-    s.close();
-    drop(s);
-    thread.join();
+    spool_renames_one_too_large(spool.path(), "@TGS#refused", 200, 101).await;
 
     let bridge = Bridge::spawn(opts).await;
 
@@ -630,6 +615,27 @@ async fn a_spooled_record_kafka_refuses_goes_alone_to_the_dead_letter_topic_and_
     );
 }
 
+/// Spools `n` renames over four groups (`<prefix>0` to `<prefix>3`), the one numbered `big` carrying
+/// 40 000 hex digits, which lz4 cannot squeeze under a topic's 20 000 bytes: answered OK, then refused
+/// by Kafka.
+async fn spool_renames_one_too_large(dir: &Path, prefix: &str, n: usize, big: usize) {
+    let (s, thread) = open_spool(dir);
+    let verifier = verifier();
+    let noise = incompressible(40_000);
+    for i in 0..n {
+        let mut hook = Webhook::rename(&format!("{prefix}{}", i % 4), i);
+        if i == big {
+            hook.0["Introduction"] = serde_json::Value::String(noise.clone());
+        }
+        let checked =
+            verifier.check(&signed_query(now_secs()), hook.body().as_bytes(), tim_kafka_bridge::now_ms());
+        s.append(checked.unwrap().event().unwrap().to_message().to_bytes()).await.unwrap();
+    }
+    s.close();
+    drop(s);
+    thread.join();
+}
+
 /// An event Kafka refuses on the topic and on the dead-letter topic too was answered OK: it is never
 /// dropped. It is parked in the spool's quarantine (counted, the alert's metric), the rest flow on, and
 /// `drain` publishes it once the topic takes it.
@@ -643,21 +649,7 @@ async fn an_event_both_topics_refuse_is_quarantined_not_dropped_and_drain_publis
     let topic = opts.topic.clone();
     kafka.create_topic_taking_at_most(&topic, 20_000);
     kafka.create_topic_taking_at_most(&format!("{topic}.dlq"), 20_000);
-    let (s, thread) = open_spool(spool.path());
-    let verifier = verifier();
-    let noise = incompressible(40_000);
-    for n in 0..100 {
-        let mut hook = Webhook::rename(&format!("@TGS#parked{}", n % 4), n);
-        if n == 41 {
-            hook.0["Introduction"] = serde_json::Value::String(noise.clone());
-        }
-        let checked =
-            verifier.check(&signed_query(now_secs()), hook.body().as_bytes(), tim_kafka_bridge::now_ms());
-        s.append(checked.unwrap().event().unwrap().to_message().to_bytes()).await.unwrap();
-    }
-    s.close();
-    drop(s);
-    thread.join();
+    spool_renames_one_too_large(spool.path(), "@TGS#parked", 100, 41).await;
 
     let mut bridge = Bridge::spawn(opts).await;
     let expected: HashSet<_> =
@@ -821,4 +813,43 @@ async fn lowering_max_message_bytes_under_load_loses_nothing_and_keeps_each_grou
         assert!(copies.windows(2).all(|w| w[0].1 < w[1].1), "group {g}: last copies out of order");
     }
     assert!(bridge.logs().contains("Kafka refused a batch"), "the limit did bite");
+}
+
+/// A producer that loses track of one record (never reports on it) while it confirms the later records
+/// of the same partition is replaced within seconds, not after the stall time (an hour here): the
+/// lost record is published again, the confirmed ones are not. (Seen for real: the first records to a
+/// topic being created, sent before the producer had its id.)
+#[tokio::test]
+async fn a_record_the_producer_never_reports_on_while_it_confirms_later_ones_is_sent_again_within_seconds() {
+    let _up = broker().shared().await;
+    let spool = tempfile::tempdir().unwrap();
+    let bridge = Bridge::spawn(
+        BridgeOptions::new(spool.path())
+            .env("FAILPOINTS", "publisher::lose_report=1*return")
+            .env("BRIDGE_KAFKA_STALL_SECS", 3600),
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let sent: HashSet<_> = (0..30).map(|n| ("@TGS#lost-report".to_owned(), n)).collect();
+    for n in 0..30 {
+        assert_eq!(bridge.send(&Webhook::rename("@TGS#lost-report", n)).await.0, 200);
+    }
+    wait_for("the spool to be empty", Duration::from_secs(30), || async {
+        sample(&scrape(&bridge).await, "bridge_spool_pending_events") == Some(0.0)
+    })
+    .await;
+    let took = started.elapsed();
+    let records = read_to_end(&broker().bootstrap(), &bridge.topic, &sent, Duration::from_secs(30));
+    assert_eq!(names(&records), sent);
+    assert_per_group_order(&records);
+    assert_eq!(sample(&scrape(&bridge).await, "bridge_kafka_producer_restarts_total"), Some(1.0));
+    assert!(
+        bridge.logs().contains("confirmed a later record of this partition but never this one"),
+        "{}",
+        bridge.logs()
+    );
+    // The lost one twice (it was in Kafka all along), no other repeated.
+    assert_eq!(records.len(), 31, "{records:?}");
+    println!("a lost delivery report: everything on the topic {took:?} after the first webhook");
+    assert!(took < Duration::from_secs(20), "{took:?}");
 }
