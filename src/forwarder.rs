@@ -908,9 +908,10 @@ impl Forwarder {
     fn report(&self, b: &Books, committed: Committed) {
         // Nothing in flight (a read that fails, a backoff) does not make the lag 0: the spool knows
         // when the oldest unacknowledged record was committed.
-        let since_commit = self.spool.oldest_pending_since_ms(b.acked);
-        let oldest =
-            b.stalled_received_ms.or_else(|| b.inflight.front().map(|m| m.received_at_ms)).or(since_commit);
+        let oldest = b
+            .stalled_received_ms
+            .or_else(|| b.inflight.front().map(|m| m.received_at_ms))
+            .or_else(|| self.spool.oldest_pending_since_ms(b.acked));
         let pending = committed.seq > b.acked;
         self.progress.send_if_modified(|p| {
             let next = Progress {

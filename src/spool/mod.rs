@@ -175,7 +175,7 @@ pub struct SpoolStats {
     /// Why the spool refuses every append for good, once it does.
     failure: Mutex<Option<String>>,
     /// When each batch was committed: (its last sequence number, ms since the epoch), oldest first;
-    /// those of acknowledged batches are dropped as the forwarder asks (see [`Spool::oldest_pending_since_ms`]).
+    /// the writer drops those of acknowledged batches (see [`Spool::oldest_pending_since_ms`]).
     commit_times: Mutex<std::collections::VecDeque<(u64, i64)>>,
 }
 
@@ -187,6 +187,14 @@ impl SpoolStats {
     /// Notes that the records up to `last_seq` were committed now.
     pub(crate) fn committed_at(&self, last_seq: u64, now_ms: i64) {
         self.commit_times.lock().unwrap_or_else(|e| e.into_inner()).push_back((last_seq, now_ms));
+    }
+
+    /// Forgets the commit times of batches acknowledged up to `acked` (the writer, as it records them).
+    pub(crate) fn forget_committed_upto(&self, acked: u64) {
+        let mut times = self.commit_times.lock().unwrap_or_else(|e| e.into_inner());
+        while times.front().is_some_and(|(last, _)| *last <= acked) {
+            times.pop_front();
+        }
     }
 }
 
@@ -321,14 +329,12 @@ impl Spool {
     }
 
     /// When the oldest record after `acked` was committed (ms since the epoch), if one is: the age of
-    /// the oldest event not yet in Kafka, known whether or not anything was read or sent (a spool
-    /// that cannot be read still shows its lag). Forgets the batches up to `acked`.
+    /// the oldest event not yet in Kafka, known whether or not anything was read or sent (a spool that
+    /// cannot be read still shows its lag). The writer forgets batches as their acknowledgements reach
+    /// it; those acknowledged since are skipped here.
     pub fn oldest_pending_since_ms(&self, acked: u64) -> Option<i64> {
-        let mut times = self.stats.commit_times.lock().unwrap_or_else(|e| e.into_inner());
-        while times.front().is_some_and(|(last, _)| *last <= acked) {
-            times.pop_front();
-        }
-        times.front().map(|(_, at)| *at)
+        let times = self.stats.commit_times.lock().unwrap_or_else(|e| e.into_inner());
+        times.iter().find(|(last, _)| *last > acked).map(|(_, at)| *at)
     }
 
     /// `Err` with the reason once the spool cannot take events any more: a write or sync failed in a

@@ -266,8 +266,9 @@ pub(super) fn recover(dir: &Path, stats: &SpoolStats) -> Result<Recovered, Spool
                         expected,
                         acked,
                     );
+                    // The file is left as it is: it is written anew without the bad blocks below,
+                    // and kept aside whole.
                     damage.insert((first_seq, at as u64));
-                    OpenOptions::new().write(true).open(path)?.set_len(at as u64)?;
                     buf.truncate(at);
                 }
                 None if newest => {
@@ -838,6 +839,7 @@ impl Writer {
             return;
         }
         self.acked = seq.min(self.next_seq - 1);
+        self.stats.forget_committed_upto(self.acked);
         self.burnt.acknowledged(self.acked, self.committed.borrow().seq);
         if let Err(e) = self.record_ack_state() {
             // Segments are deleted only once the acknowledgement that frees them is on record.
