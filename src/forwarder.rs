@@ -28,6 +28,18 @@
 //! - **Draining** at shutdown: nothing new is sent; what is in flight settles, the final position is
 //!   acknowledged to the spool, and the forwarder returns.
 //!
+//! **A partition a producer has not written to yet is warmed with one record.** A broker keeps no
+//! state for a producer id it has not seen on a partition (a new producer, or one idle there longer
+//! than `producer.id.expiration.ms`), so it takes that producer's first batch there at any sequence
+//! number. If that first batch fails (seen: "not leader" from a partition created a moment before)
+//! while a later batch of the same partition is already in flight, the broker takes the later one,
+//! and librdkafka, which trusts the broker to refuse a gap, reports the failed batch as delivered
+//! ("implicitly acked") though it is not on the topic. So until the current producer has a
+//! confirmation from a partition (or none for [`COLD_AFTER`]), at most one record to it is in
+//! flight; while the topic's partition count is unknown, at most one such record in all. The rest
+//! wait in order (`Books::held`). As a second guard, a delivery reported without an offset (librdkafka's
+//! mark of an implicit acknowledgement) counts as a failure: the record is published again.
+//!
 //! Records in flight at a failure may reach Kafka twice (the `event_id` lets consumers drop the
 //! copy); none is ever dropped or reordered. In spool mode librdkafka never expires a record (the
 //! configuration refuses a `message.timeout.ms`), so a retriable failure is rare: Kafka refusing a
@@ -83,6 +95,9 @@ pub const READ_FAILURE_GRACE: Duration = Duration::from_secs(10);
 /// order): it is replaced at once, without waiting for the stall time. Also how often that is looked
 /// at.
 pub const OVERTAKEN_AFTER: Duration = Duration::from_secs(5);
+/// A partition the producer has had no confirmation from for this long is warmed again with one
+/// record (see the module docs): well under Kafka's default `producer.id.expiration.ms` of a day.
+pub const COLD_AFTER: Duration = Duration::from_secs(600);
 /// The longest wait between two tries of a failing spool read.
 const MAX_READ_RETRY: Duration = Duration::from_secs(1);
 
@@ -228,8 +243,15 @@ struct Books {
     /// idempotent producer nothing later on a partition is confirmed before what is stuck on it, so
     /// skipping keeps each partition's order.)
     delivered_ahead: VecDeque<u64>,
-    /// Per partition, the greatest sequence number the current producer confirmed there.
-    confirmed: std::collections::HashMap<i32, u64>,
+    /// Per partition, the greatest sequence number the current producer confirmed there, and when
+    /// it last confirmed one: a partition missing here, or quiet for [`COLD_AFTER`], is cold.
+    confirmed: std::collections::HashMap<i32, (u64, Instant)>,
+    /// Records read but not sent yet, in order: the first waits for its partition to warm up.
+    held: VecDeque<SpooledRecord>,
+    /// The first of `held` waits for a report: nothing more is sent until one arrives.
+    gated: bool,
+    /// When the partition count was last asked for (at most once a second while it is unknown).
+    partitions_asked: Option<Instant>,
     /// The topic's partition count, once read (for where the oldest record in flight lands).
     partitions: Option<i32>,
     /// When to look next whether the oldest record in flight was overtaken on its partition.
@@ -289,6 +311,9 @@ impl Forwarder {
             read_failing: None,
             delivered_ahead: VecDeque::new(),
             confirmed: Default::default(),
+            held: VecDeque::new(),
+            gated: false,
+            partitions_asked: None,
             partitions: None,
             next_overtaken_check: Instant::now() + OVERTAKEN_AFTER,
         };
@@ -298,7 +323,7 @@ impl Forwarder {
             let upto = *committed.borrow_and_update();
             let deadline = *stop.borrow_and_update();
             let position = self.reader.as_ref().map_or(u64::MAX, SpoolReader::position);
-            let have_more = position <= upto.seq;
+            let have_more = position <= upto.seq || !b.held.is_empty();
             if let (Some(deadline), None) = (deadline, &stopping) {
                 stopping = Some(Stopping::new(deadline));
             }
@@ -345,9 +370,14 @@ impl Forwarder {
                     isolate: 1,
                 };
             }
-            let room = state.window().saturating_sub(b.inflight.len());
+            let room = if b.gated { 0 } else { state.window().saturating_sub(b.inflight.len()) };
             if have_more && room > 0 && b.inflight_bytes < WINDOW_BYTES {
-                let batch = match self.read(upto, room, WINDOW_BYTES - b.inflight_bytes).await {
+                let read = if b.held.is_empty() {
+                    self.read(upto, room, WINDOW_BYTES - b.inflight_bytes).await
+                } else {
+                    Ok(b.held.drain(..room.min(b.held.len())).collect())
+                };
+                let batch = match read {
                     Ok(batch) => {
                         if let Some((since, tries)) = b.read_failing.take() {
                             tracing::info!(
@@ -380,7 +410,8 @@ impl Forwarder {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 let mut skipped = false;
-                for record in batch {
+                let mut batch = VecDeque::from(batch);
+                while let Some(record) = batch.pop_front() {
                     let seq = record.seq;
                     while b.delivered_ahead.front().is_some_and(|d| *d < seq) {
                         b.delivered_ahead.pop_front();
@@ -395,6 +426,15 @@ impl Forwarder {
                         b.inflight.push_back(InFlight::already_delivered(&record));
                         skipped = true;
                         continue;
+                    }
+                    if !self.may_send(&record, &mut b).await {
+                        // Its partition is cold and has a record in flight: it waits for a report.
+                        batch.push_front(record);
+                        while let Some(r) = batch.pop_back() {
+                            b.held.push_front(r);
+                        }
+                        b.gated = true;
+                        break;
                     }
                     match self.dispatch(record, matches!(state, State::Isolating { .. })) {
                         Ok((m, detour)) => {
@@ -444,6 +484,7 @@ impl Forwarder {
                 );
             tokio::select! {
                 Some(report) = self.reports.recv() => {
+                    b.gated = false;
                     // Take every report already there before settling: one wake-up, many records.
                     self.take(report, &mut b);
                     while let Ok(report) = self.reports.try_recv() {
@@ -452,6 +493,7 @@ impl Forwarder {
                     state = self.settle_ready(state, &mut b, upto);
                 }
                 Some((seq, result)) = b.detours.next(), if !b.detours.is_empty() => {
+                    b.gated = false;
                     match b.inflight.binary_search_by_key(&seq, |m| m.seq) {
                         Ok(i) => b.inflight[i].outcome = Some(result),
                         // Detours are dropped with the records they belong to: a bug if seen.
@@ -476,6 +518,10 @@ impl Forwarder {
                         return Ok(());
                     }
                 }
+                // Held back while the partition count is unknown: ask for it again in a second.
+                _ = tokio::time::sleep(Duration::from_secs(1)), if b.gated && b.partitions.is_none() => {
+                    b.gated = false;
+                }
                 _ = stop.changed(), if deadline.is_none() => {}
                 // While stopping, look at the clock every 100 ms.
                 _ = tokio::time::sleep(Duration::from_millis(100)), if stopping.is_some() => {}
@@ -496,9 +542,25 @@ impl Forwarder {
         if b.inflight[i].outcome.is_some() {
             return;
         }
+        if let (Some(n), Some(hash)) = (b.partitions, b.inflight[i].key_hash) {
+            if crate::partition::partition_of_hash(hash, n) != report.partition {
+                // The topic has more partitions than read: learn them again, and warm every one.
+                tracing::info!(partitions = n, "the topic's partition count changed");
+                b.partitions = None;
+                b.partitions_asked = None;
+                b.confirmed.clear();
+            }
+        }
         if matches!(report.outcome, Outcome::Delivered) {
-            let highest = b.confirmed.entry(report.partition).or_insert(report.seq);
+            let (highest, at) = b.confirmed.entry(report.partition).or_insert((report.seq, Instant::now()));
             *highest = (*highest).max(report.seq);
+            *at = Instant::now();
+        }
+        if let Outcome::Failed(e) = &report.outcome {
+            if e.is_unconfirmed() {
+                tracing::error!(seq = report.seq, partition = report.partition,
+                    "Kafka confirmed a record only implicitly (no offset): it may not be on the topic (or be there already); publishing it again");
+            }
         }
         let m = &mut b.inflight[i];
         m.outcome = Some(match report.outcome {
@@ -692,39 +754,30 @@ impl Forwarder {
 
     /// Whether the producer lost track of the oldest record in flight: unconfirmed for
     /// [`OVERTAKEN_AFTER`] while it confirmed a later record of the same partition, which an idempotent
-    /// producer never does (seen: the first records to a topic that was being created, sent before
-    /// the producer had its id, never reported on). If so, it is replaced now, not after the stall
+    /// producer never does (a producer that lost track of a record). If so, it is replaced now, not after the stall
     /// time: its confirmed records are not sent again, the lost one is.
     async fn overtaken(&self, state: State, b: &mut Books) -> State {
         let Some(front) = b.inflight.front() else { return state };
         let (Some(hash), None, seq) = (front.key_hash, &front.outcome, front.seq) else { return state };
-        if front.sent_at.elapsed() < OVERTAKEN_AFTER
+        let (sent_at, received_at_ms) = (front.sent_at, front.received_at_ms);
+        if sent_at.elapsed() < OVERTAKEN_AFTER
             || !matches!(state, State::Delivering | State::Isolating { .. })
         {
             return state;
         }
-        let partitions = match b.partitions {
-            Some(n) => n,
-            None => {
-                let publisher = self.publisher.clone();
-                match tokio::task::spawn_blocking(move || publisher.partition_count(Duration::from_secs(2)))
-                    .await
-                {
-                    Ok(Ok(n)) if n > 0 => *b.partitions.insert(n),
-                    _ => return state,
-                }
-            }
-        };
+        let Some(partitions) = self.partitions(b).await else { return state };
         let partition = crate::partition::partition_of_hash(hash, partitions);
-        let Some(later) = b.confirmed.get(&partition).copied().filter(|c| *c > seq) else { return state };
+        let Some(later) = b.confirmed.get(&partition).map(|(c, _)| *c).filter(|c| *c > seq) else {
+            return state;
+        };
         tracing::error!(
             seq,
             partition,
             confirmed_after_it = later,
-            unconfirmed_for_ms = front.sent_at.elapsed().as_millis() as u64,
+            unconfirmed_for_ms = sent_at.elapsed().as_millis() as u64,
             "the producer confirmed a later record of this partition but never this one; replacing it"
         );
-        b.stalled_received_ms.get_or_insert(front.received_at_ms);
+        b.stalled_received_ms.get_or_insert(received_at_ms);
         State::Recovering { failed_seq: seq, until: Instant::now(), fatal: false, stalled: true, isolate: 1 }
     }
 
@@ -734,13 +787,22 @@ impl Forwarder {
         let State::Recovering { fatal, stalled, isolate, .. } = state else { return Ok(state) };
         // A replaced producer's records that Kafka acknowledged are in Kafka: not published again. (In
         // flight here only after a stall or a fatal error: other failures wait for everything to settle.)
-        let delivered = b.inflight.iter().filter(|m| matches!(m.outcome, Some(Ok(())))).map(|m| m.seq);
+        // Only up to the first record that failed: a record confirmed after it, on its partition, must
+        // be published again after it to keep the partition's order.
+        let delivered = b
+            .inflight
+            .iter()
+            .take_while(|m| !matches!(m.outcome, Some(Err(_))))
+            .filter(|m| matches!(m.outcome, Some(Ok(()))))
+            .map(|m| m.seq);
         let mut ahead: Vec<u64> =
             b.delivered_ahead.drain(..).chain(delivered).filter(|s| *s > b.acked).collect();
         ahead.sort_unstable();
         ahead.dedup();
         b.delivered_ahead = ahead.into();
         b.inflight.clear();
+        b.held.clear();
+        b.gated = false;
         b.detours = FuturesUnordered::new();
         b.inflight_bytes = 0;
         if fatal {
@@ -768,6 +830,57 @@ impl Forwarder {
             r.seek(b.acked + 1);
         }
         Ok(State::Isolating { left: isolate.max(1) })
+    }
+
+    /// Whether `record` may be sent now: its partition is warm (the current producer confirmed a
+    /// record there less than [`COLD_AFTER`] ago), or nothing else unconfirmed is in flight to it (to
+    /// any partition, while their number is unknown). See the module docs for why.
+    async fn may_send(&self, record: &SpooledRecord, b: &mut Books) -> bool {
+        let Some(hash) = key_hash(&record.payload) else {
+            // No key (a record this version cannot read goes to the dead-letter topic): not gated.
+            return true;
+        };
+        let warm = |b: &Books, p: i32| b.confirmed.get(&p).is_some_and(|(_, at)| at.elapsed() < COLD_AFTER);
+        let pending = |b: &Books, p: Option<i32>| {
+            b.inflight.iter().any(|m| {
+                m.outcome.is_none()
+                    && m.key_hash.is_some_and(|h| {
+                        p.is_none_or(|p| {
+                            b.partitions.is_some_and(|n| crate::partition::partition_of_hash(h, n) == p)
+                        })
+                    })
+            })
+        };
+        let mut partition = b.partitions.map(|n| crate::partition::partition_of_hash(hash, n));
+        if partition.is_some_and(|p| warm(b, p)) {
+            return true;
+        }
+        if !pending(b, partition) {
+            return true;
+        }
+        if partition.is_none() {
+            // Worth learning where it goes: records to other partitions need not wait.
+            if let Some(n) = self.partitions(b).await {
+                partition = Some(crate::partition::partition_of_hash(hash, n));
+                return partition.is_some_and(|p| warm(b, p)) || !pending(b, partition);
+            }
+        }
+        false
+    }
+
+    /// The topic's partition count: as read before, or asked of Kafka (at most once a second while
+    /// the topic does not exist yet); `None` while unknown.
+    async fn partitions(&self, b: &mut Books) -> Option<i32> {
+        if b.partitions.is_some() || b.partitions_asked.is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            return b.partitions;
+        }
+        b.partitions_asked = Some(Instant::now());
+        let publisher = self.publisher.clone();
+        match tokio::task::spawn_blocking(move || publisher.partition_count(Duration::from_secs(1))).await {
+            Ok(Ok(n)) if n > 0 => Some(*b.partitions.insert(n)),
+            _ => None,
+        }
     }
 
     /// Acknowledges the final position to the spool (the spool writes it before it closes).
@@ -923,6 +1036,19 @@ impl Forwarder {
             *p = next;
             changed
         });
+    }
+}
+
+/// Kafka's murmur2 of a spooled record's key, whichever format it was spooled in; `None` for a record
+/// this version cannot read (it goes to the dead-letter topic unkeyed).
+fn key_hash(payload: &[u8]) -> Option<i32> {
+    let hash = |key: &[u8]| (!key.is_empty()).then(|| crate::partition::murmur2(key));
+    match MessageRef::parse(payload) {
+        Ok(m) => hash(m.key),
+        Err(_) if payload.first() == Some(&b'{') => {
+            GroupChangeEvent::message_from_v1_spool(payload).ok().and_then(|m| hash(&m.key))
+        }
+        Err(_) => None,
     }
 }
 

@@ -60,6 +60,20 @@ pub enum PublishError {
 }
 
 impl PublishError {
+    /// A delivery librdkafka reported as successful without an offset: it acknowledged the record
+    /// only implicitly, because Kafka took a later batch of the same partition. That proves nothing
+    /// when the broker did not know the producer on that partition yet (it takes any sequence number
+    /// then), so the record may not be on the topic: treated as a retriable failure. Counted as
+    /// `bridge_kafka_errors_total{kind="Inconsistent"}`.
+    pub fn unconfirmed() -> Self {
+        PublishError::Retriable(KafkaError::MessageProduction(RDKafkaErrorCode::Inconsistent))
+    }
+
+    /// Whether this is [`PublishError::unconfirmed`].
+    pub fn is_unconfirmed(&self) -> bool {
+        matches!(self, PublishError::Retriable(KafkaError::MessageProduction(RDKafkaErrorCode::Inconsistent)))
+    }
+
     pub fn kafka_error(&self) -> &KafkaError {
         let (PublishError::Retriable(e) | PublishError::Permanent(e) | PublishError::Fatal(e)) = self;
         e
@@ -190,6 +204,8 @@ impl ProducerContext for ReportingContext {
             return;
         }
         let outcome = match result {
+            // No offset: implicitly acknowledged (see `PublishError::unconfirmed`).
+            Ok(m) if m.offset() < 0 => Outcome::Failed(PublishError::unconfirmed()),
             Ok(_) => Outcome::Delivered,
             Err((e, m)) => match classify(e.clone()) {
                 PublishError::Permanent(e) => Outcome::Refused(e, m.detach()),
@@ -790,6 +806,7 @@ impl Future for Pending {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         Pin::new(&mut self.0).poll(cx).map(|r| match r {
+            Ok(Ok(delivery)) if delivery.offset < 0 => Err(PublishError::unconfirmed()),
             Ok(Ok(delivery)) => Ok(delivery),
             Ok(Err((e, _))) => Err(classify(e)),
             Err(_canceled) => Err(PublishError::Retriable(KafkaError::Canceled)),

@@ -812,20 +812,27 @@ async fn lowering_max_message_bytes_under_load_loses_nothing_and_keeps_each_grou
         copies.sort();
         assert!(copies.windows(2).all(|w| w[0].1 < w[1].1), "group {g}: last copies out of order");
     }
-    assert!(bridge.logs().contains("Kafka refused a batch"), "the limit did bite");
+    // Either a batch was refused, or the limits read every 10 s saw the shrink first and a producer
+    // that fits it was built before any was: the shrink was met one way or the other.
+    let logs = bridge.logs();
+    assert!(
+        logs.contains("Kafka refused a batch")
+            || logs.contains("a new producer will fit it before more is sent"),
+        "the limit did bite"
+    );
 }
 
 /// A producer that loses track of one record (never reports on it) while it confirms the later records
 /// of the same partition is replaced within seconds, not after the stall time (an hour here): the
-/// lost record is published again, the confirmed ones are not. (Seen for real: the first records to a
-/// topic being created, sent before the producer had its id.)
+/// lost record is published again, the confirmed ones are not. (The second record loses its report:
+/// the first warms the partition, see `forwarder`.)
 #[tokio::test]
 async fn a_record_the_producer_never_reports_on_while_it_confirms_later_ones_is_sent_again_within_seconds() {
     let _up = broker().shared().await;
     let spool = tempfile::tempdir().unwrap();
     let bridge = Bridge::spawn(
         BridgeOptions::new(spool.path())
-            .env("FAILPOINTS", "publisher::lose_report=1*return")
+            .env("FAILPOINTS", "publisher::lose_report=1*off->1*return->off")
             .env("BRIDGE_KAFKA_STALL_SECS", 3600),
     )
     .await;
