@@ -237,6 +237,8 @@ struct Books {
     answered_at_last_check: bool,
     /// Reading the spool fails: since when (ms since epoch) and how many tries in a row.
     read_failing: Option<(i64, u32)>,
+    /// After a failed read, when to try the next one (meanwhile reports are taken as usual).
+    next_read_at: Option<Instant>,
     /// Records after the first unacknowledged one that a producer replaced since (a stall, a fatal
     /// error) had confirmed, in increasing order: publishing again from the spool skips them, so a
     /// stall confined to some partitions does not republish what the others delivered. (With the
@@ -309,6 +311,7 @@ impl Forwarder {
             last_report: Instant::now(),
             answered_at_last_check: false,
             read_failing: None,
+            next_read_at: None,
             delivered_ahead: VecDeque::new(),
             confirmed: Default::default(),
             held: VecDeque::new(),
@@ -370,7 +373,11 @@ impl Forwarder {
                     isolate: 1,
                 };
             }
-            let room = if b.gated { 0 } else { state.window().saturating_sub(b.inflight.len()) };
+            let room = if b.gated || b.next_read_at.is_some() {
+                0
+            } else {
+                state.window().saturating_sub(b.inflight.len())
+            };
             if have_more && room > 0 && b.inflight_bytes < WINDOW_BYTES {
                 let read = if b.held.is_empty() {
                     self.read(upto, room, WINDOW_BYTES - b.inflight_bytes).await
@@ -400,7 +407,7 @@ impl Forwarder {
                         let wait =
                             (Duration::from_millis(20) * 2u32.pow((*tries).min(6))).min(MAX_READ_RETRY);
                         self.report(&b, upto);
-                        tokio::time::sleep(wait).await;
+                        b.next_read_at = Some(Instant::now() + wait);
                         continue;
                     }
                 };
@@ -517,6 +524,10 @@ impl Forwarder {
                         self.finish(&b);
                         return Ok(());
                     }
+                }
+                // The next try of a failing spool read.
+                _ = tokio::time::sleep_until(b.next_read_at.unwrap_or_else(Instant::now)), if b.next_read_at.is_some() => {
+                    b.next_read_at = None;
                 }
                 // Held back while the partition count is unknown: ask for it again in a second.
                 _ = tokio::time::sleep(Duration::from_secs(1)), if b.gated && b.partitions.is_none() => {

@@ -258,6 +258,35 @@ async fn a_spool_read_that_keeps_failing_shows_in_the_lag_the_metrics_and_livene
     assert_eq!(bridge.get("/healthz").await.status(), 200);
 }
 
+/// While reads of the spool keep failing, the records read before the failure still settle: their
+/// reports are taken between the tries (the retry wait is one of the loop's wake-ups, not a sleep in
+/// its way), so they are acknowledged and leave the spool.
+#[tokio::test]
+async fn records_read_before_a_spool_read_starts_failing_are_acknowledged_while_it_fails() {
+    let _up = broker().shared().await;
+    let spool = tempfile::tempdir().unwrap();
+    let bridge = Bridge::spawn(
+        BridgeOptions::new(spool.path())
+            .env("FAILPOINTS", "spool::read=3*off->return(eio)")
+            .env("BRIDGE_SHUTDOWN_GRACE_SECS", 1),
+    )
+    .await;
+    // A burst: the first read finds more than three records committed, so the failure comes right
+    // after three are handed to the producer.
+    let hooks: Vec<Webhook> =
+        (0..20).map(|n| Webhook::rename(&format!("@TGS#read-then-fail{n}"), 0)).collect();
+    let answers = futures_util::future::join_all(hooks.iter().map(|h| bridge.send(h))).await;
+    assert!(answers.iter().all(|(status, _)| *status == 200));
+    wait_for("the three records read to be acknowledged", Duration::from_secs(15), || async {
+        let text = scrape(&bridge).await;
+        sample(&text, "bridge_kafka_delivered_total") == Some(3.0)
+            && sample(&text, "bridge_spool_pending_events") == Some(17.0)
+    })
+    .await;
+    assert_eq!(topic_len(&bridge.topic), 3);
+    assert!(sample(&scrape(&bridge).await, "bridge_spool_read_errors_total").is_some_and(|n| n >= 1.0));
+}
+
 /// A spool block the disk cannot read at start (EIO: a bad sector) no longer stops the bridge from
 /// starting: recovery skips past it as past damage, counts the records it held, and every other event
 /// is delivered in order.
