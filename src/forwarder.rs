@@ -119,11 +119,8 @@ enum State {
         failed_seq: u64,
         /// When to publish again (once nothing is in flight).
         until: Instant,
-        /// A new producer is needed first.
-        fatal: bool,
-        /// The producer stopped confirming anything while Kafka answered: replace it, but this does
-        /// not count towards giving up.
-        stalled: bool,
+        /// Which producer publishes again.
+        producer: Producer,
         /// How many records to send one at a time afterwards.
         isolate: usize,
     },
@@ -154,6 +151,19 @@ impl State {
             State::Recovering { .. } | State::Draining { .. } => 0,
         }
     }
+}
+
+/// Which producer publishes again once a recovery ends.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Producer {
+    /// The same one: a delivery failed, or Kafka refused a batch. Everything in flight settles first.
+    Same,
+    /// A new one, after librdkafka's fatal error: the old one may never report again, so its records
+    /// are abandoned with it. Counts towards giving up ([`MAX_FATAL_RESTARTS`]).
+    NewAfterFatal,
+    /// A new one, because it confirmed nothing while Kafka answered, or lost track of a record. Does
+    /// not count towards giving up: Kafka may be slow for reasons a new producer cannot fix.
+    NewAfterStall,
 }
 
 /// Tells the forwarder to wind down: `Some(deadline)` means publish what is committed, then stop,
@@ -212,7 +222,8 @@ impl InFlight {
 }
 
 /// A record on its way to the dead-letter topic: its sequence number and the outcome.
-type Detour = std::pin::Pin<Box<dyn std::future::Future<Output = (u64, Result<(), PublishError>)> + Send>>;
+type DeadLetterSend =
+    std::pin::Pin<Box<dyn std::future::Future<Output = (u64, Result<(), PublishError>)> + Send>>;
 
 /// The loop's bookkeeping, apart from its state.
 struct Books {
@@ -221,7 +232,7 @@ struct Books {
     /// The records sent and not yet settled, in send order (increasing sequence numbers).
     inflight: VecDeque<InFlight>,
     /// Dead-letter sends under way (rare: records Kafka refuses for good).
-    detours: FuturesUnordered<Detour>,
+    dead_letter_sends: FuturesUnordered<DeadLetterSend>,
     /// The generation of the producer whose reports count (a replaced producer's are stale).
     generation: u64,
     inflight_bytes: usize,
@@ -302,7 +313,7 @@ impl Forwarder {
             acked,
             acked_sent: acked,
             inflight: VecDeque::new(),
-            detours: FuturesUnordered::new(),
+            dead_letter_sends: FuturesUnordered::new(),
             generation: self.publisher.generation(),
             inflight_bytes: 0,
             backoff: MIN_BACKOFF,
@@ -368,8 +379,7 @@ impl Forwarder {
                 state = State::Recovering {
                     failed_seq: u64::MAX,
                     until: Instant::now(),
-                    fatal: false,
-                    stalled: false,
+                    producer: Producer::Same,
                     isolate: 1,
                 };
             }
@@ -444,13 +454,13 @@ impl Forwarder {
                         break;
                     }
                     match self.dispatch(record, matches!(state, State::Isolating { .. })) {
-                        Ok((m, detour)) => {
+                        Ok((m, dead_letter)) => {
                             if b.inflight.is_empty() {
                                 b.last_report = Instant::now();
                             }
                             b.inflight_bytes += m.bytes;
                             b.inflight.push_back(m);
-                            b.detours.extend(detour);
+                            b.dead_letter_sends.extend(dead_letter);
                         }
                         Err((received_at_ms, e)) => {
                             // Not enqueued (e.g. librdkafka's queue is full): what is in flight is
@@ -473,8 +483,11 @@ impl Forwarder {
             let recovering_until = match state {
                 // After a fatal error the old producer may never report again: its records are
                 // abandoned with it (and published again).
-                State::Recovering { until, fatal: true, .. }
-                | State::Recovering { until, stalled: true, .. } => Some(until),
+                State::Recovering {
+                    until,
+                    producer: Producer::NewAfterFatal | Producer::NewAfterStall,
+                    ..
+                } => Some(until),
                 State::Recovering { until, .. } if b.inflight.is_empty() => Some(until),
                 _ => None,
             };
@@ -485,8 +498,7 @@ impl Forwarder {
                 && stopping.is_none()
                 && !matches!(
                     state,
-                    State::Recovering { fatal: true, .. }
-                        | State::Recovering { stalled: true, .. }
+                    State::Recovering { producer: Producer::NewAfterFatal | Producer::NewAfterStall, .. }
                         | State::Draining { .. }
                 );
             tokio::select! {
@@ -499,11 +511,11 @@ impl Forwarder {
                     }
                     state = self.settle_ready(state, &mut b, upto);
                 }
-                Some((seq, result)) = b.detours.next(), if !b.detours.is_empty() => {
+                Some((seq, result)) = b.dead_letter_sends.next(), if !b.dead_letter_sends.is_empty() => {
                     b.gated = false;
                     match b.inflight.binary_search_by_key(&seq, |m| m.seq) {
                         Ok(i) => b.inflight[i].outcome = Some(result),
-                        // Detours are dropped with the records they belong to: a bug if seen.
+                        // Dead-letter sends are dropped with the records they belong to: a bug if seen.
                         Err(_) => tracing::warn!(seq, "a dead-letter outcome for a record not in flight; ignored"),
                     }
                     state = self.settle_ready(state, &mut b, upto);
@@ -598,7 +610,7 @@ impl Forwarder {
                     event_time_ms: m.event_time_ms,
                 }
                 .to_bytes();
-                b.detours.push(detour(
+                b.dead_letter_sends.push(send_to_dead_letter(
                     m.seq,
                     self.publisher.clone(),
                     self.quarantine.clone(),
@@ -689,7 +701,7 @@ impl Forwarder {
                 });
                 let isolate = b.inflight.len() + 1;
                 tracing::info!(error = %e, seq, records = isolate, "Kafka refused a batch; publishing its records one at a time");
-                State::Recovering { failed_seq: seq, until: now, fatal: false, stalled: false, isolate }
+                State::Recovering { failed_seq: seq, until: now, producer: Producer::Same, isolate }
             }
             _ => {
                 if fatal {
@@ -701,7 +713,8 @@ impl Forwarder {
                 }
                 let until = now + b.backoff;
                 b.backoff = (b.backoff * 2).min(MAX_BACKOFF);
-                State::Recovering { failed_seq: seq, until, fatal, stalled: false, isolate: 1 }
+                let producer = if fatal { Producer::NewAfterFatal } else { Producer::Same };
+                State::Recovering { failed_seq: seq, until, producer, isolate: 1 }
             }
         }
     }
@@ -746,15 +759,13 @@ impl Forwarder {
             State::Recovering { failed_seq, isolate, .. } => State::Recovering {
                 failed_seq: failed_seq.min(first),
                 until: Instant::now(),
-                fatal: false,
-                stalled: true,
+                producer: Producer::NewAfterStall,
                 isolate,
             },
             State::Delivering | State::Isolating { .. } => State::Recovering {
                 failed_seq: first,
                 until: Instant::now(),
-                fatal: false,
-                stalled: true,
+                producer: Producer::NewAfterStall,
                 isolate: match state {
                     State::Isolating { left } => left,
                     _ => 1,
@@ -789,13 +800,18 @@ impl Forwarder {
             "the producer confirmed a later record of this partition but never this one; replacing it"
         );
         b.stalled_received_ms.get_or_insert(received_at_ms);
-        State::Recovering { failed_seq: seq, until: Instant::now(), fatal: false, stalled: true, isolate: 1 }
+        State::Recovering {
+            failed_seq: seq,
+            until: Instant::now(),
+            producer: Producer::NewAfterStall,
+            isolate: 1,
+        }
     }
 
     /// Everything in flight has settled after a failure and the backoff has passed: publish again
     /// from the first unacknowledged record (with a new producer after a fatal error or a stall).
     fn resume(&mut self, state: State, b: &mut Books) -> Result<State, ForwarderError> {
-        let State::Recovering { fatal, stalled, isolate, .. } = state else { return Ok(state) };
+        let State::Recovering { producer, isolate, .. } = state else { return Ok(state) };
         // A replaced producer's records that Kafka acknowledged are in Kafka: not published again. (In
         // flight here only after a stall or a fatal error: other failures wait for everything to settle.)
         // Only up to the first record that failed: a record confirmed after it, on its partition, must
@@ -814,9 +830,9 @@ impl Forwarder {
         b.inflight.clear();
         b.held.clear();
         b.gated = false;
-        b.detours = FuturesUnordered::new();
+        b.dead_letter_sends = FuturesUnordered::new();
         b.inflight_bytes = 0;
-        if fatal {
+        if producer == Producer::NewAfterFatal {
             b.fatal_in_a_row += 1;
             if b.fatal_in_a_row > MAX_FATAL_RESTARTS {
                 let last = self.publisher.fatal_error().unwrap_or_else(|| "unknown".into());
@@ -825,7 +841,7 @@ impl Forwarder {
             }
         }
         let refit = self.publisher.take_refit();
-        if fatal || stalled || refit {
+        if producer != Producer::Same || refit {
             self.publisher.rebuild()?;
             // The old producer's reports (it purges what it held as it goes) no longer count.
             b.generation = self.publisher.generation();
@@ -921,7 +937,7 @@ impl Forwarder {
     }
 
     /// Enqueues one record; a record Kafka refuses outright, or one this version cannot read, goes to
-    /// the dead-letter topic (the returned [`Detour`]). A `solo` record is one Kafka may have refused
+    /// the dead-letter topic (the returned [`DeadLetterSend`]). A `solo` record is one Kafka may have refused
     /// only for its neighbours: refused alone, it is dead-lettered; refused in a batch, the failure
     /// goes back to the loop.
     #[allow(clippy::result_large_err)]
@@ -929,7 +945,7 @@ impl Forwarder {
         &self,
         record: SpooledRecord,
         solo: bool,
-    ) -> Result<(InFlight, Option<Detour>), (i64, PublishError)> {
+    ) -> Result<(InFlight, Option<DeadLetterSend>), (i64, PublishError)> {
         let seq = record.seq;
         let bytes = record.payload.len();
         failpoint!("forwarder::dispatch");
@@ -975,7 +991,7 @@ impl Forwarder {
                     sent_at: Instant::now(),
                 };
                 let reason = format!("unreadable spool record: {e}");
-                let d = detour(
+                let d = send_to_dead_letter(
                     seq,
                     self.publisher.clone(),
                     self.quarantine.clone(),
@@ -1010,7 +1026,7 @@ impl Forwarder {
             Ok(()) => Ok((m, None)),
             Err(PublishError::Permanent(e)) => {
                 let owned = message.to_message();
-                let d = detour(
+                let d = send_to_dead_letter(
                     seq,
                     self.publisher.clone(),
                     self.quarantine.clone(),
@@ -1089,7 +1105,7 @@ impl Stopping {
 /// the dead-letter topic has it, or, when that topic refuses it too, once it is parked in the
 /// quarantine (`record`: its bytes as the spool keeps them). If it cannot be parked either, the outcome
 /// is a retriable failure: the record stays in the spool and is tried again, never dropped.
-fn detour(
+fn send_to_dead_letter(
     seq: u64,
     publisher: Arc<Publisher>,
     quarantine: Quarantine,
@@ -1097,7 +1113,7 @@ fn detour(
     key: Vec<u8>,
     record: Vec<u8>,
     send: impl FnOnce(&Publisher, &str) -> Result<Pending, PublishError> + Send + 'static,
-) -> Detour {
+) -> DeadLetterSend {
     Box::pin(async move {
         let key = String::from_utf8_lossy(&key).into_owned();
         tracing::error!(
