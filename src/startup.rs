@@ -195,7 +195,13 @@ impl Application {
         let sampler = tokio::spawn(crate::status::run_sampler(health.clone(), history.clone()));
         let health = web::Data::from(health);
         let history = web::Data::from(history);
-        let state = web::Data::new(routes::webhook_state(&settings, pipeline, relay, metrics.clone()));
+        let state = web::Data::new(routes::webhook_state(
+            &settings,
+            limits::BODY_TIMEOUT,
+            pipeline,
+            relay,
+            metrics.clone(),
+        ));
         let path = settings.webhook_path.clone();
         let server = HttpServer::new(move || {
             let metrics = metrics.clone();

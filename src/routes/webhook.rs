@@ -14,7 +14,6 @@ use crate::metrics::Metrics;
 use crate::publisher::{PublishError, Publisher};
 use crate::relay::{Answer, Relay, RelayError};
 use crate::spool::{Spool, SpoolError};
-use crate::startup::limits::BODY_TIMEOUT;
 use crate::webhook::{Envelope, Refusal, Route, Verifier};
 
 /// Where an accepted event goes before the webhook is answered.
@@ -70,6 +69,9 @@ pub struct WebhookState {
     pub verifier: Verifier,
     pub metrics: Arc<Metrics>,
     pub max_body_bytes: usize,
+    /// The whole body must arrive within this time once the head has; slower clients get 408. One of
+    /// the server's limits against slow clients, set with the others at startup.
+    pub body_timeout: Duration,
     pub pipeline: Pipeline,
     /// `BRIDGE_FORWARD_URL`: where commands not published go; `None` answers them OK here.
     pub relay: Option<Relay>,
@@ -266,9 +268,9 @@ async fn accept(
 ) -> Result<Answered, WebhookError> {
     let arrived = tokio::time::Instant::now();
     let auth = state.verifier.authenticate(req.query_string(), (received_at_ms / 1000) as u64)?;
-    let body = tokio::time::timeout(BODY_TIMEOUT, read_body(req, body, state.max_body_bytes))
+    let body = tokio::time::timeout(state.body_timeout, read_body(req, body, state.max_body_bytes))
         .await
-        .map_err(|_| WebhookError::BodyTimeout(BODY_TIMEOUT))??;
+        .map_err(|_| WebhookError::BodyTimeout(state.body_timeout))??;
     let command = match auth.route {
         Route::Publish(command) => command,
         Route::NotPublished(command) => {
