@@ -12,6 +12,8 @@
 //! - [`domain`]: the normalized [`GroupEvent`](domain::GroupEvent) (info_changed, created,
 //!   owner_changed, destroyed) and its newtypes; how it becomes a Kafka record.
 //! - [`message`]: the Kafka record (key, timestamp, headers, value) as it is spooled and sent.
+//! - [`pipeline`]: where an accepted event goes before the webhook is answered: the spool, or (sync
+//!   delivery) Kafka itself.
 //! - [`spool`]: the durable, checksummed on-disk log an event is written to before the webhook is
 //!   answered.
 //! - [`forwarder`]: spool → Kafka, in order, acknowledging the spool only after Kafka acknowledged.
@@ -84,6 +86,7 @@ pub mod health;
 pub mod message;
 pub mod metrics;
 pub mod partition;
+pub mod pipeline;
 pub mod publisher;
 pub mod quarantine;
 pub mod relay;

@@ -13,8 +13,9 @@ use crate::configuration::{DeliveryMode, Settings};
 use crate::forwarder::{Forwarder, ForwarderError, Progress, SETTLE_TIME};
 use crate::health::Health;
 use crate::metrics::Metrics;
+use crate::pipeline::Pipeline;
 use crate::publisher::{Confirmations, ProducerConfigError, Publisher};
-use crate::routes::{self, Pipeline};
+use crate::routes;
 use crate::spool::{Spool, SpoolConfig, SpoolError, SpoolThread};
 use crate::status::History;
 

@@ -7,13 +7,14 @@ mod webhook;
 
 pub use health::{admin_not_found, healthz, metrics, not_found, readyz};
 pub use status::{status_json, status_page};
-pub use webhook::{method_not_allowed, webhook, Pipeline, WebhookError, WebhookState};
+pub use webhook::{method_not_allowed, webhook, WebhookError, WebhookState};
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::configuration::Settings;
 use crate::metrics::Metrics;
+use crate::pipeline::Pipeline;
 use crate::relay::Relay;
 use crate::webhook::Verifier;
 
