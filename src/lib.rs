@@ -22,8 +22,8 @@
 //! Around them: [`routes`] (HTTP handlers), [`relay`] (commands not published, handed to the app's own
 //! callback handler), [`startup`] (build, run, graceful stop),
 //! [`configuration`] (`BRIDGE_*` variables), [`metrics`] (the Prometheus catalogue), [`health`]
-//! (readiness and the Kafka probe), [`status`] (the samples behind the status page), [`tls`] (HTTPS),
-//! [`telemetry`] (logs), [`shutdown`] (signals).
+//! (liveness and readiness), [`probe`] (the Kafka probe behind readiness), [`status`] (the samples
+//! behind the status page), [`tls`] (HTTPS), [`telemetry`] (logs), [`shutdown`] (signals).
 //!
 //! Apart from the webhook path: [`snapshot`] (`tim-kafka-bridge snapshot`: every group's state read
 //! from Tencent's REST API through [`tencent`], published as events), and, with the `directory` feature: `directory`, the reference consumer behind
@@ -87,6 +87,7 @@ pub mod message;
 pub mod metrics;
 pub mod partition;
 pub mod pipeline;
+pub mod probe;
 pub mod publisher;
 pub mod quarantine;
 pub mod relay;

@@ -190,7 +190,7 @@ impl Application {
             settings.ready_kafka_window,
             settings.ready_spool_high_water,
         ));
-        let probe = tokio::spawn(health.clone().probe_kafka(publisher.clone()));
+        let probe = tokio::spawn(crate::probe::probe_kafka(publisher.clone(), health.clone()));
         let limits_watch = tokio::spawn(publisher.clone().watch_limits());
         let history = Arc::new(History::default());
         let sampler = tokio::spawn(crate::status::run_sampler(health.clone(), history.clone()));
