@@ -138,8 +138,13 @@ impl Application {
             }
             DeliveryMode::Sync { .. } => (Duration::ZERO, Confirmations::PerRecord, None),
         };
-        let publisher =
-            Arc::new(Publisher::new(&settings, message_timeout, linger, metrics.clone(), confirmations)?);
+        let publisher = Arc::new(Publisher::new(
+            &settings.kafka,
+            message_timeout,
+            linger,
+            metrics.clone(),
+            confirmations,
+        )?);
         // The topic's size and timestamp limits, before the first event is checked against them.
         match publisher.refresh_limits(Duration::from_secs(3)).await {
             Ok(true) => publisher.rebuild()?,
@@ -272,8 +277,8 @@ impl Application {
             admin_address = %settings.admin_listen.ip(),
             admin_port,
             webhook_path = %settings.webhook_path,
-            topic = %settings.topic,
-            brokers = %settings.kafka_brokers,
+            topic = %settings.kafka.topic,
+            brokers = %settings.kafka.brokers,
             delivery = %settings.delivery,
             fsync = %settings.spool_fsync,
             sign_check = settings.callback_token.is_some(),
@@ -418,8 +423,13 @@ impl Application {
 pub async fn drain(settings: Settings, interrupt: impl Future<Output = ()>) -> Result<(), StartupError> {
     let metrics = Arc::new(Metrics::new());
     let (tx, reports) = tokio::sync::mpsc::unbounded_channel();
-    let publisher =
-        Arc::new(Publisher::new(&settings, None, SPOOL_LINGER, metrics.clone(), Confirmations::Reports(tx))?);
+    let publisher = Arc::new(Publisher::new(
+        &settings.kafka,
+        None,
+        SPOOL_LINGER,
+        metrics.clone(),
+        Confirmations::Reports(tx),
+    )?);
     if let Ok(true) = publisher.refresh_limits(Duration::from_secs(3)).await {
         publisher.rebuild()?;
     }
@@ -434,7 +444,7 @@ pub async fn drain(settings: Settings, interrupt: impl Future<Output = ()>) -> R
         tokio::task::spawn_blocking(move || Spool::open(config)).await.expect("spool open does not panic")?;
     let committed = spool.committed().borrow().seq;
     let pending = spool.pending_events();
-    tracing::info!(pending, spool = %settings.spool_dir.display(), topic = %settings.topic, "draining the spool");
+    tracing::info!(pending, spool = %settings.spool_dir.display(), topic = %settings.kafka.topic, "draining the spool");
     let (forwarder, mut progress) =
         Forwarder::new(spool.clone(), publisher.clone(), reports, settings.kafka_stall);
     let start = progress.borrow().acked_seq;
