@@ -4,8 +4,11 @@
 //! below come from it, and the test that guards `docker-compose.yml` checks against it. Every value is
 //! parsed into its type here, so a malformed one stops the process at start with one line naming the
 //! variable, never later in a request.
+//!
+//! A part with settings of its own owns their type ([`KafkaSettings`] in the publisher, [`TlsFiles`]
+//! in tls, [`LogFormat`] in telemetry, [`FsyncMode`] in the spool); this module imports them and
+//! assembles [`Settings`], never the other way round.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -13,8 +16,12 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::domain::SdkAppId;
+pub use crate::publisher::RDKAFKA_PREFIX;
+use crate::publisher::{KafkaSettings, RdkafkaOverrides};
 pub use crate::spool::FsyncMode;
+use crate::telemetry::LogFormat;
 use crate::tencent::SecretKey;
+use crate::tls::TlsFiles;
 use crate::webhook::{CallbackToken, Command};
 
 /// One environment variable the bridge reads.
@@ -242,9 +249,6 @@ const DEFAULT_COMMANDS: &str = "Group.CallbackAfterCreateGroup,Group.CallbackAft
 /// JSON strings are never longer than the body's: serde_json escapes only what the sender had to.)
 const MAX_BODY_BYTES: u64 = (crate::spool::record::MAX_PAYLOAD / 2) as u64;
 
-/// Prefix of the pass-through librdkafka properties.
-pub const RDKAFKA_PREFIX: &str = "BRIDGE_RDKAFKA_";
-
 /// A variable that is missing or does not parse. Its text is the one line the process prints.
 #[derive(Debug, thiserror::Error)]
 #[error("{name}: {problem}")]
@@ -276,106 +280,6 @@ impl std::fmt::Display for DeliveryMode {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-/// librdkafka properties from `BRIDGE_RDKAFKA_*`. `Debug` hides the values of anything secret.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct RdkafkaOverrides(pub BTreeMap<String, String>);
-
-impl RdkafkaOverrides {
-    /// Whether a librdkafka property holds a secret (`sasl.password`, `ssl.key.password`, …).
-    pub fn is_secret(property: &str) -> bool {
-        ["password", "secret", "sasl", "key", "token", "credential"].iter().any(|w| property.contains(w))
-            && property != "sasl.mechanisms"
-            && property != "sasl.mechanism"
-    }
-}
-
-/// librdkafka properties whose override would void what the bridge promises, and why. `allowed` says
-/// which values keep the promise (`None`: no override is allowed at all).
-struct Guarded {
-    properties: &'static [&'static str],
-    allowed: fn(&str, DeliveryMode) -> bool,
-    why: &'static str,
-}
-
-const GUARDED: &[Guarded] = &[
-    Guarded {
-        properties: &["enable.idempotence"],
-        allowed: |v, _| v.eq_ignore_ascii_case("true"),
-        why: "without the idempotent producer a retry can write a record twice or out of order",
-    },
-    Guarded {
-        properties: &["acks", "request.required.acks"],
-        allowed: |v, _| v == "all" || v == "-1",
-        why: "an event counts as delivered only once every in-sync replica has it (acks=all)",
-    },
-    Guarded {
-        properties: &["max.in.flight.requests.per.connection", "max.in.flight"],
-        allowed: |v, _| v.parse::<u32>().is_ok_and(|n| (1..=5).contains(&n)),
-        why: "the idempotent producer keeps order only with at most 5 requests in flight",
-    },
-    Guarded {
-        properties: &["retries", "message.send.max.retries"],
-        allowed: |_, _| false,
-        why: "a record that runs out of retries fails while the ones behind it are written: they overtake it",
-    },
-    Guarded {
-        properties: &["enable.gapless.guarantee"],
-        allowed: |_, _| false,
-        why: "the bridge keeps order itself; gapless mode turns every gap into a fatal producer error",
-    },
-    Guarded {
-        properties: &["message.timeout.ms", "delivery.timeout.ms"],
-        allowed: |v, mode| matches!(mode, DeliveryMode::Sync { .. }) || v == "0",
-        why: "in spool mode the bridge owns retries: a record librdkafka expires is overtaken by the ones behind it (use BRIDGE_SYNC_TIMEOUT_MS in sync mode)",
-    },
-    Guarded {
-        properties: &["partitioner"],
-        allowed: |v, _| v == "murmur2_random",
-        why: "only murmur2_random puts a key where a Java client does: another partitioner can split a group's events over two partitions (out of order) and breaks the snapshot's sweep, which computes each group's partition that way",
-    },
-    Guarded {
-        properties: &["delivery.report.only.error"],
-        allowed: |v, _| v.eq_ignore_ascii_case("false"),
-        why: "a record leaves the spool only on its delivery report: with reports of failures only, nothing is ever settled",
-    },
-    Guarded {
-        properties: &["transactional.id"],
-        allowed: |_, _| false,
-        why: "the bridge opens no transaction, and a transactional producer refuses every send outside one: each would fail and be retried forever",
-    },
-];
-
-impl RdkafkaOverrides {
-    /// Refuses an override that would break order or durability, naming the variable.
-    pub fn check(&self, delivery: DeliveryMode) -> Result<(), ConfigError> {
-        for (property, value) in &self.0 {
-            if let Some(g) = GUARDED.iter().find(|g| g.properties.contains(&property.as_str())) {
-                if !(g.allowed)(value.trim(), delivery) {
-                    let name = format!("{RDKAFKA_PREFIX}{}", property.replace('.', "_").to_ascii_uppercase());
-                    return Err(bad(&name, format!("{property}={value} is refused: {}", g.why)));
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-impl std::fmt::Debug for RdkafkaOverrides {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_map()
-            .entries(
-                self.0.iter().map(|(k, v)| (k, if Self::is_secret(k) { "[redacted]" } else { v.as_str() })),
-            )
-            .finish()
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub listen: SocketAddr,
@@ -392,9 +296,8 @@ pub struct Settings {
     pub commands: Vec<Command>,
     /// Where commands not published are relayed; `None`: they are answered OK by the bridge.
     pub forward: Option<ForwardSettings>,
-    pub kafka_brokers: String,
-    pub topic: String,
-    pub dlq_topic: String,
+    /// What the producer is built from: brokers, topics and the `BRIDGE_RDKAFKA_*` overrides.
+    pub kafka: KafkaSettings,
     pub delivery: DeliveryMode,
     pub spool_dir: PathBuf,
     pub spool_fsync: FsyncMode,
@@ -407,7 +310,6 @@ pub struct Settings {
     pub log_format: LogFormat,
     pub ready_kafka_window: Duration,
     pub ready_spool_high_water: f64,
-    pub rdkafka: RdkafkaOverrides,
     /// `tim-kafka-bridge snapshot`: how to read Tencent's REST API.
     pub tencent: TencentSettings,
 }
@@ -432,13 +334,6 @@ pub struct TencentSettings {
 pub struct ForwardSettings {
     pub url: String,
     pub timeout: Duration,
-}
-
-/// PEM files for HTTPS termination.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsFiles {
-    pub cert: PathBuf,
-    pub key: PathBuf,
 }
 
 /// What envy reads: every known variable as text, so that parsing (and its error messages) stays here.
@@ -561,7 +456,8 @@ impl Settings {
             (Some(_), None) => return Err(bad("BRIDGE_TLS_KEY", "is required when BRIDGE_TLS_CERT is set")),
             (None, Some(_)) => return Err(bad("BRIDGE_TLS_CERT", "is required when BRIDGE_TLS_KEY is set")),
         };
-        rdkafka.check(delivery)?;
+        let expiry_allowed = matches!(delivery, DeliveryMode::Sync { .. });
+        rdkafka.check(expiry_allowed).map_err(|e| bad(&e.variable, e.problem))?;
         let commands = commands(raw.commands)?;
         let forward = match raw.forward_url.filter(|u| !u.trim().is_empty()) {
             None => None,
@@ -578,9 +474,12 @@ impl Settings {
             max_body_bytes,
             commands,
             forward,
-            kafka_brokers: text("BRIDGE_KAFKA_BROKERS", raw.kafka_brokers)?,
-            topic,
-            dlq_topic,
+            kafka: KafkaSettings {
+                brokers: text("BRIDGE_KAFKA_BROKERS", raw.kafka_brokers)?,
+                topic,
+                dlq_topic,
+                rdkafka,
+            },
             delivery,
             spool_dir: PathBuf::from(text("BRIDGE_SPOOL_DIR", raw.spool_dir)?),
             spool_fsync,
@@ -594,7 +493,6 @@ impl Settings {
             },
             ready_kafka_window: secs("BRIDGE_READY_KAFKA_WINDOW_SECS", raw.ready_kafka_window_secs)?,
             ready_spool_high_water,
-            rdkafka,
             tencent,
         })
     }
@@ -799,6 +697,8 @@ pub fn help() -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     /// Like an environment: a later pair replaces an earlier one of the same name.
@@ -814,8 +714,8 @@ mod tests {
         assert_eq!(s.listen.to_string(), "0.0.0.0:8080");
         assert_eq!(s.admin_listen.to_string(), "0.0.0.0:9464");
         assert_eq!(s.webhook_path, "/webhook");
-        assert_eq!(s.topic, "group-change");
-        assert_eq!(s.dlq_topic, "group-change.dlq");
+        assert_eq!(s.kafka.topic, "group-change");
+        assert_eq!(s.kafka.dlq_topic, "group-change.dlq");
         assert_eq!(s.spool_fsync, FsyncMode::Always);
         assert_eq!(s.delivery, DeliveryMode::Spool);
         assert_eq!(s.max_body_bytes, 65536);
@@ -926,8 +826,8 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(s.app_ids.len(), 2);
-        assert_eq!(s.rdkafka.0.get("security.protocol").map(String::as_str), Some("SASL_SSL"));
-        assert_eq!(s.rdkafka.0.get("sasl.password").map(String::as_str), Some("hunter2"));
+        assert_eq!(s.kafka.rdkafka.0.get("security.protocol").map(String::as_str), Some("SASL_SSL"));
+        assert_eq!(s.kafka.rdkafka.0.get("sasl.password").map(String::as_str), Some("hunter2"));
         let debug = format!("{s:?}");
         assert!(!debug.contains("hunter2") && !debug.contains("s3cret-token"), "{debug}");
     }

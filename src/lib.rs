@@ -12,6 +12,8 @@
 //! - [`domain`]: the normalized [`GroupEvent`](domain::GroupEvent) (info_changed, created,
 //!   owner_changed, destroyed) and its newtypes; how it becomes a Kafka record.
 //! - [`message`]: the Kafka record (key, timestamp, headers, value) as it is spooled and sent.
+//! - [`pipeline`]: where an accepted event goes before the webhook is answered: the spool, or (sync
+//!   delivery) Kafka itself.
 //! - [`spool`]: the durable, checksummed on-disk log an event is written to before the webhook is
 //!   answered.
 //! - [`forwarder`]: spool → Kafka, in order, acknowledging the spool only after Kafka acknowledged.
@@ -20,8 +22,8 @@
 //! Around them: [`routes`] (HTTP handlers), [`relay`] (commands not published, handed to the app's own
 //! callback handler), [`startup`] (build, run, graceful stop),
 //! [`configuration`] (`BRIDGE_*` variables), [`metrics`] (the Prometheus catalogue), [`health`]
-//! (readiness and the Kafka probe), [`status`] (the samples behind the status page), [`tls`] (HTTPS),
-//! [`telemetry`] (logs), [`shutdown`] (signals).
+//! (liveness and readiness), [`probe`] (the Kafka probe behind readiness), [`status`] (the samples
+//! behind the status page), [`tls`] (HTTPS), [`telemetry`] (logs), [`shutdown`] (signals).
 //!
 //! Apart from the webhook path: [`snapshot`] (`tim-kafka-bridge snapshot`: every group's state read
 //! from Tencent's REST API through [`tencent`], published as events), and, with the `directory` feature: `directory`, the reference consumer behind
@@ -84,6 +86,8 @@ pub mod health;
 pub mod message;
 pub mod metrics;
 pub mod partition;
+pub mod pipeline;
+pub mod probe;
 pub mod publisher;
 pub mod quarantine;
 pub mod relay;

@@ -17,7 +17,12 @@
 //! ahead by default). A refused record is a record the bridge said OK to and cannot deliver in
 //! order, so [`TopicLimits`] reads those settings from the cluster and the bridge stops such records
 //! before they are answered (413) or gives them a timestamp Kafka takes (the receive time).
+//!
+//! What the producer is built from is its own type ([`KafkaSettings`]), and so is the list of
+//! librdkafka overrides it refuses ([`RdkafkaOverrides::check`]); the configuration reads them from
+//! the environment.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -40,9 +45,129 @@ use rdkafka::statistics::Statistics;
 use rdkafka::ClientContext;
 use tokio::sync::mpsc;
 
-use crate::configuration::{RdkafkaOverrides, Settings, RDKAFKA_PREFIX};
 use crate::message::{Message, MessageRef};
 use crate::metrics::Metrics;
+
+/// What the producer is built from: `BRIDGE_KAFKA_BROKERS`, `BRIDGE_TOPIC`, `BRIDGE_DLQ_TOPIC` and
+/// the `BRIDGE_RDKAFKA_*` overrides (read and checked by the configuration).
+#[derive(Debug, Clone)]
+pub struct KafkaSettings {
+    pub brokers: String,
+    pub topic: String,
+    pub dlq_topic: String,
+    pub rdkafka: RdkafkaOverrides,
+}
+
+/// Prefix of the pass-through librdkafka properties.
+pub const RDKAFKA_PREFIX: &str = "BRIDGE_RDKAFKA_";
+
+/// A `BRIDGE_RDKAFKA_*` override refused because it would void what the bridge promises: the variable,
+/// and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{variable}: {problem}")]
+pub struct RefusedOverride {
+    pub variable: String,
+    pub problem: String,
+}
+
+/// librdkafka properties from `BRIDGE_RDKAFKA_*`. `Debug` hides the values of anything secret.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct RdkafkaOverrides(pub BTreeMap<String, String>);
+
+impl RdkafkaOverrides {
+    /// Whether a librdkafka property holds a secret (`sasl.password`, `ssl.key.password`, …).
+    pub fn is_secret(property: &str) -> bool {
+        ["password", "secret", "sasl", "key", "token", "credential"].iter().any(|w| property.contains(w))
+            && property != "sasl.mechanisms"
+            && property != "sasl.mechanism"
+    }
+}
+
+/// librdkafka properties whose override would void what the bridge promises, and why. `allowed` says
+/// which values keep the promise, given whether librdkafka may give up on a record by itself (see
+/// [`RdkafkaOverrides::check`]).
+struct Guarded {
+    properties: &'static [&'static str],
+    allowed: fn(&str, bool) -> bool,
+    why: &'static str,
+}
+
+const GUARDED: &[Guarded] = &[
+    Guarded {
+        properties: &["enable.idempotence"],
+        allowed: |v, _| v.eq_ignore_ascii_case("true"),
+        why: "without the idempotent producer a retry can write a record twice or out of order",
+    },
+    Guarded {
+        properties: &["acks", "request.required.acks"],
+        allowed: |v, _| v == "all" || v == "-1",
+        why: "an event counts as delivered only once every in-sync replica has it (acks=all)",
+    },
+    Guarded {
+        properties: &["max.in.flight.requests.per.connection", "max.in.flight"],
+        allowed: |v, _| v.parse::<u32>().is_ok_and(|n| (1..=5).contains(&n)),
+        why: "the idempotent producer keeps order only with at most 5 requests in flight",
+    },
+    Guarded {
+        properties: &["retries", "message.send.max.retries"],
+        allowed: |_, _| false,
+        why: "a record that runs out of retries fails while the ones behind it are written: they overtake it",
+    },
+    Guarded {
+        properties: &["enable.gapless.guarantee"],
+        allowed: |_, _| false,
+        why: "the bridge keeps order itself; gapless mode turns every gap into a fatal producer error",
+    },
+    Guarded {
+        properties: &["message.timeout.ms", "delivery.timeout.ms"],
+        allowed: |v, expiry_allowed| expiry_allowed || v == "0",
+        why: "in spool mode the bridge owns retries: a record librdkafka expires is overtaken by the ones behind it (use BRIDGE_SYNC_TIMEOUT_MS in sync mode)",
+    },
+    Guarded {
+        properties: &["partitioner"],
+        allowed: |v, _| v == "murmur2_random",
+        why: "only murmur2_random puts a key where a Java client does: another partitioner can split a group's events over two partitions (out of order) and breaks the snapshot's sweep, which computes each group's partition that way",
+    },
+    Guarded {
+        properties: &["delivery.report.only.error"],
+        allowed: |v, _| v.eq_ignore_ascii_case("false"),
+        why: "a record leaves the spool only on its delivery report: with reports of failures only, nothing is ever settled",
+    },
+    Guarded {
+        properties: &["transactional.id"],
+        allowed: |_, _| false,
+        why: "the bridge opens no transaction, and a transactional producer refuses every send outside one: each would fail and be retried forever",
+    },
+];
+
+impl RdkafkaOverrides {
+    /// Refuses an override that would break order or durability, naming the variable.
+    /// `expiry_allowed`: whether librdkafka may give up on a record by itself, as it does when each
+    /// record's answer waits on it (sync delivery); with a spool, the spool owns retries.
+    pub fn check(&self, expiry_allowed: bool) -> Result<(), RefusedOverride> {
+        for (property, value) in &self.0 {
+            if let Some(g) = GUARDED.iter().find(|g| g.properties.contains(&property.as_str())) {
+                if !(g.allowed)(value.trim(), expiry_allowed) {
+                    let variable =
+                        format!("{RDKAFKA_PREFIX}{}", property.replace('.', "_").to_ascii_uppercase());
+                    let problem = format!("{property}={value} is refused: {}", g.why);
+                    return Err(RefusedOverride { variable, problem });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for RdkafkaOverrides {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(
+                self.0.iter().map(|(k, v)| (k, if Self::is_secret(k) { "[redacted]" } else { v.as_str() })),
+            )
+            .finish()
+    }
+}
 
 /// Why a record is not (yet) in Kafka.
 #[derive(Debug, thiserror::Error)]
@@ -393,7 +518,7 @@ impl Publisher {
     /// default set here (those that would void the guarantees are refused by the configuration).
     /// `confirmations`: a future per record, or reports through a channel (see [`Report`]).
     pub fn new(
-        settings: &Settings,
+        settings: &KafkaSettings,
         message_timeout: Option<Duration>,
         linger: Duration,
         metrics: Arc<Metrics>,
@@ -401,7 +526,7 @@ impl Publisher {
     ) -> Result<Self, ProducerConfigError> {
         let mut config = ClientConfig::new();
         config
-            .set("bootstrap.servers", &settings.kafka_brokers)
+            .set("bootstrap.servers", &settings.brokers)
             .set("client.id", env!("CARGO_PKG_NAME"))
             .set("enable.idempotence", "true")
             .set("acks", "all")

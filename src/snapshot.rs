@@ -98,7 +98,7 @@ pub async fn run(
     interrupt: impl Future<Output = ()>,
 ) -> Result<Vec<AppSummary>, SnapshotError> {
     let publisher = Publisher::new(
-        &settings,
+        &settings.kafka,
         Some(DELIVERY_TIMEOUT),
         Duration::from_millis(5),
         Arc::new(Metrics::new()),
@@ -148,7 +148,7 @@ async fn snapshot_app(
     let rest = |source| SnapshotError::Rest { app: app.as_str().to_owned(), source };
     let progress = Arc::new(Progress::default());
     let reporter = Reporter::start(progress.clone(), app.as_str());
-    tracing::info!(app = app.as_str(), %snapshot_id, topic = %settings.topic, "snapshot started");
+    tracing::info!(app = app.as_str(), %snapshot_id, topic = %settings.kafka.topic, "snapshot started");
 
     // The list, page by page, each id once.
     let mut ids = Vec::new();
@@ -210,7 +210,7 @@ async fn snapshot_app(
     // Every event is in Kafka: the marks, one per partition.
     let partitions = {
         let p = publisher.clone();
-        let topic = settings.topic.clone();
+        let topic = settings.kafka.topic.clone();
         tokio::task::spawn_blocking(move || p.partition_count(Duration::from_secs(10)))
             .await
             .expect("a metadata request does not panic")

@@ -7,15 +7,16 @@ use std::time::Duration;
 
 use actix_web::dev::{Server, Service};
 use actix_web::{web, App, HttpServer};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::configuration::{DeliveryMode, Settings};
 use crate::forwarder::{Forwarder, ForwarderError, Progress, SETTLE_TIME};
 use crate::health::Health;
 use crate::metrics::Metrics;
-use crate::publisher::{Confirmations, ProducerConfigError, Publisher};
-use crate::routes::{self, Pipeline};
-use crate::spool::{Spool, SpoolConfig, SpoolError, SpoolThread};
+use crate::pipeline::Pipeline;
+use crate::publisher::{Confirmations, ProducerConfigError, Publisher, Report};
+use crate::routes;
+use crate::spool::{Spool, SpoolConfig, SpoolError, SpoolObserver, SpoolThread};
 use crate::status::History;
 
 /// Why the bridge could not start or stopped abnormally.
@@ -106,10 +107,6 @@ impl Application {
     /// Opens the spool (recovering what an earlier run left), starts forwarding it, creates the
     /// producer and binds the listener (port 0 picks a free port; see [`port`](Self::port)).
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
-        let message_timeout = match settings.delivery {
-            DeliveryMode::Spool => None,
-            DeliveryMode::Sync { timeout } => Some(timeout),
-        };
         // What can fail without side effects first: the certificate and the ports.
         let tls = settings.tls.as_ref().map(crate::tls::server_config).transpose()?;
         let relay = settings
@@ -129,38 +126,12 @@ impl Application {
         let (listener, port) = bind("BRIDGE_LISTEN", settings.listen)?;
         let (admin_listener, admin_port) = bind("BRIDGE_ADMIN_LISTEN", settings.admin_listen)?;
         let metrics = Arc::new(Metrics::new());
-        // Spool mode: the forwarder takes the producer's reports through one channel.
-        let (linger, confirmations, reports) = match settings.delivery {
-            DeliveryMode::Spool => {
-                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-                (SPOOL_LINGER, Confirmations::Reports(tx), Some(rx))
-            }
-            DeliveryMode::Sync { .. } => (Duration::ZERO, Confirmations::PerRecord, None),
-        };
-        let publisher =
-            Arc::new(Publisher::new(&settings, message_timeout, linger, metrics.clone(), confirmations)?);
-        // The topic's size and timestamp limits, before the first event is checked against them.
-        match publisher.refresh_limits(Duration::from_secs(3)).await {
-            Ok(true) => publisher.rebuild()?,
-            Ok(false) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "could not read the topic's limits yet; assuming Kafka's defaults until Kafka answers")
-            }
-        }
+        let (publisher, reports) = create_publisher(&settings, settings.delivery, metrics.clone()).await?;
 
         let forwarder_running = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let (pipeline, spooling) = match settings.delivery {
             DeliveryMode::Spool => {
-                let config = SpoolConfig {
-                    dir: settings.spool_dir.clone(),
-                    fsync: settings.spool_fsync,
-                    max_bytes: settings.spool_max_bytes,
-                    max_queued_bytes: crate::spool::MAX_QUEUED_BYTES,
-                    observer: Some(metrics.clone()),
-                };
-                let (spool, thread) = tokio::task::spawn_blocking(move || Spool::open(config))
-                    .await
-                    .expect("spool open does not panic")?;
+                let (spool, thread) = open_spool(&settings, Some(metrics.clone())).await?;
                 let pending = spool.pending_events();
                 if pending > 0 {
                     tracing::info!(pending, "spool holds events from an earlier run; publishing them first");
@@ -189,13 +160,19 @@ impl Application {
             settings.ready_kafka_window,
             settings.ready_spool_high_water,
         ));
-        let probe = tokio::spawn(health.clone().probe_kafka(publisher.clone()));
+        let probe = tokio::spawn(crate::probe::probe_kafka(publisher.clone(), health.clone()));
         let limits_watch = tokio::spawn(publisher.clone().watch_limits());
         let history = Arc::new(History::default());
         let sampler = tokio::spawn(crate::status::run_sampler(health.clone(), history.clone()));
         let health = web::Data::from(health);
         let history = web::Data::from(history);
-        let state = web::Data::new(routes::webhook_state(&settings, pipeline, relay, metrics.clone()));
+        let state = web::Data::new(routes::webhook_state(
+            &settings,
+            limits::BODY_TIMEOUT,
+            pipeline,
+            relay,
+            metrics.clone(),
+        ));
         let path = settings.webhook_path.clone();
         let server = HttpServer::new(move || {
             let metrics = metrics.clone();
@@ -265,8 +242,8 @@ impl Application {
             admin_address = %settings.admin_listen.ip(),
             admin_port,
             webhook_path = %settings.webhook_path,
-            topic = %settings.topic,
-            brokers = %settings.kafka_brokers,
+            topic = %settings.kafka.topic,
+            brokers = %settings.kafka.brokers,
             delivery = %settings.delivery,
             fsync = %settings.spool_fsync,
             sign_check = settings.callback_token.is_some(),
@@ -404,30 +381,63 @@ impl Application {
     }
 }
 
-/// `tim-kafka-bridge drain`: forwards everything the spool directory holds to Kafka without serving
-/// HTTP, and returns once it is all in Kafka. For the spool of a replica that was scaled away, or one
-/// moved by hand. It takes the spool's lock like a bridge does, so it never runs beside one. Gives up
-/// with [`StartupError::DrainStalled`] when Kafka takes nothing for `BRIDGE_DRAIN_STALL_SECS`.
-pub async fn drain(settings: Settings, interrupt: impl Future<Output = ()>) -> Result<(), StartupError> {
-    let metrics = Arc::new(Metrics::new());
-    let (tx, reports) = tokio::sync::mpsc::unbounded_channel();
+/// The producer for `delivery`, with the topic's size and timestamp limits read (Kafka's defaults, and a
+/// warning, when Kafka does not answer within 3 s). With spool delivery its reports come through the
+/// returned channel, for the forwarder; with sync delivery each record has its own future.
+async fn create_publisher(
+    settings: &Settings,
+    delivery: DeliveryMode,
+    metrics: Arc<Metrics>,
+) -> Result<(Arc<Publisher>, Option<mpsc::UnboundedReceiver<Report>>), StartupError> {
+    let (message_timeout, linger, confirmations, reports) = match delivery {
+        DeliveryMode::Spool => {
+            let (tx, rx) = mpsc::unbounded_channel();
+            (None, SPOOL_LINGER, Confirmations::Reports(tx), Some(rx))
+        }
+        DeliveryMode::Sync { timeout } => (Some(timeout), Duration::ZERO, Confirmations::PerRecord, None),
+    };
     let publisher =
-        Arc::new(Publisher::new(&settings, None, SPOOL_LINGER, metrics.clone(), Confirmations::Reports(tx))?);
-    if let Ok(true) = publisher.refresh_limits(Duration::from_secs(3)).await {
-        publisher.rebuild()?;
+        Arc::new(Publisher::new(&settings.kafka, message_timeout, linger, metrics, confirmations)?);
+    // The topic's size and timestamp limits, before the first event is checked against them.
+    match publisher.refresh_limits(Duration::from_secs(3)).await {
+        Ok(true) => publisher.rebuild()?,
+        Ok(false) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read the topic's limits yet; assuming Kafka's defaults until Kafka answers")
+        }
     }
+    Ok((publisher, reports))
+}
+
+/// Opens the spool of `BRIDGE_SPOOL_DIR`, recovering what an earlier run left (on a blocking thread:
+/// recovery reads the segments). `metrics`, when given, are told about every group commit.
+async fn open_spool(
+    settings: &Settings,
+    metrics: Option<Arc<Metrics>>,
+) -> Result<(Spool, SpoolThread), StartupError> {
     let config = SpoolConfig {
         dir: settings.spool_dir.clone(),
         fsync: settings.spool_fsync,
         max_bytes: settings.spool_max_bytes,
         max_queued_bytes: crate::spool::MAX_QUEUED_BYTES,
-        observer: None,
+        observer: metrics.map(|m| m as Arc<dyn SpoolObserver>),
     };
-    let (spool, thread) =
-        tokio::task::spawn_blocking(move || Spool::open(config)).await.expect("spool open does not panic")?;
+    Ok(tokio::task::spawn_blocking(move || Spool::open(config)).await.expect("spool open does not panic")?)
+}
+
+/// `tim-kafka-bridge drain`: forwards everything the spool directory holds to Kafka without serving
+/// HTTP, and returns once it is all in Kafka. For the spool of a replica that was scaled away, or one
+/// moved by hand. It takes the spool's lock like a bridge does, so it never runs beside one. Gives up
+/// with [`StartupError::DrainStalled`] when Kafka takes nothing for `BRIDGE_DRAIN_STALL_SECS`.
+pub async fn drain(settings: Settings, interrupt: impl Future<Output = ()>) -> Result<(), StartupError> {
+    // Whatever BRIDGE_DELIVERY says: what drains is a spool.
+    let (publisher, reports) =
+        create_publisher(&settings, DeliveryMode::Spool, Arc::new(Metrics::new())).await?;
+    let reports = reports.expect("spool mode has a report channel");
+    let (spool, thread) = open_spool(&settings, None).await?;
     let committed = spool.committed().borrow().seq;
     let pending = spool.pending_events();
-    tracing::info!(pending, spool = %settings.spool_dir.display(), topic = %settings.topic, "draining the spool");
+    tracing::info!(pending, spool = %settings.spool_dir.display(), topic = %settings.kafka.topic, "draining the spool");
     let (forwarder, mut progress) =
         Forwarder::new(spool.clone(), publisher.clone(), reports, settings.kafka_stall);
     let start = progress.borrow().acked_seq;

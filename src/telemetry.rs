@@ -10,7 +10,14 @@ use tracing::Level;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
 
-use crate::configuration::LogFormat;
+/// How log lines are written (`BRIDGE_LOG_FORMAT`; `DIRECTORY_LOG_FORMAT` for tim-group-directory).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Plain text lines, without colours.
+    Text,
+    /// One JSON object per line, the event's fields at its top level.
+    Json,
+}
 
 /// Installs the global subscriber. The sink is a parameter so tests can capture or silence logs.
 pub fn init<W>(format: LogFormat, sink: W)

@@ -4,13 +4,19 @@
 //! other bodies with it for a minute. HTTPS on the callback URL is what keeps it secret, so the bridge
 //! can terminate TLS itself when no proxy in front does.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::configuration::TlsFiles;
+/// PEM files for HTTPS termination: `BRIDGE_TLS_CERT` and `BRIDGE_TLS_KEY`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
 
 /// A certificate or key that cannot be used; names the variable.
 #[derive(Debug, thiserror::Error)]

@@ -8,9 +8,9 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use tim_kafka_bridge::configuration::LogFormat;
 use tim_kafka_bridge::directory::{self, Metrics, Settings, VARIABLES};
-use tim_kafka_bridge::{shutdown, telemetry};
+use tim_kafka_bridge::shutdown;
+use tim_kafka_bridge::telemetry::{self, LogFormat};
 
 const NAME: &str = "tim-group-directory";
 

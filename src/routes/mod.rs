@@ -7,18 +7,22 @@ mod webhook;
 
 pub use health::{admin_not_found, healthz, metrics, not_found, readyz};
 pub use status::{status_json, status_page};
-pub use webhook::{method_not_allowed, webhook, Pipeline, WebhookError, WebhookState};
+pub use webhook::{method_not_allowed, webhook, WebhookError, WebhookState};
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::configuration::Settings;
 use crate::metrics::Metrics;
+use crate::pipeline::Pipeline;
 use crate::relay::Relay;
 use crate::webhook::Verifier;
 
-/// The handler's shared state, built from the settings.
+/// The handler's shared state, built from the settings; `body_timeout` is the server's limit on a
+/// slow body.
 pub fn webhook_state(
     settings: &Settings,
+    body_timeout: Duration,
     pipeline: Pipeline,
     relay: Option<Relay>,
     metrics: Arc<Metrics>,
@@ -32,6 +36,7 @@ pub fn webhook_state(
             commands: settings.commands.clone(),
         },
         max_body_bytes: settings.max_body_bytes,
+        body_timeout,
         pipeline,
         relay,
     }

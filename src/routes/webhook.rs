@@ -1,5 +1,5 @@
-//! `POST {BRIDGE_WEBHOOK_PATH}`: check, normalize, hand to the pipeline, answer. A command the bridge
-//! does not publish is answered OK at once, or relayed to the app's own handler.
+//! `POST {BRIDGE_WEBHOOK_PATH}`: check, normalize, hand to the [pipeline](crate::pipeline), answer. A
+//! command the bridge does not publish is answered OK at once, or relayed to the app's own handler.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,67 +9,20 @@ use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use futures_util::StreamExt;
 
 use crate::domain::GroupEvent;
-use crate::message::TooLong;
 use crate::metrics::Metrics;
-use crate::publisher::{PublishError, Publisher};
+use crate::pipeline::{Pipeline, PipelineError};
 use crate::relay::{Answer, Relay, RelayError};
-use crate::spool::{Spool, SpoolError};
-use crate::startup::limits::BODY_TIMEOUT;
+use crate::spool::SpoolError;
 use crate::webhook::{Envelope, Refusal, Route, Verifier};
-
-/// Where an accepted event goes before the webhook is answered.
-#[derive(Clone)]
-pub enum Pipeline {
-    /// Answer once the event is durable in the local spool (default).
-    Spool { spool: Spool, publisher: Arc<Publisher> },
-    /// Answer once Kafka acknowledged the event.
-    Sync { publisher: Arc<Publisher>, timeout: Duration },
-}
-
-impl Pipeline {
-    fn publisher(&self) -> &Publisher {
-        match self {
-            Pipeline::Spool { publisher, .. } | Pipeline::Sync { publisher, .. } => publisher,
-        }
-    }
-
-    async fn submit(&self, event: &GroupEvent) -> Result<(), WebhookError> {
-        let message = event.to_message();
-        // Every field fits its length prefix in the spool record (GroupIds are bounded at the edge;
-        // this keeps any other field that could ever grow from reaching `encode`'s panic).
-        message.check().map_err(WebhookError::Unencodable)?;
-        // Kafka would refuse it for good after we said OK: refuse it now instead.
-        if let Err((size, limit)) = self.publisher().limits().check_size(&message) {
-            return Err(WebhookError::TooLargeForTopic { size, limit });
-        }
-        match self {
-            Pipeline::Spool { spool, .. } => {
-                spool.append(message.to_bytes()).await.map(drop).map_err(WebhookError::Spool)
-            }
-            Pipeline::Sync { publisher, timeout } => {
-                let pending = publisher.send(&message).map_err(WebhookError::Kafka)?;
-                match tokio::time::timeout(*timeout, pending).await {
-                    Ok(Ok(_)) => {
-                        let m = publisher.metrics();
-                        let now = crate::now_ms();
-                        m.kafka_delivered.inc();
-                        m.kafka_delivery_seconds.observe((now - message.received_at_ms).max(0) as f64 / 1e3);
-                        m.event_age_seconds.observe((now - message.event_time_ms).max(0) as f64 / 1e3);
-                        Ok(())
-                    }
-                    Ok(Err(e)) => Err(WebhookError::Kafka(e)),
-                    Err(_) => Err(WebhookError::KafkaTimeout(*timeout)),
-                }
-            }
-        }
-    }
-}
 
 /// Everything the webhook handler shares across requests.
 pub struct WebhookState {
     pub verifier: Verifier,
     pub metrics: Arc<Metrics>,
     pub max_body_bytes: usize,
+    /// The whole body must arrive within this time once the head has; slower clients get 408. One of
+    /// the server's limits against slow clients, set with the others at startup.
+    pub body_timeout: Duration,
     pub pipeline: Pipeline,
     /// `BRIDGE_FORWARD_URL`: where commands not published go; `None` answers them OK here.
     pub relay: Option<Relay>,
@@ -124,22 +77,13 @@ pub enum WebhookError {
     Refused(#[from] Refusal),
     #[error("could not read the request body: {0}")]
     Body(String),
-    #[error("{0}")]
-    Spool(SpoolError),
-    #[error("{0}")]
-    Kafka(PublishError),
-    #[error("Kafka did not acknowledge the event within {} ms", .0.as_millis())]
-    KafkaTimeout(Duration),
+    /// The pipeline did not take the event (spool, Kafka, or the event itself).
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
     #[error("method not allowed: the webhook is a POST")]
     Method,
     #[error("the body did not arrive within {} s", .0.as_secs())]
     BodyTimeout(Duration),
-    #[error(
-        "the event would be a {size}-byte record; the topic takes at most {limit} bytes (max.message.bytes)"
-    )]
-    TooLargeForTopic { size: usize, limit: u64 },
-    #[error("the event cannot be stored: {0}")]
-    Unencodable(TooLong),
 }
 
 impl WebhookError {
@@ -147,14 +91,16 @@ impl WebhookError {
         match self {
             WebhookError::Refused(r) => r.code(),
             WebhookError::Body(_) => 60024,
-            WebhookError::Spool(e) if e.is_full() => 60040,
-            WebhookError::Spool(SpoolError::Busy { .. }) => 60043,
-            WebhookError::Spool(_) => 60041,
-            WebhookError::Kafka(_) | WebhookError::KafkaTimeout(_) => 60042,
+            WebhookError::Pipeline(e) => match e {
+                PipelineError::Spool(e) if e.is_full() => 60040,
+                PipelineError::Spool(SpoolError::Busy { .. }) => 60043,
+                PipelineError::Spool(_) => 60041,
+                PipelineError::Kafka(_) | PipelineError::KafkaTimeout(_) => 60042,
+                PipelineError::TooLargeForTopic { .. } => 60031,
+                PipelineError::Unencodable(_) => 60027,
+            },
             WebhookError::Method => 60405,
             WebhookError::BodyTimeout(_) => 60408,
-            WebhookError::TooLargeForTopic { .. } => 60031,
-            WebhookError::Unencodable(_) => 60027,
         }
     }
 
@@ -162,31 +108,38 @@ impl WebhookError {
     pub fn outcome(&self) -> &'static str {
         match self {
             WebhookError::Refused(r) => r.outcome(),
-            WebhookError::Body(_) | WebhookError::Method | WebhookError::Unencodable(_) => "bad_request",
+            WebhookError::Body(_) | WebhookError::Method => "bad_request",
             WebhookError::BodyTimeout(_) => "body_timeout",
-            WebhookError::Spool(e) if e.is_full() => "spool_full",
-            WebhookError::Spool(SpoolError::Busy { .. }) => "spool_busy",
-            WebhookError::TooLargeForTopic { .. } => "too_large",
-            WebhookError::Spool(_) => "spool_error",
-            WebhookError::Kafka(_) | WebhookError::KafkaTimeout(_) => "kafka_unavailable",
+            WebhookError::Pipeline(e) => match e {
+                PipelineError::Unencodable(_) => "bad_request",
+                PipelineError::Spool(e) if e.is_full() => "spool_full",
+                PipelineError::Spool(SpoolError::Busy { .. }) => "spool_busy",
+                PipelineError::TooLargeForTopic { .. } => "too_large",
+                PipelineError::Spool(_) => "spool_error",
+                PipelineError::Kafka(_) | PipelineError::KafkaTimeout(_) => "kafka_unavailable",
+            },
         }
     }
 
     /// What the caller reads in `ErrorInfo`.
     fn info(&self) -> String {
         match self {
-            WebhookError::Spool(SpoolError::Full { .. }) => {
+            WebhookError::Pipeline(PipelineError::Spool(SpoolError::Full { .. })) => {
                 "spool is full: Kafka is behind; the event was not accepted".to_owned()
             }
-            WebhookError::Spool(SpoolError::DiskFull(_)) => {
+            WebhookError::Pipeline(PipelineError::Spool(SpoolError::DiskFull(_))) => {
                 "the spool's disk is full; the event was not accepted".to_owned()
             }
-            WebhookError::Spool(SpoolError::Busy { .. }) => {
+            WebhookError::Pipeline(PipelineError::Spool(SpoolError::Busy { .. })) => {
                 "the spool's disk is slow and too many events wait for it; the event was not accepted"
                     .to_owned()
             }
-            WebhookError::Spool(_) => "the event could not be stored; it was not accepted".to_owned(),
-            WebhookError::Kafka(_) => "Kafka did not take the event; it was not accepted".to_owned(),
+            WebhookError::Pipeline(PipelineError::Spool(_)) => {
+                "the event could not be stored; it was not accepted".to_owned()
+            }
+            WebhookError::Pipeline(PipelineError::Kafka(_)) => {
+                "Kafka did not take the event; it was not accepted".to_owned()
+            }
             other => other.to_string(),
         }
     }
@@ -196,12 +149,15 @@ impl ResponseError for WebhookError {
     fn status_code(&self) -> StatusCode {
         match self {
             WebhookError::Refused(r) => StatusCode::from_u16(r.status()).unwrap_or(StatusCode::BAD_REQUEST),
-            WebhookError::Body(_) | WebhookError::Unencodable(_) => StatusCode::BAD_REQUEST,
-            WebhookError::Spool(e) if e.is_full() => StatusCode::SERVICE_UNAVAILABLE,
-            WebhookError::Spool(SpoolError::Busy { .. }) => StatusCode::SERVICE_UNAVAILABLE,
-            WebhookError::TooLargeForTopic { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            WebhookError::Spool(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            WebhookError::Kafka(_) | WebhookError::KafkaTimeout(_) => StatusCode::SERVICE_UNAVAILABLE,
+            WebhookError::Body(_) => StatusCode::BAD_REQUEST,
+            WebhookError::Pipeline(e) => match e {
+                PipelineError::Unencodable(_) => StatusCode::BAD_REQUEST,
+                PipelineError::Spool(e) if e.is_full() => StatusCode::SERVICE_UNAVAILABLE,
+                PipelineError::Spool(SpoolError::Busy { .. }) => StatusCode::SERVICE_UNAVAILABLE,
+                PipelineError::TooLargeForTopic { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                PipelineError::Spool(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                PipelineError::Kafka(_) | PipelineError::KafkaTimeout(_) => StatusCode::SERVICE_UNAVAILABLE,
+            },
             WebhookError::Method => StatusCode::METHOD_NOT_ALLOWED,
             WebhookError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
         }
@@ -266,9 +222,9 @@ async fn accept(
 ) -> Result<Answered, WebhookError> {
     let arrived = tokio::time::Instant::now();
     let auth = state.verifier.authenticate(req.query_string(), (received_at_ms / 1000) as u64)?;
-    let body = tokio::time::timeout(BODY_TIMEOUT, read_body(req, body, state.max_body_bytes))
+    let body = tokio::time::timeout(state.body_timeout, read_body(req, body, state.max_body_bytes))
         .await
-        .map_err(|_| WebhookError::BodyTimeout(BODY_TIMEOUT))??;
+        .map_err(|_| WebhookError::BodyTimeout(state.body_timeout))??;
     let command = match auth.route {
         Route::Publish(command) => command,
         Route::NotPublished(command) => {
@@ -342,7 +298,10 @@ mod tests {
 
     #[actix_web::test]
     async fn a_spool_whose_writer_is_behind_answers_503_with_a_fail_envelope_and_its_own_outcome() {
-        let busy = WebhookError::Spool(SpoolError::Busy { queued_bytes: 64 << 20, max_bytes: 64 << 20 });
+        let busy = WebhookError::Pipeline(PipelineError::Spool(SpoolError::Busy {
+            queued_bytes: 64 << 20,
+            max_bytes: 64 << 20,
+        }));
         let (status, envelope) = answer(&busy).await;
         assert_eq!(status, 503);
         assert_eq!(
@@ -352,7 +311,7 @@ mod tests {
         assert_eq!(busy.outcome(), "spool_busy");
         assert!(crate::metrics::OUTCOMES.contains(&busy.outcome()));
         // Apart from a full spool, which passes once Kafka catches up.
-        let full = WebhookError::Spool(SpoolError::Full { bytes: 1, max_bytes: 1 });
+        let full = WebhookError::Pipeline(PipelineError::Spool(SpoolError::Full { bytes: 1, max_bytes: 1 }));
         assert_eq!((answer(&full).await.0, full.code(), full.outcome()), (503, 60040, "spool_full"));
     }
 }
