@@ -55,8 +55,7 @@ use rdkafka::Message as _;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::domain::GroupChangeEvent;
-use crate::message::{Message, MessageRef};
+use crate::message::{read_spooled, Message, MessageRef};
 use crate::publisher::{error_kind, Outcome, Pending, PublishError, Publisher, Report};
 use crate::quarantine::Quarantine;
 use crate::spool::{Committed, Spool, SpoolReader, SpooledRecord};
@@ -183,7 +182,13 @@ pub struct Forwarder {
     wedged: std::sync::atomic::AtomicBool,
     /// Where an event refused by both topics is parked.
     quarantine: Quarantine,
+    /// The reader of records spooled in format 1 (the bare event JSON), which only the event module
+    /// knows.
+    legacy: LegacyReader,
 }
+
+/// Turns a record spooled in format 1 into a message (see [`read_spooled`]).
+pub type LegacyReader = fn(&[u8]) -> Result<Message, String>;
 
 /// One record in flight: what the loop needs once its report arrives.
 struct InFlight {
@@ -272,7 +277,8 @@ struct Books {
 }
 
 impl Forwarder {
-    /// `stall_after`: see the module docs (`BRIDGE_KAFKA_STALL_SECS`).
+    /// `stall_after`: see the module docs (`BRIDGE_KAFKA_STALL_SECS`). `legacy`: the reader of records
+    /// spooled in format 1.
     /// `reports`: the receiving end of the channel the publisher was built with
     /// ([`Confirmations::Reports`](crate::publisher::Confirmations::Reports)).
     pub fn new(
@@ -280,6 +286,7 @@ impl Forwarder {
         publisher: Arc<Publisher>,
         reports: mpsc::UnboundedReceiver<Report>,
         stall_after: Duration,
+        legacy: LegacyReader,
     ) -> (Self, watch::Receiver<Progress>) {
         let reader = spool.reader();
         let quarantine = Quarantine::of_spool(spool.dir());
@@ -299,6 +306,7 @@ impl Forwarder {
                 stall_after,
                 wedged: Default::default(),
                 quarantine,
+                legacy,
             },
             rx,
         )
@@ -863,7 +871,7 @@ impl Forwarder {
     /// record there less than [`COLD_AFTER`] ago), or nothing else unconfirmed is in flight to it (to
     /// any partition, while their number is unknown). See the module docs for why.
     async fn may_send(&self, record: &SpooledRecord, b: &mut Books) -> bool {
-        let Some(hash) = key_hash(&record.payload) else {
+        let Some(hash) = key_hash(&record.payload, self.legacy) else {
             // No key (a record this version cannot read goes to the dead-letter topic): not gated.
             return true;
         };
@@ -949,23 +957,8 @@ impl Forwarder {
         let seq = record.seq;
         let bytes = record.payload.len();
         failpoint!("forwarder::dispatch");
-        let legacy;
-        let message = match MessageRef::parse(&record.payload) {
-            Ok(m) => Ok(m),
-            // Written before format 2: the bare event JSON.
-            Err(_) if record.payload.first() == Some(&b'{') => {
-                match GroupChangeEvent::message_from_v1_spool(&record.payload) {
-                    Ok(m) => {
-                        legacy = m;
-                        Ok(legacy.as_ref())
-                    }
-                    Err(e) => Err(crate::message::DecodeError::LegacyJson(e)),
-                }
-            }
-            Err(e) => Err(e),
-        };
-        let message = match message {
-            Ok(m) => m,
+        let spooled = match read_spooled(&record.payload, self.legacy) {
+            Ok(s) => s,
             Err(e) => {
                 // Checksummed, so written by a bridge whose format this one cannot read (a newer
                 // version, rolled back): never drop it silently; the dead-letter topic keeps it whole.
@@ -1003,6 +996,7 @@ impl Forwarder {
                 return Ok((m, Some(d)));
             }
         };
+        let message = spooled.message();
         let m = InFlight {
             seq,
             bytes,
@@ -1068,15 +1062,10 @@ impl Forwarder {
 
 /// Kafka's murmur2 of a spooled record's key, whichever format it was spooled in; `None` for a record
 /// this version cannot read (it goes to the dead-letter topic unkeyed).
-fn key_hash(payload: &[u8]) -> Option<i32> {
-    let hash = |key: &[u8]| (!key.is_empty()).then(|| crate::partition::murmur2(key));
-    match MessageRef::parse(payload) {
-        Ok(m) => hash(m.key),
-        Err(_) if payload.first() == Some(&b'{') => {
-            GroupChangeEvent::message_from_v1_spool(payload).ok().and_then(|m| hash(&m.key))
-        }
-        Err(_) => None,
-    }
+fn key_hash(payload: &[u8], legacy: LegacyReader) -> Option<i32> {
+    let spooled = read_spooled(payload, legacy).ok()?;
+    let key = spooled.message().key;
+    (!key.is_empty()).then(|| crate::partition::murmur2(key))
 }
 
 /// After the stop signal, the time left for deliveries already sent to be confirmed, beyond the

@@ -137,8 +137,13 @@ impl Application {
                     tracing::info!(pending, "spool holds events from an earlier run; publishing them first");
                 }
                 let reports = reports.expect("spool mode has a report channel");
-                let (forwarder, progress) =
-                    Forwarder::new(spool.clone(), publisher.clone(), reports, settings.kafka_stall);
+                let (forwarder, progress) = Forwarder::new(
+                    spool.clone(),
+                    publisher.clone(),
+                    reports,
+                    settings.kafka_stall,
+                    crate::domain::GroupChangeEvent::message_from_v1_spool,
+                );
                 let (stop, stop_rx) = watch::channel(None);
                 let running = Running(forwarder_running.clone());
                 let forwarder = tokio::spawn(async move {
@@ -438,8 +443,13 @@ pub async fn drain(settings: Settings, interrupt: impl Future<Output = ()>) -> R
     let committed = spool.committed().borrow().seq;
     let pending = spool.pending_events();
     tracing::info!(pending, spool = %settings.spool_dir.display(), topic = %settings.kafka.topic, "draining the spool");
-    let (forwarder, mut progress) =
-        Forwarder::new(spool.clone(), publisher.clone(), reports, settings.kafka_stall);
+    let (forwarder, mut progress) = Forwarder::new(
+        spool.clone(),
+        publisher.clone(),
+        reports,
+        settings.kafka_stall,
+        crate::domain::GroupChangeEvent::message_from_v1_spool,
+    );
     let start = progress.borrow().acked_seq;
     let (stop, stop_rx) = watch::channel(None);
     let mut task = tokio::spawn(forwarder.run(stop_rx));

@@ -672,6 +672,8 @@ impl Writer {
                         segment: seg.first_seq,
                         offset: seg.bytes,
                     });
+                    // The gauges count the batch before anyone hears it is durable.
+                    self.publish_stats();
                     for (seq, reply) in replies {
                         let _ = reply.send(Ok(seq));
                     }
