@@ -313,65 +313,29 @@ impl Forwarder {
     }
 
     /// Runs until stopped through `stop` (then returns `Ok` once the final position is acknowledged)
-    /// or until it cannot go on. Whatever was not acknowledged stays in the spool.
+    /// or until it cannot go on. Whatever was not acknowledged stays in the spool. Each turn of the
+    /// loop has three phases: wind down if stopping ([`winding_down`](Self::winding_down)), send more
+    /// if there is room ([`send_more`](Self::send_more)), else wait for what comes next
+    /// ([`wait`](Self::wait)).
     pub async fn run(mut self, mut stop: StopSignal) -> Result<(), ForwarderError> {
         let mut committed = self.spool.committed();
-        let acked = self.progress.borrow().acked_seq;
-        let mut b = Books {
-            acked,
-            acked_sent: acked,
-            inflight: VecDeque::new(),
-            dead_letter_sends: FuturesUnordered::new(),
-            generation: self.publisher.generation(),
-            inflight_bytes: 0,
-            backoff: MIN_BACKOFF,
-            fatal_in_a_row: 0,
-            stalled_received_ms: None,
-            last_report: Instant::now(),
-            answered_at_last_check: false,
-            read_failing: None,
-            next_read_at: None,
-            delivered_ahead: VecDeque::new(),
-            confirmed: Default::default(),
-            held: VecDeque::new(),
-            gated: false,
-            partitions_asked: None,
-            partitions: None,
-            next_overtaken_check: Instant::now() + OVERTAKEN_AFTER,
-        };
+        let mut b = self.books();
         let mut state = State::Delivering;
         let mut stopping: Option<Stopping> = None;
         loop {
             let upto = *committed.borrow_and_update();
-            let deadline = *stop.borrow_and_update();
-            let position = self.reader.as_ref().map_or(u64::MAX, SpoolReader::position);
-            let have_more = position <= upto.seq || !b.held.is_empty();
-            if let (Some(deadline), None) = (deadline, &stopping) {
+            if let (Some(deadline), None) = (*stop.borrow_and_update(), &stopping) {
                 stopping = Some(Stopping::new(deadline));
             }
+            let position = self.reader.as_ref().map_or(u64::MAX, SpoolReader::position);
+            let have_more = position <= upto.seq || !b.held.is_empty();
             if let Some(s) = &stopping {
-                let now = Instant::now();
-                let done = b.inflight.is_empty()
-                    && match state {
-                        State::Draining { .. } => true,
-                        // Everything committed was sent and every report counted.
-                        State::Delivering | State::Isolating { .. } => !have_more,
-                        State::Recovering { .. } => false,
-                    };
-                if done || now >= s.give_up_at {
-                    if !b.inflight.is_empty() {
-                        tracing::warn!(in_flight = b.inflight.len(), "stopping with deliveries not yet confirmed; they will be published again at the next start");
+                match self.winding_down(state, &b, s, have_more) {
+                    Some(next) => state = next,
+                    None => {
+                        self.finish(&b);
+                        return Ok(());
                     }
-                    self.finish(&b);
-                    return Ok(());
-                }
-                if !matches!(state, State::Draining { .. }) && now >= s.stop_sending_at {
-                    // A failure being recovered from carries over: reports after it must not count.
-                    let failed_seq = match state {
-                        State::Recovering { failed_seq, .. } => Some(failed_seq),
-                        _ => None,
-                    };
-                    state = State::Draining { failed_seq };
                 }
             }
             if self.publisher.refit_pending()
@@ -397,167 +361,254 @@ impl Forwarder {
                 state.window().saturating_sub(b.inflight.len())
             };
             if have_more && room > 0 && b.inflight_bytes < WINDOW_BYTES {
-                let read = if b.held.is_empty() {
-                    self.read(upto, room, WINDOW_BYTES - b.inflight_bytes).await
-                } else {
-                    Ok(b.held.drain(..room.min(b.held.len())).collect())
-                };
-                let batch = match read {
-                    Ok(batch) => {
-                        if let Some((since, tries)) = b.read_failing.take() {
-                            tracing::info!(
-                                tries,
-                                failed_for_ms = crate::now_ms() - since,
-                                "the spool is readable again"
-                            );
-                        }
-                        batch
-                    }
-                    Err(e) => {
-                        self.publisher.metrics().spool_read_errors.inc();
-                        let (since, tries) = b.read_failing.get_or_insert((crate::now_ms(), 0));
-                        *tries += 1;
-                        // The first failure, then one line a minute or so (at most a try a second).
-                        if *tries == 1 || *tries % 60 == 0 {
-                            tracing::error!(error = %e, position, tries = *tries, failing_for_ms = crate::now_ms() - *since,
-                                "spool read failed; retrying (a restart starts past a region that stays unreadable)");
-                        }
-                        let wait =
-                            (Duration::from_millis(20) * 2u32.pow((*tries).min(6))).min(MAX_READ_RETRY);
-                        self.report(&b, upto);
-                        b.next_read_at = Some(Instant::now() + wait);
-                        continue;
-                    }
-                };
-                if batch.is_empty() {
-                    // Committed but not readable now (the error was logged): do not spin.
-                    tracing::debug!(position, committed = ?upto, "nothing readable yet");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                let mut skipped = false;
-                let mut batch = VecDeque::from(batch);
-                while let Some(record) = batch.pop_front() {
-                    let seq = record.seq;
-                    while b.delivered_ahead.front().is_some_and(|d| *d < seq) {
-                        b.delivered_ahead.pop_front();
-                    }
-                    if b.delivered_ahead.front() == Some(&seq) {
-                        // Already in Kafka: it settles as delivered, in its place, without being sent.
-                        b.delivered_ahead.pop_front();
-                        if b.inflight.is_empty() {
-                            b.last_report = Instant::now();
-                        }
-                        b.inflight_bytes += record.payload.len();
-                        b.inflight.push_back(InFlight::already_delivered(&record));
-                        skipped = true;
-                        continue;
-                    }
-                    if !self.may_send(&record, &mut b).await {
-                        // Its partition is cold and has a record in flight: it waits for a report.
-                        batch.push_front(record);
-                        while let Some(r) = batch.pop_back() {
-                            b.held.push_front(r);
-                        }
-                        b.gated = true;
-                        break;
-                    }
-                    match self.dispatch(record, matches!(state, State::Isolating { .. })) {
-                        Ok((m, dead_letter)) => {
-                            if b.inflight.is_empty() {
-                                b.last_report = Instant::now();
-                            }
-                            b.inflight_bytes += m.bytes;
-                            b.inflight.push_back(m);
-                            b.dead_letter_sends.extend(dead_letter);
-                        }
-                        Err((received_at_ms, e)) => {
-                            // Not enqueued (e.g. librdkafka's queue is full): what is in flight is
-                            // all before it and still counts; publish again from this one.
-                            self.count_error(&e);
-                            tracing::warn!(error = %e, seq, "could not enqueue to Kafka; retrying from the spool");
-                            b.stalled_received_ms.get_or_insert(received_at_ms);
-                            state = self.failed(state, seq, &e, &mut b);
-                            break;
-                        }
-                    }
-                }
-                if skipped {
-                    state = self.settle_ready(state, &mut b, upto);
-                }
-                self.report(&b, upto);
+                state = self.send_more(state, &mut b, upto, room).await;
                 continue;
             }
-
-            let recovering_until = match state {
-                // After a fatal error the old producer may never report again: its records are
-                // abandoned with it (and published again).
-                State::Recovering {
-                    until,
-                    producer: Producer::NewAfterFatal | Producer::NewAfterStall,
-                    ..
-                } => Some(until),
-                State::Recovering { until, .. } if b.inflight.is_empty() => Some(until),
-                _ => None,
-            };
-            let wait_for_commit = !have_more && deadline.is_none();
-            // The stall clock runs while something counts in flight and no replacement is pending; not
-            // while stopping (the next start publishes again whatever is unconfirmed).
-            let watch_stall = !b.inflight.is_empty()
-                && stopping.is_none()
-                && !matches!(
-                    state,
-                    State::Recovering { producer: Producer::NewAfterFatal | Producer::NewAfterStall, .. }
-                        | State::Draining { .. }
-                );
-            tokio::select! {
-                Some(report) = self.reports.recv() => {
-                    b.gated = false;
-                    // Take every report already there before settling: one wake-up, many records.
-                    self.take(report, &mut b);
-                    while let Ok(report) = self.reports.try_recv() {
-                        self.take(report, &mut b);
-                    }
-                    state = self.settle_ready(state, &mut b, upto);
+            let waited = self
+                .wait(state, &mut b, upto, have_more, stopping.is_some(), &mut committed, &mut stop)
+                .await?;
+            match waited {
+                Some(next) => state = next,
+                None => {
+                    self.finish(&b);
+                    return Ok(());
                 }
-                Some((seq, result)) = b.dead_letter_sends.next(), if !b.dead_letter_sends.is_empty() => {
-                    b.gated = false;
-                    match b.inflight.binary_search_by_key(&seq, |m| m.seq) {
-                        Ok(i) => b.inflight[i].outcome = Some(result),
-                        // Dead-letter sends are dropped with the records they belong to: a bug if seen.
-                        Err(_) => tracing::warn!(seq, "a dead-letter outcome for a record not in flight; ignored"),
-                    }
-                    state = self.settle_ready(state, &mut b, upto);
-                }
-                _ = tokio::time::sleep_until(recovering_until.unwrap_or_else(Instant::now)), if recovering_until.is_some() => {
-                    state = self.resume(state, &mut b)?;
-                }
-                _ = tokio::time::sleep_until(b.last_report + self.stall_after), if watch_stall => {
-                    state = self.stalled(state, &mut b).await;
-                }
-                _ = tokio::time::sleep_until(b.next_overtaken_check), if watch_stall => {
-                    b.next_overtaken_check = Instant::now() + OVERTAKEN_AFTER;
-                    state = self.overtaken(state, &mut b).await;
-                }
-                changed = committed.changed(), if wait_for_commit => {
-                    if changed.is_err() {
-                        // The spool is gone: nothing more will be committed.
-                        self.finish(&b);
-                        return Ok(());
-                    }
-                }
-                // The next try of a failing spool read.
-                _ = tokio::time::sleep_until(b.next_read_at.unwrap_or_else(Instant::now)), if b.next_read_at.is_some() => {
-                    b.next_read_at = None;
-                }
-                // Held back while the partition count is unknown: ask for it again in a second.
-                _ = tokio::time::sleep(Duration::from_secs(1)), if b.gated && b.partitions.is_none() => {
-                    b.gated = false;
-                }
-                _ = stop.changed(), if deadline.is_none() => {}
-                // While stopping, look at the clock every 100 ms.
-                _ = tokio::time::sleep(Duration::from_millis(100)), if stopping.is_some() => {}
             }
         }
+    }
+
+    /// The books at the start: nothing in flight, the spool's acknowledged position.
+    fn books(&self) -> Books {
+        let acked = self.progress.borrow().acked_seq;
+        Books {
+            acked,
+            acked_sent: acked,
+            inflight: VecDeque::new(),
+            dead_letter_sends: FuturesUnordered::new(),
+            generation: self.publisher.generation(),
+            inflight_bytes: 0,
+            backoff: MIN_BACKOFF,
+            fatal_in_a_row: 0,
+            stalled_received_ms: None,
+            last_report: Instant::now(),
+            answered_at_last_check: false,
+            read_failing: None,
+            next_read_at: None,
+            delivered_ahead: VecDeque::new(),
+            confirmed: Default::default(),
+            held: VecDeque::new(),
+            gated: false,
+            partitions_asked: None,
+            partitions: None,
+            next_overtaken_check: Instant::now() + OVERTAKEN_AFTER,
+        }
+    }
+
+    /// While stopping: `None` once done (everything committed sent and every report counted, or the
+    /// time is up), else the state to go on in (draining once sending must stop).
+    fn winding_down(&self, state: State, b: &Books, s: &Stopping, have_more: bool) -> Option<State> {
+        let now = Instant::now();
+        let done = b.inflight.is_empty()
+            && match state {
+                State::Draining { .. } => true,
+                // Everything committed was sent and every report counted.
+                State::Delivering | State::Isolating { .. } => !have_more,
+                State::Recovering { .. } => false,
+            };
+        if done || now >= s.give_up_at {
+            if !b.inflight.is_empty() {
+                tracing::warn!(in_flight = b.inflight.len(), "stopping with deliveries not yet confirmed; they will be published again at the next start");
+            }
+            return None;
+        }
+        if !matches!(state, State::Draining { .. }) && now >= s.stop_sending_at {
+            // A failure being recovered from carries over: reports after it must not count.
+            let failed_seq = match state {
+                State::Recovering { failed_seq, .. } => Some(failed_seq),
+                _ => None,
+            };
+            return Some(State::Draining { failed_seq });
+        }
+        Some(state)
+    }
+
+    /// Reads up to `room` records (those held back first) and hands them to the producer, in order;
+    /// records already in Kafka settle in their place, a record whose partition is cold waits.
+    async fn send_more(&mut self, mut state: State, b: &mut Books, upto: Committed, room: usize) -> State {
+        let position = self.reader.as_ref().map_or(u64::MAX, SpoolReader::position);
+        let read = if b.held.is_empty() {
+            self.read(upto, room, WINDOW_BYTES - b.inflight_bytes).await
+        } else {
+            Ok(b.held.drain(..room.min(b.held.len())).collect())
+        };
+        let batch = match read {
+            Ok(batch) => {
+                if let Some((since, tries)) = b.read_failing.take() {
+                    tracing::info!(
+                        tries,
+                        failed_for_ms = crate::now_ms() - since,
+                        "the spool is readable again"
+                    );
+                }
+                batch
+            }
+            Err(e) => {
+                self.publisher.metrics().spool_read_errors.inc();
+                let (since, tries) = b.read_failing.get_or_insert((crate::now_ms(), 0));
+                *tries += 1;
+                // The first failure, then one line a minute or so (at most a try a second).
+                if *tries == 1 || *tries % 60 == 0 {
+                    tracing::error!(error = %e, position, tries = *tries, failing_for_ms = crate::now_ms() - *since,
+                        "spool read failed; retrying (a restart starts past a region that stays unreadable)");
+                }
+                let wait = (Duration::from_millis(20) * 2u32.pow((*tries).min(6))).min(MAX_READ_RETRY);
+                self.report(b, upto);
+                b.next_read_at = Some(Instant::now() + wait);
+                return state;
+            }
+        };
+        if batch.is_empty() {
+            // Committed but not readable now (the error was logged): do not spin.
+            tracing::debug!(position, committed = ?upto, "nothing readable yet");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut skipped = false;
+        let mut batch = VecDeque::from(batch);
+        while let Some(record) = batch.pop_front() {
+            let seq = record.seq;
+            while b.delivered_ahead.front().is_some_and(|d| *d < seq) {
+                b.delivered_ahead.pop_front();
+            }
+            if b.delivered_ahead.front() == Some(&seq) {
+                // Already in Kafka: it settles as delivered, in its place, without being sent.
+                b.delivered_ahead.pop_front();
+                if b.inflight.is_empty() {
+                    b.last_report = Instant::now();
+                }
+                b.inflight_bytes += record.payload.len();
+                b.inflight.push_back(InFlight::already_delivered(&record));
+                skipped = true;
+                continue;
+            }
+            if !self.may_send(&record, b).await {
+                // Its partition is cold and has a record in flight: it waits for a report.
+                batch.push_front(record);
+                while let Some(r) = batch.pop_back() {
+                    b.held.push_front(r);
+                }
+                b.gated = true;
+                break;
+            }
+            match self.dispatch(record, matches!(state, State::Isolating { .. })) {
+                Ok((m, dead_letter)) => {
+                    if b.inflight.is_empty() {
+                        b.last_report = Instant::now();
+                    }
+                    b.inflight_bytes += m.bytes;
+                    b.inflight.push_back(m);
+                    b.dead_letter_sends.extend(dead_letter);
+                }
+                Err((received_at_ms, e)) => {
+                    // Not enqueued (e.g. librdkafka's queue is full): what is in flight is
+                    // all before it and still counts; publish again from this one.
+                    self.count_error(&e);
+                    tracing::warn!(error = %e, seq, "could not enqueue to Kafka; retrying from the spool");
+                    b.stalled_received_ms.get_or_insert(received_at_ms);
+                    state = self.failed(state, seq, &e, b);
+                    break;
+                }
+            }
+        }
+        if skipped {
+            state = self.settle_ready(state, b, upto);
+        }
+        self.report(b, upto);
+        state
+    }
+
+    /// Waits for the next thing that moves the loop: reports, a dead-letter outcome, the end of a
+    /// backoff, the stall clock, a commit, the next read try, the stop signal. `None` when the spool
+    /// is gone.
+    #[allow(clippy::too_many_arguments)]
+    async fn wait(
+        &mut self,
+        mut state: State,
+        b: &mut Books,
+        upto: Committed,
+        have_more: bool,
+        stopping: bool,
+        committed: &mut watch::Receiver<Committed>,
+        stop: &mut StopSignal,
+    ) -> Result<Option<State>, ForwarderError> {
+        let recovering_until = match state {
+            // After a fatal error the old producer may never report again: its records are
+            // abandoned with it (and published again).
+            State::Recovering {
+                until, producer: Producer::NewAfterFatal | Producer::NewAfterStall, ..
+            } => Some(until),
+            State::Recovering { until, .. } if b.inflight.is_empty() => Some(until),
+            _ => None,
+        };
+        // (`stopping` is whether the stop signal was seen at the top of this turn: if it came since,
+        // `stop.changed()` fires at once.)
+        let wait_for_commit = !have_more && !stopping;
+        // The stall clock runs while something counts in flight and no replacement is pending; not
+        // while stopping (the next start publishes again whatever is unconfirmed).
+        let watch_stall = !b.inflight.is_empty()
+            && !stopping
+            && !matches!(
+                state,
+                State::Recovering { producer: Producer::NewAfterFatal | Producer::NewAfterStall, .. }
+                    | State::Draining { .. }
+            );
+        tokio::select! {
+            Some(report) = self.reports.recv() => {
+                b.gated = false;
+                // Take every report already there before settling: one wake-up, many records.
+                self.take(report, b);
+                while let Ok(report) = self.reports.try_recv() {
+                    self.take(report, b);
+                }
+                state = self.settle_ready(state, b, upto);
+            }
+            Some((seq, result)) = b.dead_letter_sends.next(), if !b.dead_letter_sends.is_empty() => {
+                b.gated = false;
+                match b.inflight.binary_search_by_key(&seq, |m| m.seq) {
+                    Ok(i) => b.inflight[i].outcome = Some(result),
+                    // Dead-letter sends are dropped with the records they belong to: a bug if seen.
+                    Err(_) => tracing::warn!(seq, "a dead-letter outcome for a record not in flight; ignored"),
+                }
+                state = self.settle_ready(state, b, upto);
+            }
+            _ = tokio::time::sleep_until(recovering_until.unwrap_or_else(Instant::now)), if recovering_until.is_some() => {
+                state = self.resume(state, b)?;
+            }
+            _ = tokio::time::sleep_until(b.last_report + self.stall_after), if watch_stall => {
+                state = self.stalled(state, b).await;
+            }
+            _ = tokio::time::sleep_until(b.next_overtaken_check), if watch_stall => {
+                b.next_overtaken_check = Instant::now() + OVERTAKEN_AFTER;
+                state = self.overtaken(state, b).await;
+            }
+            changed = committed.changed(), if wait_for_commit => {
+                if changed.is_err() {
+                    // The spool is gone: nothing more will be committed.
+                    return Ok(None);
+                }
+            }
+            // The next try of a failing spool read.
+            _ = tokio::time::sleep_until(b.next_read_at.unwrap_or_else(Instant::now)), if b.next_read_at.is_some() => {
+                b.next_read_at = None;
+            }
+            // Held back while the partition count is unknown: ask for it again in a second.
+            _ = tokio::time::sleep(Duration::from_secs(1)), if b.gated && b.partitions.is_none() => {
+                b.gated = false;
+            }
+            _ = stop.changed(), if !stopping => {}
+            // While stopping, look at the clock every 100 ms.
+            _ = tokio::time::sleep(Duration::from_millis(100)), if stopping => {}
+        }
+        Ok(Some(state))
     }
 
     /// Notes a report's outcome on its record; a record Kafka refused for good, sent alone, is
