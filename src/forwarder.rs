@@ -230,27 +230,16 @@ impl InFlight {
 type DeadLetterSend =
     std::pin::Pin<Box<dyn std::future::Future<Output = (u64, Result<(), PublishError>)> + Send>>;
 
-/// The loop's bookkeeping, apart from its state.
+/// The loop's bookkeeping, apart from its state: the acknowledged position, the window in flight,
+/// the retry state, the stall clock, and what the loop knows of the producer and the topic.
 struct Books {
     acked: u64,
     acked_sent: u64,
-    /// The records sent and not yet settled, in send order (increasing sequence numbers).
-    inflight: VecDeque<InFlight>,
-    /// Dead-letter sends under way (rare: records Kafka refuses for good).
-    dead_letter_sends: FuturesUnordered<DeadLetterSend>,
+    window: Window,
+    retry: Retry,
+    clock: StallClock,
     /// The generation of the producer whose reports count (a replaced producer's are stale).
     generation: u64,
-    inflight_bytes: usize,
-    backoff: Duration,
-    /// Fatal producer errors since the last delivery.
-    fatal_in_a_row: u32,
-    /// The oldest record a failure left pending (for the produce-lag gauge).
-    stalled_received_ms: Option<i64>,
-    /// When the front record last settled, or the window went from empty to busy: the stall clock.
-    last_report: Instant,
-    /// Kafka answered at the last stall check too: a producer still silent one stall time after
-    /// Kafka was seen answering is wedged (one that is reconnecting after an outage is not).
-    answered_at_last_check: bool,
     /// Reading the spool fails: since when (ms since epoch) and how many tries in a row.
     read_failing: Option<(i64, u32)>,
     /// After a failed read, when to try the next one (meanwhile reports are taken as usual).
@@ -270,8 +259,37 @@ struct Books {
     gated: bool,
     /// When the partition count was last asked for (at most once a second while it is unknown).
     partitions_asked: Option<Instant>,
-    /// The topic's partition count, once read (for where the oldest record in flight lands).
+    /// The topic's partition count, once read (for where a record lands).
     partitions: Option<i32>,
+}
+
+/// What is in flight.
+#[derive(Default)]
+struct Window {
+    /// The records sent and not yet settled, in send order (increasing sequence numbers).
+    inflight: VecDeque<InFlight>,
+    /// Their payload bytes.
+    bytes: usize,
+    /// Dead-letter sends under way (rare: records Kafka refuses for good).
+    dead_letter_sends: FuturesUnordered<DeadLetterSend>,
+}
+
+/// How the loop backs off after failures.
+struct Retry {
+    backoff: Duration,
+    /// Fatal producer errors since the last delivery.
+    fatal_in_a_row: u32,
+    /// The oldest record a failure left pending (for the produce-lag gauge).
+    stalled_received_ms: Option<i64>,
+}
+
+/// When the producer last showed it is alive, and what the last checks saw.
+struct StallClock {
+    /// When the front record last settled, or the window went from empty to busy.
+    last_report: Instant,
+    /// Kafka answered at the last stall check too: a producer still silent one stall time after
+    /// Kafka was seen answering is wedged (one that is reconnecting after an outage is not).
+    answered_at_last_check: bool,
     /// When to look next whether the oldest record in flight was overtaken on its partition.
     next_overtaken_check: Instant,
 }
@@ -345,7 +363,7 @@ impl Forwarder {
                 // The topic takes smaller batches now: nothing more goes out until what is in flight
                 // has settled and a producer that fits them is built (in `resume`).
                 tracing::info!(
-                    in_flight = b.inflight.len(),
+                    in_flight = b.window.inflight.len(),
                     "refitting the producer to the topic's smaller limit once what is in flight has settled"
                 );
                 state = State::Recovering {
@@ -358,9 +376,9 @@ impl Forwarder {
             let room = if b.gated || b.next_read_at.is_some() {
                 0
             } else {
-                state.window().saturating_sub(b.inflight.len())
+                state.window().saturating_sub(b.window.inflight.len())
             };
-            if have_more && room > 0 && b.inflight_bytes < WINDOW_BYTES {
+            if have_more && room > 0 && b.window.bytes < WINDOW_BYTES {
                 state = self.send_more(state, &mut b, upto, room).await;
                 continue;
             }
@@ -383,15 +401,14 @@ impl Forwarder {
         Books {
             acked,
             acked_sent: acked,
-            inflight: VecDeque::new(),
-            dead_letter_sends: FuturesUnordered::new(),
+            window: Window::default(),
+            retry: Retry { backoff: MIN_BACKOFF, fatal_in_a_row: 0, stalled_received_ms: None },
+            clock: StallClock {
+                last_report: Instant::now(),
+                answered_at_last_check: false,
+                next_overtaken_check: Instant::now() + OVERTAKEN_AFTER,
+            },
             generation: self.publisher.generation(),
-            inflight_bytes: 0,
-            backoff: MIN_BACKOFF,
-            fatal_in_a_row: 0,
-            stalled_received_ms: None,
-            last_report: Instant::now(),
-            answered_at_last_check: false,
             read_failing: None,
             next_read_at: None,
             delivered_ahead: VecDeque::new(),
@@ -400,7 +417,6 @@ impl Forwarder {
             gated: false,
             partitions_asked: None,
             partitions: None,
-            next_overtaken_check: Instant::now() + OVERTAKEN_AFTER,
         }
     }
 
@@ -408,7 +424,7 @@ impl Forwarder {
     /// time is up), else the state to go on in (draining once sending must stop).
     fn winding_down(&self, state: State, b: &Books, s: &Stopping, have_more: bool) -> Option<State> {
         let now = Instant::now();
-        let done = b.inflight.is_empty()
+        let done = b.window.inflight.is_empty()
             && match state {
                 State::Draining { .. } => true,
                 // Everything committed was sent and every report counted.
@@ -416,8 +432,8 @@ impl Forwarder {
                 State::Recovering { .. } => false,
             };
         if done || now >= s.give_up_at {
-            if !b.inflight.is_empty() {
-                tracing::warn!(in_flight = b.inflight.len(), "stopping with deliveries not yet confirmed; they will be published again at the next start");
+            if !b.window.inflight.is_empty() {
+                tracing::warn!(in_flight = b.window.inflight.len(), "stopping with deliveries not yet confirmed; they will be published again at the next start");
             }
             return None;
         }
@@ -437,7 +453,7 @@ impl Forwarder {
     async fn send_more(&mut self, mut state: State, b: &mut Books, upto: Committed, room: usize) -> State {
         let position = self.reader.as_ref().map_or(u64::MAX, SpoolReader::position);
         let read = if b.held.is_empty() {
-            self.read(upto, room, WINDOW_BYTES - b.inflight_bytes).await
+            self.read(upto, room, WINDOW_BYTES - b.window.bytes).await
         } else {
             Ok(b.held.drain(..room.min(b.held.len())).collect())
         };
@@ -482,11 +498,11 @@ impl Forwarder {
             if b.delivered_ahead.front() == Some(&seq) {
                 // Already in Kafka: it settles as delivered, in its place, without being sent.
                 b.delivered_ahead.pop_front();
-                if b.inflight.is_empty() {
-                    b.last_report = Instant::now();
+                if b.window.inflight.is_empty() {
+                    b.clock.last_report = Instant::now();
                 }
-                b.inflight_bytes += record.payload.len();
-                b.inflight.push_back(InFlight::already_delivered(&record));
+                b.window.bytes += record.payload.len();
+                b.window.inflight.push_back(InFlight::already_delivered(&record));
                 skipped = true;
                 continue;
             }
@@ -501,19 +517,19 @@ impl Forwarder {
             }
             match self.dispatch(record, matches!(state, State::Isolating { .. })) {
                 Ok((m, dead_letter)) => {
-                    if b.inflight.is_empty() {
-                        b.last_report = Instant::now();
+                    if b.window.inflight.is_empty() {
+                        b.clock.last_report = Instant::now();
                     }
-                    b.inflight_bytes += m.bytes;
-                    b.inflight.push_back(m);
-                    b.dead_letter_sends.extend(dead_letter);
+                    b.window.bytes += m.bytes;
+                    b.window.inflight.push_back(m);
+                    b.window.dead_letter_sends.extend(dead_letter);
                 }
                 Err((received_at_ms, e)) => {
                     // Not enqueued (e.g. librdkafka's queue is full): what is in flight is
                     // all before it and still counts; publish again from this one.
                     self.count_error(&e);
                     tracing::warn!(error = %e, seq, "could not enqueue to Kafka; retrying from the spool");
-                    b.stalled_received_ms.get_or_insert(received_at_ms);
+                    b.retry.stalled_received_ms.get_or_insert(received_at_ms);
                     state = self.failed(state, seq, &e, b);
                     break;
                 }
@@ -546,7 +562,7 @@ impl Forwarder {
             State::Recovering {
                 until, producer: Producer::NewAfterFatal | Producer::NewAfterStall, ..
             } => Some(until),
-            State::Recovering { until, .. } if b.inflight.is_empty() => Some(until),
+            State::Recovering { until, .. } if b.window.inflight.is_empty() => Some(until),
             _ => None,
         };
         // (`stopping` is whether the stop signal was seen at the top of this turn: if it came since,
@@ -554,7 +570,7 @@ impl Forwarder {
         let wait_for_commit = !have_more && !stopping;
         // The stall clock runs while something counts in flight and no replacement is pending; not
         // while stopping (the next start publishes again whatever is unconfirmed).
-        let watch_stall = !b.inflight.is_empty()
+        let watch_stall = !b.window.inflight.is_empty()
             && !stopping
             && !matches!(
                 state,
@@ -571,10 +587,10 @@ impl Forwarder {
                 }
                 state = self.settle_ready(state, b, upto);
             }
-            Some((seq, result)) = b.dead_letter_sends.next(), if !b.dead_letter_sends.is_empty() => {
+            Some((seq, result)) = b.window.dead_letter_sends.next(), if !b.window.dead_letter_sends.is_empty() => {
                 b.gated = false;
-                match b.inflight.binary_search_by_key(&seq, |m| m.seq) {
-                    Ok(i) => b.inflight[i].outcome = Some(result),
+                match b.window.inflight.binary_search_by_key(&seq, |m| m.seq) {
+                    Ok(i) => b.window.inflight[i].outcome = Some(result),
                     // Dead-letter sends are dropped with the records they belong to: a bug if seen.
                     Err(_) => tracing::warn!(seq, "a dead-letter outcome for a record not in flight; ignored"),
                 }
@@ -583,11 +599,11 @@ impl Forwarder {
             _ = tokio::time::sleep_until(recovering_until.unwrap_or_else(Instant::now)), if recovering_until.is_some() => {
                 state = self.resume(state, b)?;
             }
-            _ = tokio::time::sleep_until(b.last_report + self.stall_after), if watch_stall => {
+            _ = tokio::time::sleep_until(b.clock.last_report + self.stall_after), if watch_stall => {
                 state = self.stalled(state, b).await;
             }
-            _ = tokio::time::sleep_until(b.next_overtaken_check), if watch_stall => {
-                b.next_overtaken_check = Instant::now() + OVERTAKEN_AFTER;
+            _ = tokio::time::sleep_until(b.clock.next_overtaken_check), if watch_stall => {
+                b.clock.next_overtaken_check = Instant::now() + OVERTAKEN_AFTER;
                 state = self.overtaken(state, b).await;
             }
             changed = committed.changed(), if wait_for_commit => {
@@ -620,11 +636,11 @@ impl Forwarder {
         if report.generation != b.generation {
             return;
         }
-        let Ok(i) = b.inflight.binary_search_by_key(&report.seq, |m| m.seq) else { return };
-        if b.inflight[i].outcome.is_some() {
+        let Ok(i) = b.window.inflight.binary_search_by_key(&report.seq, |m| m.seq) else { return };
+        if b.window.inflight[i].outcome.is_some() {
             return;
         }
-        if let (Some(n), Some(hash)) = (b.partitions, b.inflight[i].key_hash) {
+        if let (Some(n), Some(hash)) = (b.partitions, b.window.inflight[i].key_hash) {
             if crate::partition::partition_of_hash(hash, n) != report.partition {
                 // The topic has more partitions than read: learn them again, and warm every one.
                 tracing::info!(partitions = n, "the topic's partition count changed");
@@ -644,7 +660,7 @@ impl Forwarder {
                     "Kafka confirmed a record only implicitly (no offset): it may not be on the topic (or be there already); publishing it again");
             }
         }
-        let m = &mut b.inflight[i];
+        let m = &mut b.window.inflight[i];
         m.outcome = Some(match report.outcome {
             Outcome::Delivered => Ok(()),
             Outcome::Failed(e) => Err(e),
@@ -669,7 +685,7 @@ impl Forwarder {
                     event_time_ms: m.event_time_ms,
                 }
                 .to_bytes();
-                b.dead_letter_sends.push(send_to_dead_letter(
+                b.window.dead_letter_sends.push(send_to_dead_letter(
                     m.seq,
                     self.publisher.clone(),
                     self.quarantine.clone(),
@@ -686,12 +702,14 @@ impl Forwarder {
 
     /// Settles, in send order, every record at the front whose outcome is known.
     fn settle_ready(&self, mut state: State, b: &mut Books, upto: Committed) -> State {
-        while b.inflight.front().is_some_and(|m| m.outcome.is_some()) {
-            let mut m = b.inflight.pop_front().expect("checked above");
-            b.inflight_bytes -= m.bytes;
+        while b.window.inflight.front().is_some_and(|m| m.outcome.is_some()) {
+            let mut m = b.window.inflight.pop_front().expect("checked above");
+            b.window.bytes -= m.bytes;
             let result = m.outcome.take().expect("checked above");
             state = self.settled(state, m, result, b);
-            if b.acked != b.acked_sent && (b.inflight.is_empty() || b.acked - b.acked_sent >= ACK_EVERY) {
+            if b.acked != b.acked_sent
+                && (b.window.inflight.is_empty() || b.acked - b.acked_sent >= ACK_EVERY)
+            {
                 self.spool.ack(b.acked);
                 b.acked_sent = b.acked;
             }
@@ -703,8 +721,8 @@ impl Forwarder {
     /// A record's outcome, in send order.
     fn settled(&self, state: State, m: InFlight, result: Result<(), PublishError>, b: &mut Books) -> State {
         // Any report, good or bad, shows the producer is alive: the stall clock starts again.
-        b.last_report = Instant::now();
-        b.answered_at_last_check = false;
+        b.clock.last_report = Instant::now();
+        b.clock.answered_at_last_check = false;
         match result {
             Ok(()) if state.counts(m.seq) => {
                 let metrics = self.publisher.metrics();
@@ -713,9 +731,9 @@ impl Forwarder {
                 metrics.kafka_delivery_seconds.observe((now - m.received_at_ms).max(0) as f64 / 1e3);
                 metrics.event_age_seconds.observe((now - m.event_time_ms).max(0) as f64 / 1e3);
                 b.acked = m.seq;
-                b.backoff = MIN_BACKOFF;
-                b.fatal_in_a_row = 0;
-                b.stalled_received_ms = None;
+                b.retry.backoff = MIN_BACKOFF;
+                b.retry.fatal_in_a_row = 0;
+                b.retry.stalled_received_ms = None;
                 match state {
                     State::Isolating { left } if left <= 1 => State::Delivering,
                     State::Isolating { left } => State::Isolating { left: left - 1 },
@@ -731,7 +749,7 @@ impl Forwarder {
                 state
             }
             Err(e) => {
-                b.stalled_received_ms = Some(m.received_at_ms);
+                b.retry.stalled_received_ms = Some(m.received_at_ms);
                 self.count_error(&e);
                 self.failed(state, m.seq, &e, b)
             }
@@ -758,7 +776,7 @@ impl Forwarder {
                         publisher.request_refit();
                     }
                 });
-                let isolate = b.inflight.len() + 1;
+                let isolate = b.window.inflight.len() + 1;
                 tracing::info!(error = %e, seq, records = isolate, "Kafka refused a batch; publishing its records one at a time");
                 State::Recovering { failed_seq: seq, until: now, producer: Producer::Same, isolate }
             }
@@ -767,11 +785,11 @@ impl Forwarder {
                     tracing::error!(error = %e, seq, reason = self.publisher.fatal_error().unwrap_or_default(),
                         "the Kafka producer failed for good; a new one will publish again from the first unacknowledged event");
                 } else {
-                    tracing::warn!(error = %e, seq, backoff_ms = b.backoff.as_millis() as u64,
+                    tracing::warn!(error = %e, seq, backoff_ms = b.retry.backoff.as_millis() as u64,
                         "Kafka delivery failed; the event stays in the spool and is retried");
                 }
-                let until = now + b.backoff;
-                b.backoff = (b.backoff * 2).min(MAX_BACKOFF);
+                let until = now + b.retry.backoff;
+                b.retry.backoff = (b.retry.backoff * 2).min(MAX_BACKOFF);
                 let producer = if fatal { Producer::NewAfterFatal } else { Producer::Same };
                 State::Recovering { failed_seq: seq, until, producer, isolate: 1 }
             }
@@ -788,30 +806,30 @@ impl Forwarder {
             .await
             .map(|r| r.is_ok())
             .unwrap_or(false);
-        b.last_report = Instant::now();
-        let answered_before = std::mem::replace(&mut b.answered_at_last_check, answers);
-        let Some(first) = b.inflight.front().map(|m| m.seq) else { return state };
+        b.clock.last_report = Instant::now();
+        let answered_before = std::mem::replace(&mut b.clock.answered_at_last_check, answers);
+        let Some(first) = b.window.inflight.front().map(|m| m.seq) else { return state };
         if !answers {
             tracing::info!(
-                in_flight = b.inflight.len(),
+                in_flight = b.window.inflight.len(),
                 "no delivery confirmed for the stall time, and Kafka does not answer: waiting for it"
             );
             return state;
         }
         if !answered_before {
             tracing::info!(
-                in_flight = b.inflight.len(),
+                in_flight = b.window.inflight.len(),
                 "no delivery confirmed for the stall time; Kafka answers: the producer gets one more"
             );
             return state;
         }
         tracing::error!(
-            in_flight = b.inflight.len(),
+            in_flight = b.window.inflight.len(),
             stalled_secs = self.stall_after.as_secs(),
             from_seq = first,
             "Kafka answers but the producer confirmed no delivery for the stall time; replacing it"
         );
-        b.stalled_received_ms.get_or_insert(b.inflight.front().map_or(0, |m| m.received_at_ms));
+        b.retry.stalled_received_ms.get_or_insert(b.window.inflight.front().map_or(0, |m| m.received_at_ms));
         match state {
             // While draining, the next start publishes them again.
             State::Draining { .. } => state,
@@ -838,7 +856,7 @@ impl Forwarder {
     /// producer never does (a producer that lost track of a record). If so, it is replaced now, not after the stall
     /// time: its confirmed records are not sent again, the lost one is.
     async fn overtaken(&self, state: State, b: &mut Books) -> State {
-        let Some(front) = b.inflight.front() else { return state };
+        let Some(front) = b.window.inflight.front() else { return state };
         let (Some(hash), None, seq) = (front.key_hash, &front.outcome, front.seq) else { return state };
         let (sent_at, received_at_ms) = (front.sent_at, front.received_at_ms);
         if sent_at.elapsed() < OVERTAKEN_AFTER
@@ -858,7 +876,7 @@ impl Forwarder {
             unconfirmed_for_ms = sent_at.elapsed().as_millis() as u64,
             "the producer confirmed a later record of this partition but never this one; replacing it"
         );
-        b.stalled_received_ms.get_or_insert(received_at_ms);
+        b.retry.stalled_received_ms.get_or_insert(received_at_ms);
         State::Recovering {
             failed_seq: seq,
             until: Instant::now(),
@@ -876,6 +894,7 @@ impl Forwarder {
         // Only up to the first record that failed: a record confirmed after it, on its partition, must
         // be published again after it to keep the partition's order.
         let delivered = b
+            .window
             .inflight
             .iter()
             .take_while(|m| !matches!(m.outcome, Some(Err(_))))
@@ -886,14 +905,14 @@ impl Forwarder {
         ahead.sort_unstable();
         ahead.dedup();
         b.delivered_ahead = ahead.into();
-        b.inflight.clear();
+        b.window.inflight.clear();
         b.held.clear();
         b.gated = false;
-        b.dead_letter_sends = FuturesUnordered::new();
-        b.inflight_bytes = 0;
+        b.window.dead_letter_sends = FuturesUnordered::new();
+        b.window.bytes = 0;
         if producer == Producer::NewAfterFatal {
-            b.fatal_in_a_row += 1;
-            if b.fatal_in_a_row > MAX_FATAL_RESTARTS {
+            b.retry.fatal_in_a_row += 1;
+            if b.retry.fatal_in_a_row > MAX_FATAL_RESTARTS {
                 let last = self.publisher.fatal_error().unwrap_or_else(|| "unknown".into());
                 self.finish(b);
                 return Err(ForwarderError::ProducerKeepsFailing { restarts: MAX_FATAL_RESTARTS, last });
@@ -928,7 +947,7 @@ impl Forwarder {
         };
         let warm = |b: &Books, p: i32| b.confirmed.get(&p).is_some_and(|(_, at)| at.elapsed() < COLD_AFTER);
         let pending = |b: &Books, p: Option<i32>| {
-            b.inflight.iter().any(|m| {
+            b.window.inflight.iter().any(|m| {
                 m.outcome.is_none()
                     && m.key_hash.is_some_and(|h| {
                         p.is_none_or(|p| {
@@ -1094,8 +1113,9 @@ impl Forwarder {
         // Nothing in flight (a read that fails, a backoff) does not make the lag 0: the spool knows
         // when the oldest unacknowledged record was committed.
         let oldest = b
+            .retry
             .stalled_received_ms
-            .or_else(|| b.inflight.front().map(|m| m.received_at_ms))
+            .or_else(|| b.window.inflight.front().map(|m| m.received_at_ms))
             .or_else(|| self.spool.oldest_pending_since_ms(b.acked));
         let pending = committed.seq > b.acked;
         self.progress.send_if_modified(|p| {
