@@ -77,9 +77,9 @@ struct Spooling {
 }
 
 /// Clears a flag when dropped: the task holding it has ended, normally or by a panic.
-struct Running(Arc<std::sync::atomic::AtomicBool>);
+struct ClearOnDrop(Arc<std::sync::atomic::AtomicBool>);
 
-impl Drop for Running {
+impl Drop for ClearOnDrop {
     fn drop(&mut self) {
         self.0.store(false, std::sync::atomic::Ordering::Relaxed);
     }
@@ -140,7 +140,7 @@ impl Application {
                 let (forwarder, progress) =
                     Forwarder::new(spool.clone(), publisher.clone(), reports, settings.kafka_stall);
                 let (stop, stop_rx) = watch::channel(None);
-                let running = Running(forwarder_running.clone());
+                let running = ClearOnDrop(forwarder_running.clone());
                 let forwarder = tokio::spawn(async move {
                     let _running = running;
                     forwarder.run(stop_rx).await
