@@ -32,7 +32,7 @@ pub enum StartupError {
     Server(std::io::Error),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
-    #[error("BRIDGE_FORWARD_URL: {0}")]
+    #[error("BRIDGE_RELAY_URL: {0}")]
     Relay(#[from] crate::relay::RelaySetupError),
     #[error("forwarding to Kafka stopped: {0}")]
     Forwarder(#[from] ForwarderError),
@@ -110,9 +110,9 @@ impl Application {
         // What can fail without side effects first: the certificate and the ports.
         let tls = settings.tls.as_ref().map(crate::tls::server_config).transpose()?;
         let relay = settings
-            .forward
+            .relay
             .as_ref()
-            .map(|f| crate::relay::Relay::new(f.url.clone(), f.timeout))
+            .map(|r| crate::relay::Relay::new(r.url.clone(), r.timeout))
             .transpose()?;
         let bind = |variable, addr: std::net::SocketAddr| {
             let listener = TcpListener::bind(addr).map_err(|source| StartupError::Bind {
@@ -248,7 +248,7 @@ impl Application {
             fsync = %settings.spool_fsync,
             sign_check = settings.callback_token.is_some(),
             commands = %settings.commands.iter().map(|c| c.name()).collect::<Vec<_>>().join(","),
-            forward_url = settings.forward.as_ref().map(|f| f.url.as_str()),
+            forward_url = settings.relay.as_ref().map(|r| r.url.as_str()),
             https = settings.tls.is_some(),
             "tim-kafka-bridge listening"
         );

@@ -24,7 +24,7 @@ pub struct WebhookState {
     /// the server's limits against slow clients, set with the others at startup.
     pub body_timeout: Duration,
     pub pipeline: Pipeline,
-    /// `BRIDGE_FORWARD_URL`: where commands not published go; `None` answers them OK here.
+    /// `BRIDGE_RELAY_URL`: where commands not published go; `None` answers them OK here.
     pub relay: Option<Relay>,
 }
 
@@ -38,9 +38,9 @@ enum Answered {
     /// A command not published, answered with the allow envelope.
     Ignored { command: String },
     /// A command not published, relayed; the handler's answer goes back as it is.
-    Forwarded { command: String, answer: Answer },
+    Relayed { command: String, answer: Answer },
     /// A command not published whose relay failed; answered with the allow envelope.
-    ForwardFailed { command: String, error: RelayError },
+    RelayFailed { command: String, error: RelayError },
 }
 
 impl Answered {
@@ -49,14 +49,14 @@ impl Answered {
         match self {
             Answered::Accepted(_) => "accepted",
             Answered::Ignored { .. } => "ignored_command",
-            Answered::Forwarded { .. } => "forwarded",
-            Answered::ForwardFailed { .. } => "forward_failed",
+            Answered::Relayed { .. } => "forwarded",
+            Answered::RelayFailed { .. } => "forward_failed",
         }
     }
 
     fn response(self) -> HttpResponse {
         match self {
-            Answered::Forwarded { answer, .. } => {
+            Answered::Relayed { answer, .. } => {
                 let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
                 let mut response = HttpResponse::build(status);
                 if let Some(ct) = answer.content_type {
@@ -192,10 +192,10 @@ pub async fn webhook(
         Ok(Answered::Ignored { command }) => {
             tracing::debug!(outcome, command, "command not published; answered OK");
         }
-        Ok(Answered::Forwarded { command, answer }) => {
+        Ok(Answered::Relayed { command, answer }) => {
             tracing::debug!(outcome, command, status = answer.status, "command not published; relayed");
         }
-        Ok(Answered::ForwardFailed { command, error }) => {
+        Ok(Answered::RelayFailed { command, error }) => {
             tracing::warn!(outcome, command, reason = %error, "command not published; relay failed, answered OK");
         }
         Err(e) => {
@@ -233,8 +233,8 @@ async fn accept(
             let content_type =
                 req.headers().get(actix_web::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
             return Ok(match relay.relay(req.query_string(), content_type, body, arrived).await {
-                Ok(answer) => Answered::Forwarded { command, answer },
-                Err(error) => Answered::ForwardFailed { command, error },
+                Ok(answer) => Answered::Relayed { command, answer },
+                Err(error) => Answered::RelayFailed { command, error },
             });
         }
     };
