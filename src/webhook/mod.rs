@@ -27,7 +27,7 @@ pub use envelope::Envelope;
 pub use query::CallbackQuery;
 pub use signature::{sign, CallbackToken};
 
-use crate::domain::{EventHead, GroupChangeEvent, GroupEvent, LifecycleEvent, SdkAppId};
+use crate::domain::{EventHead, GroupEvent, InfoChangedEvent, LifecycleEvent, SdkAppId};
 use payload::{Body, Detail};
 
 /// What to do with an authenticated webhook, by its command.
@@ -215,7 +215,7 @@ impl Verifier {
         let app = SdkAppId::parse(query.sdk_app_id.as_deref().unwrap_or_default())
             .map_err(|_| Refusal::MissingAppId)?;
         Ok(match body.detail {
-            Detail::InfoChanged(changes) => GroupChangeEvent::new(
+            Detail::InfoChanged(changes) => InfoChangedEvent::new(
                 app,
                 body.group_id,
                 body.group_type,
