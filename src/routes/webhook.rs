@@ -9,7 +9,7 @@ use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use futures_util::StreamExt;
 
 use crate::domain::GroupEvent;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, WebhookOutcome};
 use crate::pipeline::{Pipeline, PipelineError};
 use crate::relay::{Answer, Relay, RelayError};
 use crate::spool::SpoolError;
@@ -47,11 +47,12 @@ impl Answered {
     /// The `outcome` label of `bridge_webhooks_total`.
     fn outcome(&self) -> &'static str {
         match self {
-            Answered::Accepted(_) => "accepted",
-            Answered::Ignored { .. } => "ignored_command",
-            Answered::Relayed { .. } => "forwarded",
-            Answered::RelayFailed { .. } => "forward_failed",
+            Answered::Accepted(_) => WebhookOutcome::Accepted,
+            Answered::Ignored { .. } => WebhookOutcome::IgnoredCommand,
+            Answered::Relayed { .. } => WebhookOutcome::Relayed,
+            Answered::RelayFailed { .. } => WebhookOutcome::RelayFailed,
         }
+        .as_str()
     }
 
     fn response(self) -> HttpResponse {
@@ -106,19 +107,20 @@ impl WebhookError {
 
     /// The `outcome` label of `bridge_webhooks_total`.
     pub fn outcome(&self) -> &'static str {
-        match self {
-            WebhookError::Refused(r) => r.outcome(),
-            WebhookError::Body(_) | WebhookError::Method => "bad_request",
-            WebhookError::BodyTimeout(_) => "body_timeout",
+        let outcome = match self {
+            WebhookError::Refused(r) => return r.outcome(),
+            WebhookError::Body(_) | WebhookError::Method => WebhookOutcome::BadRequest,
+            WebhookError::BodyTimeout(_) => WebhookOutcome::BodyTimeout,
             WebhookError::Pipeline(e) => match e {
-                PipelineError::Unencodable(_) => "bad_request",
-                PipelineError::Spool(e) if e.is_full() => "spool_full",
-                PipelineError::Spool(SpoolError::Busy { .. }) => "spool_busy",
-                PipelineError::TooLargeForTopic { .. } => "too_large",
-                PipelineError::Spool(_) => "spool_error",
-                PipelineError::Kafka(_) | PipelineError::KafkaTimeout(_) => "kafka_unavailable",
+                PipelineError::Unencodable(_) => WebhookOutcome::BadRequest,
+                PipelineError::Spool(e) if e.is_full() => WebhookOutcome::SpoolFull,
+                PipelineError::Spool(SpoolError::Busy { .. }) => WebhookOutcome::SpoolBusy,
+                PipelineError::TooLargeForTopic { .. } => WebhookOutcome::TooLarge,
+                PipelineError::Spool(_) => WebhookOutcome::SpoolError,
+                PipelineError::Kafka(_) | PipelineError::KafkaTimeout(_) => WebhookOutcome::KafkaUnavailable,
             },
-        }
+        };
+        outcome.as_str()
     }
 
     /// What the caller reads in `ErrorInfo`.

@@ -152,12 +152,14 @@ impl Refusal {
 
     /// A short, stable name for metrics and logs (`bridge_webhooks_total{outcome}`).
     pub fn outcome(&self) -> &'static str {
+        use crate::metrics::WebhookOutcome;
         match self.status() {
-            403 => "rejected_app",
-            401 => "rejected_sign",
-            413 => "too_large",
-            _ => "bad_request",
+            403 => WebhookOutcome::RejectedApp,
+            401 => WebhookOutcome::RejectedSign,
+            413 => WebhookOutcome::TooLarge,
+            _ => WebhookOutcome::BadRequest,
         }
+        .as_str()
     }
 }
 
