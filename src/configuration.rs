@@ -99,9 +99,14 @@ pub const VARIABLES: &[Variable] = &[
         "callback commands published, comma separated; every other command is answered OK (or relayed) and not published",
     ),
     var(
-        "BRIDGE_FORWARD_URL",
+        "BRIDGE_RELAY_URL",
         None,
         "http(s) URL of the app's own callback handler: commands not published are relayed to it, query and body as sent",
+    ),
+    var(
+        "BRIDGE_FORWARD_URL",
+        None,
+        "the old name of BRIDGE_RELAY_URL, still read; when both are set they must be the same",
     ),
     num(
         "BRIDGE_FORWARD_TIMEOUT_MS",
@@ -295,7 +300,7 @@ pub struct Settings {
     /// The commands published (`BRIDGE_COMMANDS`), each once.
     pub commands: Vec<Command>,
     /// Where commands not published are relayed; `None`: they are answered OK by the bridge.
-    pub forward: Option<ForwardSettings>,
+    pub relay: Option<RelaySettings>,
     /// What the producer is built from: brokers, topics and the `BRIDGE_RDKAFKA_*` overrides.
     pub kafka: KafkaSettings,
     pub delivery: DeliveryMode,
@@ -329,9 +334,9 @@ pub struct TencentSettings {
     pub max_attempts: u32,
 }
 
-/// `BRIDGE_FORWARD_URL` and its deadline.
+/// `BRIDGE_RELAY_URL` (or its old name `BRIDGE_FORWARD_URL`) and its deadline.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ForwardSettings {
+pub struct RelaySettings {
     pub url: String,
     pub timeout: Duration,
 }
@@ -346,6 +351,8 @@ struct Raw {
     admin_listen: Option<String>,
     webhook_path: Option<String>,
     commands: Option<String>,
+    relay_url: Option<String>,
+    /// The old name of `relay_url`.
     forward_url: Option<String>,
     forward_timeout_ms: Option<String>,
     tls_cert: Option<String>,
@@ -459,10 +466,7 @@ impl Settings {
         let expiry_allowed = matches!(delivery, DeliveryMode::Sync { .. });
         rdkafka.check(expiry_allowed).map_err(|e| bad(&e.variable, e.problem))?;
         let commands = commands(raw.commands)?;
-        let forward = match raw.forward_url.filter(|u| !u.trim().is_empty()) {
-            None => None,
-            Some(url) => Some(forward(url, raw.forward_timeout_ms)?),
-        };
+        let relay = relay(raw.relay_url, raw.forward_url, raw.forward_timeout_ms)?;
         Ok(Self {
             listen: number("BRIDGE_LISTEN", raw.listen)?,
             admin_listen: number("BRIDGE_ADMIN_LISTEN", raw.admin_listen)?,
@@ -473,7 +477,7 @@ impl Settings {
             sign_max_skew_secs: whole("BRIDGE_SIGN_MAX_SKEW_SECS", raw.sign_max_skew_secs)?,
             max_body_bytes,
             commands,
-            forward,
+            relay,
             kafka: KafkaSettings {
                 brokers: text("BRIDGE_KAFKA_BROKERS", raw.kafka_brokers)?,
                 topic,
@@ -668,15 +672,31 @@ fn commands(given: Option<String>) -> Result<Vec<Command>, ConfigError> {
     Ok(commands)
 }
 
-/// `BRIDGE_FORWARD_URL` and `BRIDGE_FORWARD_TIMEOUT_MS`.
-fn forward(url: String, timeout_ms: Option<String>) -> Result<ForwardSettings, ConfigError> {
-    let url = url.trim().to_owned();
+/// `BRIDGE_RELAY_URL` (or its old name, `BRIDGE_FORWARD_URL`) and `BRIDGE_FORWARD_TIMEOUT_MS`; `None`
+/// when neither name is set. Both set to different URLs is refused rather than one silently winning.
+fn relay(
+    relay_url: Option<String>,
+    forward_url: Option<String>,
+    timeout_ms: Option<String>,
+) -> Result<Option<RelaySettings>, ConfigError> {
+    let given = |v: Option<String>| v.map(|u| u.trim().to_owned()).filter(|u| !u.is_empty());
+    let (name, url) = match (given(relay_url), given(forward_url)) {
+        (None, None) => return Ok(None),
+        (Some(relay), Some(forward)) if relay != forward => {
+            return Err(bad(
+                "BRIDGE_RELAY_URL",
+                "and BRIDGE_FORWARD_URL (its old name) are both set, to different URLs: set BRIDGE_RELAY_URL only",
+            ))
+        }
+        (Some(url), _) => ("BRIDGE_RELAY_URL", url),
+        (None, Some(url)) => ("BRIDGE_FORWARD_URL", url),
+    };
     let scheme_ok = ["http://", "https://"].iter().any(|s| url.len() > s.len() && url.starts_with(s));
     if !scheme_ok {
-        return Err(bad("BRIDGE_FORWARD_URL", format!("must be an http:// or https:// URL, got {url:?}")));
+        return Err(bad(name, format!("must be an http:// or https:// URL, got {url:?}")));
     }
     let timeout = millis("BRIDGE_FORWARD_TIMEOUT_MS", timeout_ms)?;
-    Ok(ForwardSettings { url, timeout })
+    Ok(Some(RelaySettings { url, timeout }))
 }
 
 /// The text of `--help`.
@@ -721,7 +741,7 @@ mod tests {
         assert_eq!(s.max_body_bytes, 65536);
         assert!(s.callback_token.is_none());
         assert_eq!(s.commands, Command::ALL.to_vec());
-        assert_eq!(s.forward, None);
+        assert_eq!(s.relay, None);
     }
 
     #[test]
@@ -755,15 +775,15 @@ mod tests {
     }
 
     #[test]
-    fn a_forward_url_takes_a_deadline_under_tencents_two_seconds() {
+    fn a_relay_url_under_its_old_name_takes_a_deadline_under_tencents_two_seconds() {
         let s = Settings::from_vars(vars(&[
             ("BRIDGE_SDK_APP_ID", "1"),
             ("BRIDGE_FORWARD_URL", "http://app.internal/im/callback"),
         ]))
         .unwrap();
         assert_eq!(
-            s.forward,
-            Some(ForwardSettings {
+            s.relay,
+            Some(RelaySettings {
                 url: "http://app.internal/im/callback".into(),
                 timeout: Duration::from_millis(1500)
             })
@@ -789,6 +809,35 @@ mod tests {
             .unwrap_err();
             assert!(e.to_string().starts_with(expected), "{name}={value}: {e}");
         }
+    }
+
+    #[test]
+    fn the_relay_url_is_read_under_its_new_name_and_both_names_disagreeing_is_refused_naming_both() {
+        let url = "http://app.internal/im/callback";
+        let expected = Some(RelaySettings { url: url.into(), timeout: Duration::from_millis(1500) });
+        for pairs in [
+            &[("BRIDGE_RELAY_URL", url)][..],
+            &[("BRIDGE_RELAY_URL", url), ("BRIDGE_FORWARD_URL", url)],
+            &[("BRIDGE_RELAY_URL", url), ("BRIDGE_FORWARD_URL", "")],
+            &[("BRIDGE_RELAY_URL", " "), ("BRIDGE_FORWARD_URL", url)],
+        ] {
+            let mut pairs = pairs.to_vec();
+            pairs.push(("BRIDGE_SDK_APP_ID", "1"));
+            assert_eq!(Settings::from_vars(vars(&pairs)).unwrap().relay, expected, "{pairs:?}");
+        }
+        let e =
+            Settings::from_vars(vars(&[("BRIDGE_SDK_APP_ID", "1"), ("BRIDGE_RELAY_URL", "app.internal/cb")]))
+                .unwrap_err();
+        assert!(e.to_string().starts_with("BRIDGE_RELAY_URL: must be an http:// or https:// URL"), "{e}");
+        let e = Settings::from_vars(vars(&[
+            ("BRIDGE_SDK_APP_ID", "1"),
+            ("BRIDGE_RELAY_URL", url),
+            ("BRIDGE_FORWARD_URL", "http://old.internal/cb"),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("BRIDGE_RELAY_URL: ") && e.contains("BRIDGE_FORWARD_URL"), "{e}");
+        assert_eq!(e.lines().count(), 1, "{e}");
     }
 
     #[test]

@@ -96,7 +96,7 @@ impl Health {
     }
 
     /// Brings the state-mirroring gauges up to date (called on every scrape).
-    pub fn refresh(&self) {
+    pub fn refresh_gauges(&self) {
         let m = &self.metrics;
         m.kafka_up.set(i64::from(self.kafka_reachable()));
         if let Some(spool) = &self.spool {

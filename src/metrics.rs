@@ -20,8 +20,8 @@ const LATENCY_BUCKETS: &[f64] =
 
 pub struct Metrics {
     registry: Registry,
-    /// Webhooks by outcome: `accepted`, a command not published (`ignored_command`, `forwarded`,
-    /// `forward_failed`) or the refusal kind.
+    /// Webhooks by outcome ([`WebhookOutcome`]): `accepted`, a command not published
+    /// (`ignored_command`, `forwarded`, `forward_failed`) or the refusal kind.
     pub webhooks: IntCounterVec,
     pub spool_pending_events: IntGauge,
     pub spool_bytes: IntGauge,
@@ -222,26 +222,61 @@ impl Default for Metrics {
     }
 }
 
-/// Every value of `bridge_webhooks_total{outcome}`.
-pub const OUTCOMES: &[&str] = &[
-    "accepted",
-    // A command the bridge does not publish: answered OK, relayed (whatever the handler said), or
-    // answered OK because the relay failed.
-    "ignored_command",
-    "forwarded",
-    "forward_failed",
-    "rejected_app",
-    "rejected_sign",
-    "bad_request",
-    // 408: the body did not arrive within the body timeout (a slow or stalled client).
-    "body_timeout",
-    "too_large",
-    "spool_full",
-    // The spool's writer is behind (a stalled disk): too many bytes wait for it.
-    "spool_busy",
-    "spool_error",
-    "kafka_unavailable",
-];
+/// Each value of `bridge_webhooks_total{outcome}`, written once: handlers name a variant, and the
+/// label is [`as_str`](Self::as_str).
+macro_rules! webhook_outcomes {
+    ($($(#[$doc:meta])* $variant:ident => $label:literal,)*) => {
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum WebhookOutcome {
+            $($(#[$doc])* $variant,)*
+        }
+
+        impl WebhookOutcome {
+            /// Every outcome, in the order they are exported.
+            pub const ALL: &'static [WebhookOutcome] = &[$(WebhookOutcome::$variant,)*];
+
+            /// The label value.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(WebhookOutcome::$variant => $label,)*
+                }
+            }
+        }
+    };
+}
+
+webhook_outcomes! {
+    /// Published: on the spool (or in Kafka, in sync mode).
+    Accepted => "accepted",
+    /// A command the bridge does not publish, answered OK.
+    IgnoredCommand => "ignored_command",
+    /// A command not published, relayed to the app's handler (whatever it answered).
+    Relayed => "forwarded",
+    /// A command not published whose relay failed or was too slow; answered OK.
+    RelayFailed => "forward_failed",
+    RejectedApp => "rejected_app",
+    RejectedSign => "rejected_sign",
+    BadRequest => "bad_request",
+    /// 408: the body did not arrive within the body timeout (a slow or stalled client).
+    BodyTimeout => "body_timeout",
+    TooLarge => "too_large",
+    SpoolFull => "spool_full",
+    /// The spool's writer is behind (a stalled disk): too many bytes wait for it.
+    SpoolBusy => "spool_busy",
+    SpoolError => "spool_error",
+    KafkaUnavailable => "kafka_unavailable",
+}
+
+/// Every value of `bridge_webhooks_total{outcome}` ([`WebhookOutcome::ALL`], as labels).
+pub const OUTCOMES: &[&str] = &{
+    let mut labels = [""; WebhookOutcome::ALL.len()];
+    let mut i = 0;
+    while i < labels.len() {
+        labels[i] = WebhookOutcome::ALL[i].as_str();
+        i += 1;
+    }
+    labels
+};
 
 /// Kafka error kinds exported as 0 from the start: the ones an outage or an oversized record causes.
 const COMMON_KAFKA_ERRORS: &[&str] =

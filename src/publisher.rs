@@ -346,38 +346,38 @@ impl ProducerContext for ReportingContext {
 /// The main producer: a future per record when the webhook's answer waits on it (`sync` mode), one
 /// callback for all when the forwarder publishes the spool.
 #[derive(Clone)]
-enum Main {
+enum MainProducer {
     Futures(FutureProducer<BridgeContext>),
     Reports(ThreadedProducer<ReportingContext>),
 }
 
-impl Main {
+impl MainProducer {
     fn fatal_error(&self) -> Option<(RDKafkaErrorCode, String)> {
         match self {
-            Main::Futures(p) => p.client().fatal_error(),
-            Main::Reports(p) => p.client().fatal_error(),
+            MainProducer::Futures(p) => p.client().fatal_error(),
+            MainProducer::Reports(p) => p.client().fatal_error(),
         }
     }
 
     fn fetch_metadata(&self, topic: Option<&str>, timeout: Duration) -> Result<Metadata, KafkaError> {
         match self {
-            Main::Futures(p) => p.client().fetch_metadata(topic, timeout),
-            Main::Reports(p) => p.client().fetch_metadata(topic, timeout),
+            MainProducer::Futures(p) => p.client().fetch_metadata(topic, timeout),
+            MainProducer::Reports(p) => p.client().fetch_metadata(topic, timeout),
         }
     }
 
     fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
         match self {
-            Main::Futures(p) => p.flush(timeout),
-            Main::Reports(p) => p.flush(timeout),
+            MainProducer::Futures(p) => p.flush(timeout),
+            MainProducer::Reports(p) => p.flush(timeout),
         }
     }
 
     #[cfg(feature = "failpoints")]
     fn native_ptr(&self) -> *mut rdkafka::bindings::rd_kafka_t {
         match self {
-            Main::Futures(p) => p.client().native_ptr(),
-            Main::Reports(p) => p.client().native_ptr(),
+            MainProducer::Futures(p) => p.client().native_ptr(),
+            MainProducer::Reports(p) => p.client().native_ptr(),
         }
     }
 }
@@ -488,7 +488,7 @@ impl TopicLimits {
 
 pub struct Publisher {
     /// The main producer; replaced by a new one after a fatal error (see [`Publisher::rebuild`]).
-    producer: RwLock<Main>,
+    producer: RwLock<MainProducer>,
     /// Counts the main producers built: the generation of the current one.
     generation: AtomicU64,
     /// Where a reporting producer sends its reports (`None`: futures).
@@ -571,7 +571,7 @@ impl Publisher {
         })
     }
 
-    fn producer(&self) -> Main {
+    fn producer(&self) -> MainProducer {
         self.producer.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
@@ -684,8 +684,8 @@ impl Publisher {
     /// batch was refused, records of its partition queued behind it must not overtake it.
     pub fn purge_queued(&self) {
         match self.producer() {
-            Main::Futures(p) => p.purge(PurgeConfig::default().queue()),
-            Main::Reports(p) => p.purge(PurgeConfig::default().queue()),
+            MainProducer::Futures(p) => p.purge(PurgeConfig::default().queue()),
+            MainProducer::Reports(p) => p.purge(PurgeConfig::default().queue()),
         }
     }
 
@@ -697,7 +697,7 @@ impl Publisher {
     /// once the returned future resolves `Ok`. For a publisher built with
     /// [`Confirmations::PerRecord`].
     pub fn send(&self, message: &Message) -> Result<Pending, PublishError> {
-        let Main::Futures(producer) = self.producer() else {
+        let MainProducer::Futures(producer) = self.producer() else {
             return Err(PublishError::Fatal(KafkaError::Canceled));
         };
         let m = message.as_ref();
@@ -714,7 +714,7 @@ impl Publisher {
     /// empty (the snapshot's per-partition marks). For a publisher built with
     /// [`Confirmations::PerRecord`].
     pub fn send_to_partition(&self, message: &Message, partition: i32) -> Result<Pending, PublishError> {
-        let Main::Futures(producer) = self.producer() else {
+        let MainProducer::Futures(producer) = self.producer() else {
             return Err(PublishError::Fatal(KafkaError::Canceled));
         };
         let m = message.as_ref();
@@ -758,7 +758,7 @@ impl Publisher {
     pub fn send_spooled(&self, message: &MessageRef<'_>, seq: u64) -> Result<(), PublishError> {
         #[cfg(feature = "failpoints")]
         fail::eval("publisher::fatal", |_| self.inject_fatal_error());
-        let Main::Reports(producer) = self.producer() else {
+        let MainProducer::Reports(producer) = self.producer() else {
             return Err(PublishError::Fatal(KafkaError::Canceled));
         };
         let timestamp = self.limits.timestamp_for(message, crate::now_ms());
@@ -857,10 +857,10 @@ fn create_main(
     overrides: &RdkafkaOverrides,
     reports: Option<&mpsc::UnboundedSender<Report>>,
     generation: u64,
-) -> Result<Main, ProducerConfigError> {
+) -> Result<MainProducer, ProducerConfigError> {
     Ok(match reports {
-        None => Main::Futures(create(config, metrics, overrides)?),
-        Some(tx) => Main::Reports(
+        None => MainProducer::Futures(create(config, metrics, overrides)?),
+        Some(tx) => MainProducer::Reports(
             config
                 .create_with_context(ReportingContext {
                     base: BridgeContext { metrics: metrics.clone() },

@@ -1,5 +1,5 @@
 //! Relays the webhooks the bridge does not publish to the app's own callback handler
-//! (`BRIDGE_FORWARD_URL`).
+//! (`BRIDGE_RELAY_URL`, or its old name `BRIDGE_FORWARD_URL`).
 //!
 //! Tencent has one webhook URL per app. An app that already answered some callbacks itself (a
 //! "before" callback that moderates messages, say) and now points that URL at the bridge would lose

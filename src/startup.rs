@@ -32,7 +32,7 @@ pub enum StartupError {
     Server(std::io::Error),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
-    #[error("BRIDGE_FORWARD_URL: {0}")]
+    #[error("BRIDGE_RELAY_URL: {0}")]
     Relay(#[from] crate::relay::RelaySetupError),
     #[error("forwarding to Kafka stopped: {0}")]
     Forwarder(#[from] ForwarderError),
@@ -77,9 +77,9 @@ struct Spooling {
 }
 
 /// Clears a flag when dropped: the task holding it has ended, normally or by a panic.
-struct Running(Arc<std::sync::atomic::AtomicBool>);
+struct ClearOnDrop(Arc<std::sync::atomic::AtomicBool>);
 
-impl Drop for Running {
+impl Drop for ClearOnDrop {
     fn drop(&mut self) {
         self.0.store(false, std::sync::atomic::Ordering::Relaxed);
     }
@@ -110,9 +110,9 @@ impl Application {
         // What can fail without side effects first: the certificate and the ports.
         let tls = settings.tls.as_ref().map(crate::tls::server_config).transpose()?;
         let relay = settings
-            .forward
+            .relay
             .as_ref()
-            .map(|f| crate::relay::Relay::new(f.url.clone(), f.timeout))
+            .map(|r| crate::relay::Relay::new(r.url.clone(), r.timeout))
             .transpose()?;
         let bind = |variable, addr: std::net::SocketAddr| {
             let listener = TcpListener::bind(addr).map_err(|source| StartupError::Bind {
@@ -145,7 +145,7 @@ impl Application {
                     crate::domain::GroupChangeEvent::message_from_v1_spool,
                 );
                 let (stop, stop_rx) = watch::channel(None);
-                let running = Running(forwarder_running.clone());
+                let running = ClearOnDrop(forwarder_running.clone());
                 let forwarder = tokio::spawn(async move {
                     let _running = running;
                     forwarder.run(stop_rx).await
@@ -253,7 +253,7 @@ impl Application {
             fsync = %settings.spool_fsync,
             sign_check = settings.callback_token.is_some(),
             commands = %settings.commands.iter().map(|c| c.name()).collect::<Vec<_>>().join(","),
-            forward_url = settings.forward.as_ref().map(|f| f.url.as_str()),
+            forward_url = settings.relay.as_ref().map(|r| r.url.as_str()),
             https = settings.tls.is_some(),
             "tim-kafka-bridge listening"
         );
@@ -510,7 +510,7 @@ async fn replay_quarantine(publisher: &Publisher, spool_dir: &std::path::Path) -
     for file in &parked {
         let bytes = std::fs::read(file).map_err(|e| failed(file, e.to_string()))?;
         let decoded =
-            crate::message::Message::decode(bytes, crate::domain::GroupChangeEvent::message_from_v1_spool);
+            crate::message::Message::decode(bytes, crate::domain::InfoChangedEvent::message_from_v1_spool);
         let message = match decoded {
             Ok(m) => m,
             Err((e, _)) => {

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use prometheus::core::{Collector, Metric};
 use serde::Serialize;
@@ -86,10 +86,6 @@ impl Totals {
     }
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
-
 /// The `q` quantile of the observations between two cumulative bucket readings, interpolated linearly
 /// inside its bucket as `histogram_quantile` does; `None` without observations.
 fn quantile(q: f64, before: &[(f64, u64)], after: &[(f64, u64)], count: u64) -> Option<f64> {
@@ -124,7 +120,7 @@ fn sample(before: &Totals, after: &Totals, elapsed: Duration, metrics: &Metrics)
         .collect();
     let delivered = after.delivered.saturating_sub(before.delivered);
     Sample {
-        t: now_ms(),
+        t: crate::now_ms(),
         rate,
         lag: metrics.produce_lag_seconds.get(),
         pending: metrics.spool_pending_events.get(),
@@ -142,7 +138,7 @@ pub async fn run_sampler(health: Arc<Health>, history: Arc<History>) {
     let mut taken = tokio::time::Instant::now();
     loop {
         ticks.tick().await;
-        health.refresh();
+        health.refresh_gauges();
         let after = Totals::read(&health.metrics);
         let now = tokio::time::Instant::now();
         history.push(sample(&before, &after, now - taken, &health.metrics));

@@ -1,4 +1,4 @@
-//! [`GroupChangeEvent`]: one group-profile change (`info_changed`), as published on Kafka since the
+//! [`InfoChangedEvent`]: one group-profile change (`info_changed`), as published on Kafka since the
 //! first version, and the record layout every event type shares.
 
 use serde::{Deserialize, Serialize};
@@ -10,7 +10,7 @@ use crate::message::{Message, Text};
 /// Version of the info_changed value's JSON layout, unchanged since the first release: version 1
 /// consumers keep reading these records byte for byte (docs/event.md, "Versions"). The lifecycle
 /// types added later are [`LIFECYCLE_SCHEMA_VERSION`](super::LIFECYCLE_SCHEMA_VERSION).
-pub const SCHEMA_VERSION: u32 = 1;
+pub const INFO_CHANGED_SCHEMA_VERSION: u32 = 1;
 
 /// The profile fields a webhook carried. A field the webhook did not carry is `None` and absent from
 /// the JSON; `Some("")` means the field was cleared.
@@ -30,7 +30,7 @@ pub struct Changes {
 /// One change of a group's profile, normalized. Serializes to the Kafka value documented in
 /// docs/event.md; deserializes back from it (the spool stores exactly that value).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GroupChangeEvent {
+pub struct InfoChangedEvent {
     schema_version: u32,
     event_id: EventId,
     sdk_app_id: SdkAppId,
@@ -44,7 +44,11 @@ pub struct GroupChangeEvent {
     opt_platform: Option<String>,
 }
 
-impl GroupChangeEvent {
+/// The old name of [`InfoChangedEvent`], kept for the forwarder's decoding of version 1 spool records
+/// (`GroupChangeEvent::message_from_v1_spool`) until the forwarder takes the new name.
+pub type GroupChangeEvent = InfoChangedEvent;
+
+impl InfoChangedEvent {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         sdk_app_id: SdkAppId,
@@ -60,7 +64,7 @@ impl GroupChangeEvent {
         let event_id =
             derive_id(&sdk_app_id, &group_id, &group_type, &operator_account, &changes, event_time);
         Self {
-            schema_version: SCHEMA_VERSION,
+            schema_version: INFO_CHANGED_SCHEMA_VERSION,
             event_id,
             sdk_app_id,
             group_id,
@@ -108,9 +112,9 @@ impl GroupChangeEvent {
 }
 
 /// CloudEvents `type` of a group-profile change.
-pub const CE_TYPE: &str = "com.tencentcloud.im.group.info_changed";
+pub const CE_TYPE: &str = super::EventType::InfoChanged.ce_type();
 
-impl GroupChangeEvent {
+impl InfoChangedEvent {
     /// The Kafka record: key = GroupId (every change of one group on one partition, in order),
     /// timestamp = EventTime, CloudEvents' Kafka binding in binary mode plus the content type, value =
     /// the event's JSON.
@@ -197,8 +201,8 @@ fn derive_id(
 mod tests {
     use super::*;
 
-    fn event(received_at_ms: i64, notification: &str) -> GroupChangeEvent {
-        GroupChangeEvent::new(
+    fn event(received_at_ms: i64, notification: &str) -> InfoChangedEvent {
+        InfoChangedEvent::new(
             SdkAppId::parse("1400000000").unwrap(),
             GroupId::parse("@TGS#2J4SZEAEL".into()).unwrap(),
             Some("Public".into()),
@@ -228,7 +232,7 @@ mod tests {
         let cleared = event(1, "");
         let mut absent = cleared.clone();
         absent.changes.notification = None;
-        let absent = GroupChangeEvent::new(
+        let absent = InfoChangedEvent::new(
             absent.sdk_app_id,
             absent.group_id,
             absent.group_type,
@@ -249,7 +253,7 @@ mod tests {
         assert_eq!(v["changes"], serde_json::json!({"notification": "NewNotification"}));
         assert_eq!(v["schema_version"], 1);
         assert_eq!(v["event_time_ms"], 1670574414123i64);
-        assert_eq!(GroupChangeEvent::from_json(&e.to_json()).unwrap(), e);
+        assert_eq!(InfoChangedEvent::from_json(&e.to_json()).unwrap(), e);
     }
 
     #[test]
@@ -271,7 +275,7 @@ mod tests {
     #[test]
     fn a_version_1_spool_record_reads_as_the_same_message() {
         let e = event(5, "n");
-        assert_eq!(GroupChangeEvent::message_from_v1_spool(&e.to_json()).unwrap(), e.to_message());
-        assert!(GroupChangeEvent::message_from_v1_spool(b"{\"schema_version\":1}").is_err());
+        assert_eq!(InfoChangedEvent::message_from_v1_spool(&e.to_json()).unwrap(), e.to_message());
+        assert!(InfoChangedEvent::message_from_v1_spool(b"{\"schema_version\":1}").is_err());
     }
 }

@@ -98,12 +98,7 @@ pub struct Destroyed {
 impl Lifecycle {
     /// The value's `type`.
     pub fn type_name(&self) -> &'static str {
-        match self {
-            Lifecycle::Created(_) => "created",
-            Lifecycle::OwnerChanged(_) => "owner_changed",
-            Lifecycle::Destroyed(_) => "destroyed",
-            Lifecycle::Snapshot(_) => "snapshot",
-        }
+        super::EventType::of_lifecycle(self).as_str()
     }
 
     /// The Tencent command the event comes from (the first input of its id).

@@ -4,7 +4,7 @@
 //! non-negative millisecond instant that formats as RFC 3339, an [`EventId`] is always derived the same
 //! way. The format is documented in docs/event.md and docs/group-change.schema.json.
 //!
-//! Two layouts share the topic: [`GroupChangeEvent`] (info_changed, schema version 1, unchanged since
+//! Two layouts share the topic: [`InfoChangedEvent`] (info_changed, schema version 1, unchanged since
 //! the first release) and [`LifecycleEvent`] (created, owner_changed, destroyed: schema version 2).
 //! [`GroupEvent`] is either, and is what the rest of the bridge handles. A snapshot adds a fifth
 //! lifecycle type ([`Snapshot`]) and a mark per partition ([`SnapshotCompleted`]).
@@ -14,7 +14,7 @@ mod ids;
 mod lifecycle;
 mod snapshot;
 
-pub use event::{Changes, GroupChangeEvent, CE_TYPE, SCHEMA_VERSION};
+pub use event::{Changes, GroupChangeEvent, InfoChangedEvent, CE_TYPE, INFO_CHANGED_SCHEMA_VERSION};
 pub use ids::{EventId, EventTime, GroupId, InvalidValue, SdkAppId, UserId};
 pub use lifecycle::{
     Created, CustomFields, Destroyed, EventHead, Lifecycle, LifecycleEvent, OwnerChanged,
@@ -44,28 +44,6 @@ impl EventType {
         EventType::Snapshot,
     ];
 
-    /// The value's `type` (absent from info_changed values, which keep their version 1 layout).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventType::Created => "created",
-            EventType::InfoChanged => "info_changed",
-            EventType::OwnerChanged => "owner_changed",
-            EventType::Destroyed => "destroyed",
-            EventType::Snapshot => "snapshot",
-        }
-    }
-
-    /// The `ce_type` header: `com.tencentcloud.im.group.<type>`.
-    pub fn ce_type(self) -> &'static str {
-        match self {
-            EventType::Created => "com.tencentcloud.im.group.created",
-            EventType::InfoChanged => CE_TYPE,
-            EventType::OwnerChanged => "com.tencentcloud.im.group.owner_changed",
-            EventType::Destroyed => "com.tencentcloud.im.group.destroyed",
-            EventType::Snapshot => "com.tencentcloud.im.group.snapshot",
-        }
-    }
-
     fn of_lifecycle(l: &Lifecycle) -> Self {
         match l {
             Lifecycle::Created(_) => EventType::Created,
@@ -76,10 +54,39 @@ impl EventType {
     }
 }
 
+/// Each type's name, written once: it is the value's `type` and the end of the `ce_type` header.
+macro_rules! event_type_names {
+    ($($variant:ident => $name:literal,)*) => {
+        impl EventType {
+            /// The value's `type` (absent from info_changed values, which keep their version 1 layout).
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(EventType::$variant => $name,)*
+                }
+            }
+
+            /// The `ce_type` header: `com.tencentcloud.im.group.<type>`.
+            pub const fn ce_type(self) -> &'static str {
+                match self {
+                    $(EventType::$variant => concat!("com.tencentcloud.im.group.", $name),)*
+                }
+            }
+        }
+    };
+}
+
+event_type_names! {
+    Created => "created",
+    InfoChanged => "info_changed",
+    OwnerChanged => "owner_changed",
+    Destroyed => "destroyed",
+    Snapshot => "snapshot",
+}
+
 /// One event as published: either layout.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GroupEvent {
-    InfoChanged(GroupChangeEvent),
+    InfoChanged(InfoChangedEvent),
     Lifecycle(LifecycleEvent),
 }
 
@@ -110,7 +117,7 @@ impl GroupEvent {
     }
 
     /// The info_changed event, if this is one.
-    pub fn as_info_changed(&self) -> Option<&GroupChangeEvent> {
+    pub fn as_info_changed(&self) -> Option<&InfoChangedEvent> {
         match self {
             GroupEvent::InfoChanged(e) => Some(e),
             GroupEvent::Lifecycle(_) => None,
@@ -141,15 +148,15 @@ impl GroupEvent {
         }
         let v: Version = serde_json::from_slice(bytes)?;
         match v.schema_version {
-            SCHEMA_VERSION => GroupChangeEvent::from_json(bytes).map(GroupEvent::InfoChanged),
+            INFO_CHANGED_SCHEMA_VERSION => InfoChangedEvent::from_json(bytes).map(GroupEvent::InfoChanged),
             LIFECYCLE_SCHEMA_VERSION => serde_json::from_slice(bytes).map(GroupEvent::Lifecycle),
             other => Err(serde::de::Error::custom(format!("schema_version {other} is unknown"))),
         }
     }
 }
 
-impl From<GroupChangeEvent> for GroupEvent {
-    fn from(e: GroupChangeEvent) -> Self {
+impl From<InfoChangedEvent> for GroupEvent {
+    fn from(e: InfoChangedEvent) -> Self {
         GroupEvent::InfoChanged(e)
     }
 }
@@ -157,5 +164,40 @@ impl From<GroupChangeEvent> for GroupEvent {
 impl From<LifecycleEvent> for GroupEvent {
     fn from(e: LifecycleEvent) -> Self {
         GroupEvent::Lifecycle(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The names the code gives the event types are the ones the published schema documents: each has
+    /// its branch in `$defs` (info_changed's has no `type`: its layout is version 1's), every other
+    /// branch says its name as `type`'s constant, and the schema has no event type the code lacks.
+    #[test]
+    fn every_event_type_is_named_as_docs_group_change_schema_json_names_it() {
+        let schema: serde_json::Value =
+            serde_json::from_str(include_str!("../../docs/group-change.schema.json")).unwrap();
+        let defs = &schema["$defs"];
+        for t in EventType::ALL {
+            let name = t.as_str();
+            assert!(defs[name].is_object(), "the schema has no branch for {name}");
+            let constant = defs[name]["properties"]["type"]["const"].as_str();
+            let expected = if t == EventType::InfoChanged { None } else { Some(name) };
+            assert_eq!(constant, expected, "{name}");
+            assert_eq!(t.ce_type(), format!("com.tencentcloud.im.group.{name}"));
+        }
+        let mut branches: Vec<&str> = schema["oneOf"]
+            .as_array()
+            .expect("the schema is a oneOf")
+            .iter()
+            .map(|b| b["$ref"].as_str().unwrap().trim_start_matches("#/$defs/"))
+            .collect();
+        let mut named: Vec<&str> = EventType::ALL.iter().map(|t| t.as_str()).collect();
+        named.push("snapshot_completed");
+        branches.sort_unstable();
+        named.sort_unstable();
+        assert_eq!(branches, named);
+        assert_eq!(CE_TYPE, "com.tencentcloud.im.group.info_changed");
     }
 }

@@ -1,11 +1,15 @@
 //! HTTP routes. The webhook listener serves the webhook and a FAIL envelope for everything else; the
 //! admin listener serves liveness, readiness, metrics and the status page.
 
+mod fallback;
 mod health;
+mod metrics;
 mod status;
 mod webhook;
 
-pub use health::{admin_not_found, healthz, metrics, not_found, readyz};
+pub use fallback::{admin_not_found, not_found};
+pub use health::{healthz, readyz};
+pub use metrics::metrics;
 pub use status::{status_json, status_page};
 pub use webhook::{method_not_allowed, webhook, WebhookError, WebhookState};
 

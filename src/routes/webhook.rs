@@ -9,7 +9,7 @@ use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use futures_util::StreamExt;
 
 use crate::domain::GroupEvent;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, WebhookOutcome};
 use crate::pipeline::{Pipeline, PipelineError};
 use crate::relay::{Answer, Relay, RelayError};
 use crate::spool::SpoolError;
@@ -24,7 +24,7 @@ pub struct WebhookState {
     /// the server's limits against slow clients, set with the others at startup.
     pub body_timeout: Duration,
     pub pipeline: Pipeline,
-    /// `BRIDGE_FORWARD_URL`: where commands not published go; `None` answers them OK here.
+    /// `BRIDGE_RELAY_URL`: where commands not published go; `None` answers them OK here.
     pub relay: Option<Relay>,
 }
 
@@ -38,25 +38,26 @@ enum Answered {
     /// A command not published, answered with the allow envelope.
     Ignored { command: String },
     /// A command not published, relayed; the handler's answer goes back as it is.
-    Forwarded { command: String, answer: Answer },
+    Relayed { command: String, answer: Answer },
     /// A command not published whose relay failed; answered with the allow envelope.
-    ForwardFailed { command: String, error: RelayError },
+    RelayFailed { command: String, error: RelayError },
 }
 
 impl Answered {
     /// The `outcome` label of `bridge_webhooks_total`.
     fn outcome(&self) -> &'static str {
         match self {
-            Answered::Accepted(_) => "accepted",
-            Answered::Ignored { .. } => "ignored_command",
-            Answered::Forwarded { .. } => "forwarded",
-            Answered::ForwardFailed { .. } => "forward_failed",
+            Answered::Accepted(_) => WebhookOutcome::Accepted,
+            Answered::Ignored { .. } => WebhookOutcome::IgnoredCommand,
+            Answered::Relayed { .. } => WebhookOutcome::Relayed,
+            Answered::RelayFailed { .. } => WebhookOutcome::RelayFailed,
         }
+        .as_str()
     }
 
     fn response(self) -> HttpResponse {
         match self {
-            Answered::Forwarded { answer, .. } => {
+            Answered::Relayed { answer, .. } => {
                 let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
                 let mut response = HttpResponse::build(status);
                 if let Some(ct) = answer.content_type {
@@ -106,19 +107,20 @@ impl WebhookError {
 
     /// The `outcome` label of `bridge_webhooks_total`.
     pub fn outcome(&self) -> &'static str {
-        match self {
-            WebhookError::Refused(r) => r.outcome(),
-            WebhookError::Body(_) | WebhookError::Method => "bad_request",
-            WebhookError::BodyTimeout(_) => "body_timeout",
+        let outcome = match self {
+            WebhookError::Refused(r) => return r.outcome(),
+            WebhookError::Body(_) | WebhookError::Method => WebhookOutcome::BadRequest,
+            WebhookError::BodyTimeout(_) => WebhookOutcome::BodyTimeout,
             WebhookError::Pipeline(e) => match e {
-                PipelineError::Unencodable(_) => "bad_request",
-                PipelineError::Spool(e) if e.is_full() => "spool_full",
-                PipelineError::Spool(SpoolError::Busy { .. }) => "spool_busy",
-                PipelineError::TooLargeForTopic { .. } => "too_large",
-                PipelineError::Spool(_) => "spool_error",
-                PipelineError::Kafka(_) | PipelineError::KafkaTimeout(_) => "kafka_unavailable",
+                PipelineError::Unencodable(_) => WebhookOutcome::BadRequest,
+                PipelineError::Spool(e) if e.is_full() => WebhookOutcome::SpoolFull,
+                PipelineError::Spool(SpoolError::Busy { .. }) => WebhookOutcome::SpoolBusy,
+                PipelineError::TooLargeForTopic { .. } => WebhookOutcome::TooLarge,
+                PipelineError::Spool(_) => WebhookOutcome::SpoolError,
+                PipelineError::Kafka(_) | PipelineError::KafkaTimeout(_) => WebhookOutcome::KafkaUnavailable,
             },
-        }
+        };
+        outcome.as_str()
     }
 
     /// What the caller reads in `ErrorInfo`.
@@ -192,10 +194,10 @@ pub async fn webhook(
         Ok(Answered::Ignored { command }) => {
             tracing::debug!(outcome, command, "command not published; answered OK");
         }
-        Ok(Answered::Forwarded { command, answer }) => {
+        Ok(Answered::Relayed { command, answer }) => {
             tracing::debug!(outcome, command, status = answer.status, "command not published; relayed");
         }
-        Ok(Answered::ForwardFailed { command, error }) => {
+        Ok(Answered::RelayFailed { command, error }) => {
             tracing::warn!(outcome, command, reason = %error, "command not published; relay failed, answered OK");
         }
         Err(e) => {
@@ -233,8 +235,8 @@ async fn accept(
             let content_type =
                 req.headers().get(actix_web::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
             return Ok(match relay.relay(req.query_string(), content_type, body, arrived).await {
-                Ok(answer) => Answered::Forwarded { command, answer },
-                Err(error) => Answered::ForwardFailed { command, error },
+                Ok(answer) => Answered::Relayed { command, answer },
+                Err(error) => Answered::RelayFailed { command, error },
             });
         }
     };

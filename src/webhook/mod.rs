@@ -27,7 +27,7 @@ pub use envelope::Envelope;
 pub use query::CallbackQuery;
 pub use signature::{sign, CallbackToken};
 
-use crate::domain::{EventHead, GroupChangeEvent, GroupEvent, LifecycleEvent, SdkAppId};
+use crate::domain::{EventHead, GroupEvent, InfoChangedEvent, LifecycleEvent, SdkAppId};
 use payload::{Body, Detail};
 
 /// What to do with an authenticated webhook, by its command.
@@ -152,12 +152,14 @@ impl Refusal {
 
     /// A short, stable name for metrics and logs (`bridge_webhooks_total{outcome}`).
     pub fn outcome(&self) -> &'static str {
+        use crate::metrics::WebhookOutcome;
         match self.status() {
-            403 => "rejected_app",
-            401 => "rejected_sign",
-            413 => "too_large",
-            _ => "bad_request",
+            403 => WebhookOutcome::RejectedApp,
+            401 => WebhookOutcome::RejectedSign,
+            413 => WebhookOutcome::TooLarge,
+            _ => WebhookOutcome::BadRequest,
         }
+        .as_str()
     }
 }
 
@@ -215,7 +217,7 @@ impl Verifier {
         let app = SdkAppId::parse(query.sdk_app_id.as_deref().unwrap_or_default())
             .map_err(|_| Refusal::MissingAppId)?;
         Ok(match body.detail {
-            Detail::InfoChanged(changes) => GroupChangeEvent::new(
+            Detail::InfoChanged(changes) => InfoChangedEvent::new(
                 app,
                 body.group_id,
                 body.group_type,
