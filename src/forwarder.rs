@@ -725,11 +725,7 @@ impl Forwarder {
         b.clock.answered_at_last_check = false;
         match result {
             Ok(()) if state.counts(m.seq) => {
-                let metrics = self.publisher.metrics();
-                let now = crate::now_ms();
-                metrics.kafka_delivered.inc();
-                metrics.kafka_delivery_seconds.observe((now - m.received_at_ms).max(0) as f64 / 1e3);
-                metrics.event_age_seconds.observe((now - m.event_time_ms).max(0) as f64 / 1e3);
+                self.publisher.metrics().delivered(m.received_at_ms, m.event_time_ms);
                 b.acked = m.seq;
                 b.retry.backoff = MIN_BACKOFF;
                 b.retry.fatal_in_a_row = 0;

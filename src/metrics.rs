@@ -57,6 +57,15 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// An event Kafka acknowledged: counted, with its delivery time (since it was received) and its
+    /// age (since Tencent's EventTime).
+    pub fn delivered(&self, received_at_ms: i64, event_time_ms: i64) {
+        let now = crate::now_ms();
+        self.kafka_delivered.inc();
+        self.kafka_delivery_seconds.observe((now - received_at_ms).max(0) as f64 / 1e3);
+        self.event_age_seconds.observe((now - event_time_ms).max(0) as f64 / 1e3);
+    }
+
     pub fn new() -> Self {
         let registry = Registry::new();
         macro_rules! reg {

@@ -64,11 +64,7 @@ impl Pipeline {
                 let pending = publisher.send(&message).map_err(PipelineError::Kafka)?;
                 match tokio::time::timeout(*timeout, pending).await {
                     Ok(Ok(_)) => {
-                        let m = publisher.metrics();
-                        let now = crate::now_ms();
-                        m.kafka_delivered.inc();
-                        m.kafka_delivery_seconds.observe((now - message.received_at_ms).max(0) as f64 / 1e3);
-                        m.event_age_seconds.observe((now - message.event_time_ms).max(0) as f64 / 1e3);
+                        publisher.metrics().delivered(message.received_at_ms, message.event_time_ms);
                         Ok(())
                     }
                     Ok(Err(e)) => Err(PipelineError::Kafka(e)),

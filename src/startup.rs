@@ -142,7 +142,7 @@ impl Application {
                     publisher.clone(),
                     reports,
                     settings.kafka_stall,
-                    crate::domain::GroupChangeEvent::message_from_v1_spool,
+                    crate::domain::InfoChangedEvent::message_from_v1_spool,
                 );
                 let (stop, stop_rx) = watch::channel(None);
                 let running = ClearOnDrop(forwarder_running.clone());
@@ -448,7 +448,7 @@ pub async fn drain(settings: Settings, interrupt: impl Future<Output = ()>) -> R
         publisher.clone(),
         reports,
         settings.kafka_stall,
-        crate::domain::GroupChangeEvent::message_from_v1_spool,
+        crate::domain::InfoChangedEvent::message_from_v1_spool,
     );
     let start = progress.borrow().acked_seq;
     let (stop, stop_rx) = watch::channel(None);

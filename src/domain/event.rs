@@ -44,10 +44,6 @@ pub struct InfoChangedEvent {
     opt_platform: Option<String>,
 }
 
-/// The old name of [`InfoChangedEvent`], kept for the forwarder's decoding of version 1 spool records
-/// (`GroupChangeEvent::message_from_v1_spool`) until the forwarder takes the new name.
-pub type GroupChangeEvent = InfoChangedEvent;
-
 impl InfoChangedEvent {
     #[allow(clippy::too_many_arguments)]
     pub fn new(

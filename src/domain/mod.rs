@@ -14,7 +14,7 @@ mod ids;
 mod lifecycle;
 mod snapshot;
 
-pub use event::{Changes, GroupChangeEvent, InfoChangedEvent, CE_TYPE, INFO_CHANGED_SCHEMA_VERSION};
+pub use event::{Changes, InfoChangedEvent, CE_TYPE, INFO_CHANGED_SCHEMA_VERSION};
 pub use ids::{EventId, EventTime, GroupId, InvalidValue, SdkAppId, UserId};
 pub use lifecycle::{
     Created, CustomFields, Destroyed, EventHead, Lifecycle, LifecycleEvent, OwnerChanged,
