@@ -978,7 +978,7 @@ fn zero_filled(path: &Path, bytes: u64) -> io::Result<()> {
 }
 
 // The file operations below are where the failpoints sit, named `spool::<operation>`; a failpoint's
-// argument names the error (see `spool::injected`).
+// argument names the error (see `failpoints::injected`).
 
 /// Writes `buf` at `at`, the end of the segment's records (a zero-filled segment's file is longer).
 fn write_all(file: &mut File, buf: &[u8], at: u64) -> io::Result<()> {

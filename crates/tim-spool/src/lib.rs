@@ -1,9 +1,21 @@
-//! The durable spool between the webhook and Kafka.
+//! # tim-spool
+//!
+//! The durable spool between tim-kafka-bridge's webhook and Kafka: an append-only, checksummed log on
+//! disk, with its own configuration ([`SpoolConfig`]), instrumentation trait ([`SpoolObserver`]),
+//! tests and failpoints. The bridge depends on this crate, never the reverse: the spool knows nothing
+//! of events, Kafka or metric names; a record's payload is opaque bytes.
 //!
 //! Tencent waits 2 s for an answer and, by default, never retries an "after" webhook: an event answered
 //! OK and then lost is gone for good. So an accepted event is appended here, the answer goes out once
-//! the append is durable, and the [forwarder](crate::forwarder) publishes from here and forgets an event
-//! only after Kafka acknowledged it.
+//! the append is durable, and the bridge's forwarder publishes from here (through a [`SpoolReader`])
+//! and forgets an event ([`Spool::ack`]) only after Kafka acknowledged it.
+//!
+//! ## Layout
+//! - this file: the handle ([`Spool`]), its configuration, errors and counters;
+//! - [`record`]: the on-disk record, apart from any file I/O;
+//! - `writer`: the writer thread (group commit, rolling, acknowledgements, recovery at start);
+//! - `reader`: the forwarder's cursor over the segments;
+//! - `failpoints`: the `failpoints` feature's fault injection in the file I/O.
 //!
 //! ## Layout on disk
 //! - `NNNNNNNNNNNNNNNNNNNN.seg`: segment files named by the sequence number of their first record, each
@@ -46,6 +58,9 @@
 //! See docs/architecture.md: the spool is a FIFO log, and the two crash guarantees of the `interval`
 //! and `never` modes (survive `kill -9` without fsync) need a plain `write(2)` per batch.
 
+// The macro first: the modules below use it.
+#[macro_use]
+mod failpoints;
 mod reader;
 pub mod record;
 mod writer;
@@ -59,6 +74,10 @@ use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
 
+#[cfg(feature = "failpoints")]
+pub use failpoints::injected;
+#[cfg(all(test, feature = "failpoints"))]
+use failpoints::Faults;
 pub use reader::{SpoolReader, SpooledRecord};
 
 /// Errors at the spool's boundary.
@@ -260,12 +279,12 @@ impl Spool {
         let w = writer::Writer::new(config, recovered, committed_tx, stats.clone())?;
         stats.writer_running.store(true, Ordering::Relaxed);
         #[cfg(all(test, feature = "failpoints"))]
-        let faults = crate::failpoints::here();
+        let faults = failpoints::here();
         let handle = std::thread::Builder::new()
             .name("spool-writer".into())
             .spawn(move || {
                 #[cfg(all(test, feature = "failpoints"))]
-                crate::failpoints::enable_here(faults);
+                failpoints::enable_here(faults);
                 w.run(rx)
             })
             .map_err(SpoolError::Io)?;
@@ -347,47 +366,6 @@ impl Spool {
             return Err("the spool writer thread has stopped".to_owned());
         }
         Ok(())
-    }
-}
-
-/// An I/O error named by a failpoint's argument (`enospc`, `eio`, `emfile`; anything else is `EIO`),
-/// so tests inject the errors a real disk returns.
-#[cfg(feature = "failpoints")]
-pub(crate) fn injected(arg: Option<String>) -> std::io::Error {
-    let errno = match arg.as_deref() {
-        Some("enospc") => 28,
-        Some("emfile") => 24,
-        Some("edquot") => 122,
-        _ => 5,
-    };
-    std::io::Error::from_raw_os_error(errno)
-}
-
-/// For unit tests: failpoints set as `FAILPOINTS` would set them, until the guard is dropped, firing
-/// on the test's thread and on the spool writers it starts only (see [`crate::failpoints`]). The
-/// tests holding one run one at a time.
-#[cfg(all(test, feature = "failpoints"))]
-pub(crate) struct Faults(Option<fail::FailScenario<'static>>);
-
-#[cfg(all(test, feature = "failpoints"))]
-impl Faults {
-    pub(crate) fn set(points: &[(&str, &str)]) -> Self {
-        let scenario = fail::FailScenario::setup();
-        for (name, actions) in points {
-            fail::cfg(*name, actions).unwrap();
-        }
-        crate::failpoints::enable_here(true);
-        Faults(Some(scenario))
-    }
-}
-
-#[cfg(all(test, feature = "failpoints"))]
-impl Drop for Faults {
-    fn drop(&mut self) {
-        crate::failpoints::enable_here(false);
-        if let Some(scenario) = self.0.take() {
-            scenario.teardown();
-        }
     }
 }
 
