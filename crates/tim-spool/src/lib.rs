@@ -13,6 +13,7 @@
 //! ## Layout
 //! - this file: the handle ([`Spool`]), its configuration, errors and counters;
 //! - [`record`]: the on-disk record, apart from any file I/O;
+//! - `segment`: segment files (naming, listing) and the damage report, shared by reader and writer;
 //! - `writer`: the writer thread (group commit, rolling, acknowledgements, recovery at start);
 //! - `reader`: the forwarder's cursor over the segments;
 //! - `failpoints`: the `failpoints` feature's fault injection in the file I/O.
@@ -63,6 +64,7 @@
 mod failpoints;
 mod reader;
 pub mod record;
+mod segment;
 mod writer;
 
 use std::collections::HashSet;
@@ -529,7 +531,7 @@ mod tests {
             spool.append(format!("event {i}").into_bytes()).await.unwrap();
         }
         // Bit rot in record 20 after the spool was opened: the reader finds it, not recovery.
-        let seg = writer::list_segments(dir.path()).unwrap().remove(0).1;
+        let seg = segment::list_segments(dir.path()).unwrap().remove(0).1;
         let mut bytes = std::fs::read(&seg).unwrap();
         let at = (0..19).fold(0, |at, _| at + record::frame_at(&bytes, at).unwrap().size());
         bytes[at + record::HEADER_LEN + 1] ^= 1;
@@ -569,7 +571,7 @@ mod tests {
         }
         let committed = *spool.committed().borrow();
         // Bytes of a write in progress (or one that will fail) after the committed end.
-        let seg = writer::list_segments(dir.path()).unwrap().remove(0).1;
+        let seg = segment::list_segments(dir.path()).unwrap().remove(0).1;
         let mut stray = Vec::new();
         record::encode(11, b"not committed", &mut stray);
         std::fs::OpenOptions::new().append(true).open(&seg).unwrap().write_all(&stray).unwrap();
@@ -667,7 +669,7 @@ mod tests {
             spool.append(vec![b'a' + (i % 26) as u8; 400]).await.unwrap();
         }
         close((spool, thread));
-        let segs = writer::list_segments(dir.path()).unwrap();
+        let segs = segment::list_segments(dir.path()).unwrap();
         assert!(segs.len() >= 3, "{segs:?}");
         let (second, next) = (segs[1].0, segs[2].0);
         let len = std::fs::metadata(&segs[1].1).unwrap().len() as usize;
@@ -709,7 +711,7 @@ mod tests {
         for i in 0..5u8 {
             spool.append(vec![i; 100]).await.unwrap();
         }
-        let segs = writer::list_segments(dir.path()).unwrap();
+        let segs = segment::list_segments(dir.path()).unwrap();
         assert_eq!(segs.len(), 1);
         let written = 5 * (record::HEADER_LEN as u64 + 100);
         assert_eq!(
@@ -757,7 +759,7 @@ mod tests {
         for seq in 1..=40u64 {
             record::encode(seq, &[b'e'; 300], &mut bytes);
         }
-        let segment = writer::segment_path(dir.path(), 1);
+        let segment = segment::segment_path(dir.path(), 1);
         std::fs::write(&segment, &bytes).unwrap();
         // The block at 4096..8192 fails on every try: a bad sector. Its records (and the ones that
         // straddle its edges) are lost, about 14 of these 320-byte ones.
@@ -805,7 +807,7 @@ mod tests {
             record::encode(11, &[b'x'; 200], &mut torn);
             bytes.extend_from_slice(&torn[..torn_at]);
             bytes.resize(config().segment_bytes() as usize, 0);
-            let segment = writer::segment_path(dir.path(), 1);
+            let segment = segment::segment_path(dir.path(), 1);
             std::fs::write(&segment, &bytes).unwrap();
 
             let (spool, thread) = Spool::open(config()).unwrap();
@@ -845,7 +847,7 @@ mod tests {
         let segment = config.segment_bytes();
         let (spool, thread) = Spool::open(config).unwrap();
         spool.append(vec![1; 100]).await.unwrap();
-        let segs = writer::list_segments(dir.path()).unwrap();
+        let segs = segment::list_segments(dir.path()).unwrap();
         let written = record::HEADER_LEN as u64 + 100;
         assert_eq!(std::fs::metadata(&segs[0].1).unwrap().len(), written, "a new file, not the old spare");
         // A spare of this run's size is prepared in its place.
