@@ -15,7 +15,7 @@
 //! - [`pipeline`]: where an accepted event goes before the webhook is answered: the spool, or (sync
 //!   delivery) Kafka itself.
 //! - [`spool`]: the durable, checksummed on-disk log an event is written to before the webhook is
-//!   answered.
+//!   answered: the `tim-spool` crate (crates/tim-spool), re-exported here.
 //! - [`forwarder`]: spool → Kafka, in order, acknowledging the spool only after Kafka acknowledged.
 //! - [`publisher`]: the Kafka producer and the verdict on each delivery (retry, or dead-letter).
 //!
@@ -31,7 +31,8 @@
 
 /// `fail::fail_point!` when built with the `failpoints` feature (the test suite turns it on), nothing
 /// otherwise: the release build carries no failpoint. In the library's own unit tests a failpoint fires
-/// only on the threads a test opted in ([`failpoints`]).
+/// only on the threads a test opted in ([`failpoints`]). The spool's failpoints are the `tim-spool`
+/// crate's (its own `failpoints` feature, which this crate's turns on).
 macro_rules! failpoint {
     ($name:expr) => {
         #[cfg(feature = "failpoints")]
@@ -43,11 +44,16 @@ macro_rules! failpoint {
     };
 }
 
-/// Where failpoints fire. A bridge built with the `failpoints` feature (the integration tests set them
-/// per process through `FAILPOINTS`) fires them on every thread. The library's unit tests run side by
-/// side in one process, where `fail`'s configuration is global: there a failpoint fires only on a
-/// thread that opted in (`enable_here`) and on the spool writer such a thread starts, so a test that
-/// injects a fault trips no other test.
+/// Where this crate's failpoints fire. A bridge built with the `failpoints` feature (the integration
+/// tests set them per process through `FAILPOINTS`) fires them on every thread. The library's unit
+/// tests run side by side in one process, where `fail`'s configuration is global: there a failpoint
+/// fires only on a thread that opted in (`enable_here`), so a test that injects a fault trips no other
+/// test.
+///
+/// The spool's failpoints (`spool::*`) are `tim_spool`'s, which scopes them the same way in its own
+/// unit tests. This module cannot be that one: `cfg(test)` holds only for the crate under test, so
+/// `tim_spool`'s copy fires on every thread here, as in a binary. No unit test of this crate sets a
+/// spool failpoint; those tests live with the spool.
 #[cfg(feature = "failpoints")]
 pub(crate) mod failpoints {
     #[cfg(test)]
@@ -70,8 +76,10 @@ pub(crate) mod failpoints {
         }
     }
 
-    /// Lets failpoints fire on this thread (and on the spool writers it starts), or no longer.
+    /// Lets this crate's failpoints fire on this thread, or no longer. No unit test here sets one
+    /// today; the first that does opts its thread in with this.
     #[cfg(test)]
+    #[allow(dead_code)]
     pub(crate) fn enable_here(on: bool) {
         HERE.with(|h| h.set(on));
     }
@@ -94,7 +102,8 @@ pub mod relay;
 pub mod routes;
 pub mod shutdown;
 pub mod snapshot;
-pub mod spool;
+/// The durable spool: the `tim-spool` crate (crates/tim-spool), under its old path.
+pub use tim_spool as spool;
 pub mod startup;
 pub mod status;
 pub mod telemetry;

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use super::record::{self, frame_at, resync, HEADER_LEN};
+use super::segment::{list_segments, report_damage, segment_path};
 use super::{Command, Committed, Damage, FsyncMode, SpoolConfig, SpoolError, SpoolStats};
 
 /// At most this many commands are folded into one group commit, so one batch's answers never wait
@@ -68,28 +69,6 @@ pub(super) struct Recovered {
     /// Held (locked) for as long as the writer lives.
     pub lock: File,
     pub damage: Damage,
-}
-
-pub(super) fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
-    dir.join(format!("{first_seq:020}.seg"))
-}
-
-/// The segments in `dir`, oldest first, by the sequence number in their names.
-pub(super) fn list_segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
-    let mut out = Vec::new();
-    for entry in fs::read_dir(dir)? {
-        let path = entry?.path();
-        let seq = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_suffix(".seg"))
-            .and_then(|n| n.parse::<u64>().ok());
-        if let Some(seq) = seq {
-            out.push((seq, path));
-        }
-    }
-    out.sort();
-    Ok(out)
 }
 
 /// What an ack slot records.
@@ -419,33 +398,6 @@ fn read_block_once(file: &File, buf: &mut [u8], offset: usize) -> io::Result<()>
         }
     }
     file.read_exact_at(buf, offset as u64)
-}
-
-/// One warning for a damaged stretch and the count of the records it cost (those not yet delivered).
-pub(super) fn report_damage(
-    stats: &SpoolStats,
-    segment: &dyn std::fmt::Display,
-    offset: u64,
-    bytes: usize,
-    lost_from: u64,
-    lost_to: u64,
-    delivered_upto: u64,
-) {
-    let lost = (lost_from.max(delivered_upto + 1)..=lost_to).count() as u64;
-    if lost == 0 {
-        tracing::info!(%segment, offset, bytes, "spool: damaged bytes among records already in Kafka; skipped");
-        return;
-    }
-    stats.corrupt_records.fetch_add(lost, Ordering::Relaxed);
-    tracing::error!(
-        %segment,
-        offset,
-        damaged_bytes = bytes,
-        lost_from_seq = lost_from.max(delivered_upto + 1),
-        lost_to_seq = lost_to,
-        lost_records = lost,
-        "spool: damaged record(s) cannot be read and are lost; reading resumes at the next valid record"
-    );
 }
 
 /// What went wrong with a batch's write.
@@ -980,7 +932,7 @@ fn zero_filled(path: &Path, bytes: u64) -> io::Result<()> {
 }
 
 // The file operations below are where the failpoints sit, named `spool::<operation>`; a failpoint's
-// argument names the error (see `spool::injected`).
+// argument names the error (see `failpoints::injected`).
 
 /// Writes `buf` at `at`, the end of the segment's records (a zero-filled segment's file is longer).
 fn write_all(file: &mut File, buf: &[u8], at: u64) -> io::Result<()> {

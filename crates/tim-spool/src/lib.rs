@@ -1,9 +1,22 @@
-//! The durable spool between the webhook and Kafka.
+//! # tim-spool
+//!
+//! The durable spool between tim-kafka-bridge's webhook and Kafka: an append-only, checksummed log on
+//! disk, with its own configuration ([`SpoolConfig`]), instrumentation trait ([`SpoolObserver`]),
+//! tests and failpoints. The bridge depends on this crate, never the reverse: the spool knows nothing
+//! of events, Kafka or metric names; a record's payload is opaque bytes.
 //!
 //! Tencent waits 2 s for an answer and, by default, never retries an "after" webhook: an event answered
 //! OK and then lost is gone for good. So an accepted event is appended here, the answer goes out once
-//! the append is durable, and the [forwarder](crate::forwarder) publishes from here and forgets an event
-//! only after Kafka acknowledged it.
+//! the append is durable, and the bridge's forwarder publishes from here (through a [`SpoolReader`])
+//! and forgets an event ([`Spool::ack`]) only after Kafka acknowledged it.
+//!
+//! ## Layout
+//! - this file: the handle ([`Spool`]), its configuration, errors and counters;
+//! - [`record`]: the on-disk record, apart from any file I/O;
+//! - `segment`: segment files (naming, listing) and the damage report, shared by reader and writer;
+//! - `writer`: the writer thread (group commit, rolling, acknowledgements, recovery at start);
+//! - `reader`: the forwarder's cursor over the segments;
+//! - `failpoints`: the `failpoints` feature's fault injection in the file I/O.
 //!
 //! ## Layout on disk
 //! - `NNNNNNNNNNNNNNNNNNNN.seg`: segment files named by the sequence number of their first record, each
@@ -46,8 +59,12 @@
 //! See docs/architecture.md: the spool is a FIFO log, and the two crash guarantees of the `interval`
 //! and `never` modes (survive `kill -9` without fsync) need a plain `write(2)` per batch.
 
+// The macro first: the modules below use it.
+#[macro_use]
+mod failpoints;
 mod reader;
 pub mod record;
+mod segment;
 mod writer;
 
 use std::collections::HashSet;
@@ -59,6 +76,10 @@ use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
 
+#[cfg(feature = "failpoints")]
+pub use failpoints::injected;
+#[cfg(all(test, feature = "failpoints"))]
+use failpoints::Faults;
 pub use reader::{SpoolReader, SpooledRecord};
 
 /// Errors at the spool's boundary.
@@ -260,12 +281,12 @@ impl Spool {
         let w = writer::Writer::new(config, recovered, committed_tx, stats.clone())?;
         stats.writer_running.store(true, Ordering::Relaxed);
         #[cfg(all(test, feature = "failpoints"))]
-        let faults = crate::failpoints::here();
+        let faults = failpoints::here();
         let handle = std::thread::Builder::new()
             .name("spool-writer".into())
             .spawn(move || {
                 #[cfg(all(test, feature = "failpoints"))]
-                crate::failpoints::enable_here(faults);
+                failpoints::enable_here(faults);
                 w.run(rx)
             })
             .map_err(SpoolError::Io)?;
@@ -347,47 +368,6 @@ impl Spool {
             return Err("the spool writer thread has stopped".to_owned());
         }
         Ok(())
-    }
-}
-
-/// An I/O error named by a failpoint's argument (`enospc`, `eio`, `emfile`; anything else is `EIO`),
-/// so tests inject the errors a real disk returns.
-#[cfg(feature = "failpoints")]
-pub(crate) fn injected(arg: Option<String>) -> std::io::Error {
-    let errno = match arg.as_deref() {
-        Some("enospc") => 28,
-        Some("emfile") => 24,
-        Some("edquot") => 122,
-        _ => 5,
-    };
-    std::io::Error::from_raw_os_error(errno)
-}
-
-/// For unit tests: failpoints set as `FAILPOINTS` would set them, until the guard is dropped, firing
-/// on the test's thread and on the spool writers it starts only (see [`crate::failpoints`]). The
-/// tests holding one run one at a time.
-#[cfg(all(test, feature = "failpoints"))]
-pub(crate) struct Faults(Option<fail::FailScenario<'static>>);
-
-#[cfg(all(test, feature = "failpoints"))]
-impl Faults {
-    pub(crate) fn set(points: &[(&str, &str)]) -> Self {
-        let scenario = fail::FailScenario::setup();
-        for (name, actions) in points {
-            fail::cfg(*name, actions).unwrap();
-        }
-        crate::failpoints::enable_here(true);
-        Faults(Some(scenario))
-    }
-}
-
-#[cfg(all(test, feature = "failpoints"))]
-impl Drop for Faults {
-    fn drop(&mut self) {
-        crate::failpoints::enable_here(false);
-        if let Some(scenario) = self.0.take() {
-            scenario.teardown();
-        }
     }
 }
 
@@ -551,7 +531,7 @@ mod tests {
             spool.append(format!("event {i}").into_bytes()).await.unwrap();
         }
         // Bit rot in record 20 after the spool was opened: the reader finds it, not recovery.
-        let seg = writer::list_segments(dir.path()).unwrap().remove(0).1;
+        let seg = segment::list_segments(dir.path()).unwrap().remove(0).1;
         let mut bytes = std::fs::read(&seg).unwrap();
         let at = (0..19).fold(0, |at, _| at + record::frame_at(&bytes, at).unwrap().size());
         bytes[at + record::HEADER_LEN + 1] ^= 1;
@@ -591,7 +571,7 @@ mod tests {
         }
         let committed = *spool.committed().borrow();
         // Bytes of a write in progress (or one that will fail) after the committed end.
-        let seg = writer::list_segments(dir.path()).unwrap().remove(0).1;
+        let seg = segment::list_segments(dir.path()).unwrap().remove(0).1;
         let mut stray = Vec::new();
         record::encode(11, b"not committed", &mut stray);
         std::fs::OpenOptions::new().append(true).open(&seg).unwrap().write_all(&stray).unwrap();
@@ -689,7 +669,7 @@ mod tests {
             spool.append(vec![b'a' + (i % 26) as u8; 400]).await.unwrap();
         }
         close((spool, thread));
-        let segs = writer::list_segments(dir.path()).unwrap();
+        let segs = segment::list_segments(dir.path()).unwrap();
         assert!(segs.len() >= 3, "{segs:?}");
         let (second, next) = (segs[1].0, segs[2].0);
         let len = std::fs::metadata(&segs[1].1).unwrap().len() as usize;
@@ -731,7 +711,7 @@ mod tests {
         for i in 0..5u8 {
             spool.append(vec![i; 100]).await.unwrap();
         }
-        let segs = writer::list_segments(dir.path()).unwrap();
+        let segs = segment::list_segments(dir.path()).unwrap();
         assert_eq!(segs.len(), 1);
         let written = 5 * (record::HEADER_LEN as u64 + 100);
         assert_eq!(
@@ -779,7 +759,7 @@ mod tests {
         for seq in 1..=40u64 {
             record::encode(seq, &[b'e'; 300], &mut bytes);
         }
-        let segment = writer::segment_path(dir.path(), 1);
+        let segment = segment::segment_path(dir.path(), 1);
         std::fs::write(&segment, &bytes).unwrap();
         // The block at 4096..8192 fails on every try: a bad sector. Its records (and the ones that
         // straddle its edges) are lost, about 14 of these 320-byte ones.
@@ -827,7 +807,7 @@ mod tests {
             record::encode(11, &[b'x'; 200], &mut torn);
             bytes.extend_from_slice(&torn[..torn_at]);
             bytes.resize(config().segment_bytes() as usize, 0);
-            let segment = writer::segment_path(dir.path(), 1);
+            let segment = segment::segment_path(dir.path(), 1);
             std::fs::write(&segment, &bytes).unwrap();
 
             let (spool, thread) = Spool::open(config()).unwrap();
@@ -867,7 +847,7 @@ mod tests {
         let segment = config.segment_bytes();
         let (spool, thread) = Spool::open(config).unwrap();
         spool.append(vec![1; 100]).await.unwrap();
-        let segs = writer::list_segments(dir.path()).unwrap();
+        let segs = segment::list_segments(dir.path()).unwrap();
         let written = record::HEADER_LEN as u64 + 100;
         assert_eq!(std::fs::metadata(&segs[0].1).unwrap().len(), written, "a new file, not the old spare");
         // A spare of this run's size is prepared in its place.

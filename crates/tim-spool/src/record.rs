@@ -8,7 +8,7 @@
 //!
 //! After damage, [`resync`] finds the next record whose header and checksum are valid and whose
 //! sequence number continues, so one bad record costs that record only. The payload is opaque here;
-//! what it holds is [`Message`](crate::message::Message)'s business.
+//! what it holds is the caller's business (the bridge spools a Kafka record).
 
 /// Bytes before the payload.
 pub const HEADER_LEN: usize = 16;

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::record::{resync, Header, HEADER_LEN};
-use super::writer::{list_segments, report_damage};
+use super::segment::{list_segments, report_damage, segment_path};
 use super::{Committed, Damage, SpoolStats};
 
 /// The read-ahead buffer: under the allocator's mmap threshold, as a segment is reopened often.
@@ -279,10 +279,6 @@ impl Open {
         take.set_limit(remaining);
         self.allowed = limit;
     }
-}
-
-fn segment_path(dir: &std::path::Path, first: u64) -> PathBuf {
-    super::writer::segment_path(dir, first)
 }
 
 fn open(path: &std::path::Path) -> io::Result<File> {
