@@ -640,7 +640,10 @@ impl Forwarder {
         if b.window.inflight[i].outcome.is_some() {
             return;
         }
-        if let (Some(n), Some(hash)) = (b.partitions, b.window.inflight[i].key_hash) {
+        // (Only a delivery says where a record went: a failure may come before it was partitioned.)
+        if let (Some(n), Some(hash), Outcome::Delivered) =
+            (b.partitions, b.window.inflight[i].key_hash, &report.outcome)
+        {
             if crate::partition::partition_of_hash(hash, n) != report.partition {
                 // The topic has more partitions than read: learn them again, and warm every one.
                 tracing::info!(partitions = n, "the topic's partition count changed");
