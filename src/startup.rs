@@ -129,34 +129,8 @@ impl Application {
         let (publisher, reports) = create_publisher(&settings, settings.delivery, metrics.clone()).await?;
 
         let forwarder_running = Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let (pipeline, spooling) = match settings.delivery {
-            DeliveryMode::Spool => {
-                let (spool, thread) = open_spool(&settings, Some(metrics.clone())).await?;
-                let pending = spool.pending_events();
-                if pending > 0 {
-                    tracing::info!(pending, "spool holds events from an earlier run; publishing them first");
-                }
-                let reports = reports.expect("spool mode has a report channel");
-                let (forwarder, progress) = Forwarder::new(
-                    spool.clone(),
-                    publisher.clone(),
-                    reports,
-                    settings.kafka_stall,
-                    crate::domain::InfoChangedEvent::message_from_v1_spool,
-                );
-                let (stop, stop_rx) = watch::channel(None);
-                let running = ClearOnDrop(forwarder_running.clone());
-                let forwarder = tokio::spawn(async move {
-                    let _running = running;
-                    forwarder.run(stop_rx).await
-                });
-                let pipeline = Pipeline::Spool { spool: spool.clone(), publisher: publisher.clone() };
-                (pipeline, Some(Spooling { spool, thread, forwarder, stop, progress }))
-            }
-            DeliveryMode::Sync { timeout } => {
-                (Pipeline::Sync { publisher: publisher.clone(), timeout }, None)
-            }
-        };
+        let (pipeline, spooling) =
+            start_spooling(&settings, &publisher, reports, &metrics, &forwarder_running).await?;
 
         let health = Arc::new(Health::new(
             metrics.clone(),
@@ -178,68 +152,8 @@ impl Application {
             relay,
             metrics.clone(),
         ));
-        let path = settings.webhook_path.clone();
-        let server = HttpServer::new(move || {
-            let metrics = metrics.clone();
-            App::new()
-                .wrap_fn(move |req, srv| {
-                    let started = std::time::Instant::now();
-                    let call = srv.call(req);
-                    let metrics = metrics.clone();
-                    async move {
-                        let res = call.await?;
-                        let route = res.request().match_pattern().unwrap_or_else(|| "unmatched".to_owned());
-                        metrics
-                            .http_request_duration_seconds
-                            .with_label_values(&[&route, res.status().as_str()])
-                            .observe(started.elapsed().as_secs_f64());
-                        Ok(res)
-                    }
-                })
-                .app_data(state.clone())
-                .service(
-                    web::resource(path.as_str())
-                        .route(web::post().to(routes::webhook))
-                        .default_service(web::to(routes::method_not_allowed)),
-                )
-                .default_service(web::to(routes::not_found))
-        })
-        .disable_signals()
-        .keep_alive(limits::KEEP_ALIVE)
-        .client_request_timeout(limits::HEADER_TIMEOUT)
-        .client_disconnect_timeout(Duration::from_secs(1))
-        .tls_handshake_timeout(limits::TLS_HANDSHAKE_TIMEOUT)
-        .max_connections(limits::MAX_CONNECTIONS_PER_WORKER)
-        .shutdown_timeout(settings.shutdown_grace.as_secs().max(1));
-        let server = match tls {
-            Some(config) => server.listen_rustls_0_23(listener, config),
-            None => server.listen(listener),
-        }
-        .map_err(StartupError::Server)?
-        .run();
-
-        // The admin listener is a server of its own rather than a second listener of the webhook's
-        // server routing by local port: its route table cannot leak onto the public port, it stays
-        // plain HTTP when the webhook is HTTPS, and its one worker answers a scrape or a liveness probe
-        // even while the webhook's workers are saturated by a flood or by idle connections.
-        let admin = HttpServer::new(move || {
-            App::new()
-                .app_data(health.clone())
-                .app_data(history.clone())
-                .route("/", web::get().to(routes::status_page))
-                .route("/status.json", web::get().to(routes::status_json))
-                .route("/healthz", web::get().to(routes::healthz))
-                .route("/readyz", web::get().to(routes::readyz))
-                .route("/metrics", web::get().to(routes::metrics))
-                .default_service(web::to(routes::admin_not_found))
-        })
-        .workers(1)
-        .disable_signals()
-        .client_request_timeout(limits::HEADER_TIMEOUT)
-        .shutdown_timeout(1)
-        .listen(admin_listener)
-        .map_err(StartupError::Server)?
-        .run();
+        let server = webhook_server(&settings, listener, tls, state, metrics)?;
+        let admin = admin_server(admin_listener, health, history)?;
 
         tracing::info!(
             address = %settings.listen.ip(),
@@ -384,6 +298,125 @@ impl Application {
             Some(e) => Err(e.into()),
         }
     }
+}
+
+/// The spool side, in spool mode: the spool opened (what an earlier run left recovered), the
+/// forwarder started on it; and the pipeline the webhook handler hands accepted events to.
+async fn start_spooling(
+    settings: &Settings,
+    publisher: &Arc<Publisher>,
+    reports: Option<tokio::sync::mpsc::UnboundedReceiver<crate::publisher::Report>>,
+    metrics: &Arc<Metrics>,
+    forwarder_running: &Arc<std::sync::atomic::AtomicBool>,
+) -> Result<(Pipeline, Option<Spooling>), StartupError> {
+    Ok(match settings.delivery {
+        DeliveryMode::Spool => {
+            let (spool, thread) = open_spool(settings, Some(metrics.clone())).await?;
+            let pending = spool.pending_events();
+            if pending > 0 {
+                tracing::info!(pending, "spool holds events from an earlier run; publishing them first");
+            }
+            let reports = reports.expect("spool mode has a report channel");
+            let (forwarder, progress) = Forwarder::new(
+                spool.clone(),
+                publisher.clone(),
+                reports,
+                settings.kafka_stall,
+                crate::domain::InfoChangedEvent::message_from_v1_spool,
+            );
+            let (stop, stop_rx) = watch::channel(None);
+            let running = ClearOnDrop(forwarder_running.clone());
+            let forwarder = tokio::spawn(async move {
+                let _running = running;
+                forwarder.run(stop_rx).await
+            });
+            let pipeline = Pipeline::Spool { spool: spool.clone(), publisher: publisher.clone() };
+            (pipeline, Some(Spooling { spool, thread, forwarder, stop, progress }))
+        }
+        DeliveryMode::Sync { timeout } => (Pipeline::Sync { publisher: publisher.clone(), timeout }, None),
+    })
+}
+
+/// The webhook listener's server: the webhook route, request metrics, and the limits that keep a
+/// flood or idle connections from taking it over.
+fn webhook_server(
+    settings: &Settings,
+    listener: TcpListener,
+    tls: Option<rustls::ServerConfig>,
+    state: web::Data<routes::WebhookState>,
+    metrics: Arc<Metrics>,
+) -> Result<Server, StartupError> {
+    let path = settings.webhook_path.clone();
+    let server = HttpServer::new(move || {
+        let metrics = metrics.clone();
+        App::new()
+            .wrap_fn(move |req, srv| {
+                let started = std::time::Instant::now();
+                let call = srv.call(req);
+                let metrics = metrics.clone();
+                async move {
+                    let res = call.await?;
+                    let route = res.request().match_pattern().unwrap_or_else(|| "unmatched".to_owned());
+                    metrics
+                        .http_request_duration_seconds
+                        .with_label_values(&[&route, res.status().as_str()])
+                        .observe(started.elapsed().as_secs_f64());
+                    Ok(res)
+                }
+            })
+            .app_data(state.clone())
+            .service(
+                web::resource(path.as_str())
+                    .route(web::post().to(routes::webhook))
+                    .default_service(web::to(routes::method_not_allowed)),
+            )
+            .default_service(web::to(routes::not_found))
+    })
+    .disable_signals()
+    .keep_alive(limits::KEEP_ALIVE)
+    .client_request_timeout(limits::HEADER_TIMEOUT)
+    .client_disconnect_timeout(Duration::from_secs(1))
+    .tls_handshake_timeout(limits::TLS_HANDSHAKE_TIMEOUT)
+    .max_connections(limits::MAX_CONNECTIONS_PER_WORKER)
+    .shutdown_timeout(settings.shutdown_grace.as_secs().max(1));
+    let server = match tls {
+        Some(config) => server.listen_rustls_0_23(listener, config),
+        None => server.listen(listener),
+    }
+    .map_err(StartupError::Server)?
+    .run();
+    Ok(server)
+}
+
+/// The admin listener's server: metrics, health and the status page.
+fn admin_server(
+    listener: TcpListener,
+    health: web::Data<Health>,
+    history: web::Data<History>,
+) -> Result<Server, StartupError> {
+    // The admin listener is a server of its own rather than a second listener of the webhook's
+    // server routing by local port: its route table cannot leak onto the public port, it stays
+    // plain HTTP when the webhook is HTTPS, and its one worker answers a scrape or a liveness probe
+    // even while the webhook's workers are saturated by a flood or by idle connections.
+    let admin = HttpServer::new(move || {
+        App::new()
+            .app_data(health.clone())
+            .app_data(history.clone())
+            .route("/", web::get().to(routes::status_page))
+            .route("/status.json", web::get().to(routes::status_json))
+            .route("/healthz", web::get().to(routes::healthz))
+            .route("/readyz", web::get().to(routes::readyz))
+            .route("/metrics", web::get().to(routes::metrics))
+            .default_service(web::to(routes::admin_not_found))
+    })
+    .workers(1)
+    .disable_signals()
+    .client_request_timeout(limits::HEADER_TIMEOUT)
+    .shutdown_timeout(1)
+    .listen(listener)
+    .map_err(StartupError::Server)?
+    .run();
+    Ok(admin)
 }
 
 /// The producer for `delivery`, with the topic's size and timestamp limits read (Kafka's defaults, and a
