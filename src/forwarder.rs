@@ -55,7 +55,7 @@ use rdkafka::Message as _;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::message::{read_spooled, Message, MessageRef};
+use crate::message::{read_spooled, KafkaRecord, KafkaRecordRef};
 use crate::publisher::{error_kind, Outcome, Pending, PublishError, Publisher, Report};
 use crate::quarantine::Quarantine;
 use crate::spool::{Committed, Spool, SpoolReader, SpooledRecord};
@@ -188,7 +188,7 @@ pub struct Forwarder {
 }
 
 /// Turns a record spooled in format 1 into a message (see [`read_spooled`]).
-pub type LegacyReader = fn(&[u8]) -> Result<Message, String>;
+pub type LegacyReader = fn(&[u8]) -> Result<KafkaRecord, String>;
 
 /// One record in flight: what the loop needs once its report arrives.
 struct InFlight {
@@ -209,7 +209,7 @@ struct InFlight {
 impl InFlight {
     /// A record Kafka acknowledged before (see `Books::delivered_ahead`), settled as delivered.
     fn already_delivered(record: &SpooledRecord) -> Self {
-        let (received_at_ms, event_time_ms) = match MessageRef::parse(&record.payload) {
+        let (received_at_ms, event_time_ms) = match KafkaRecordRef::parse(&record.payload) {
             Ok(m) => (m.received_at_ms, m.event_time_ms),
             Err(_) => (crate::now_ms(), crate::now_ms()),
         };
@@ -669,7 +669,7 @@ impl Forwarder {
             Outcome::Failed(e) => Err(e),
             Outcome::Refused(e, refused) if m.solo => {
                 let key = refused.key().unwrap_or_default().to_vec();
-                let record = Message {
+                let record = KafkaRecord {
                     key: key.clone(),
                     timestamp_ms: refused.timestamp().to_millis().unwrap_or(m.event_time_ms),
                     headers: refused
@@ -1034,7 +1034,7 @@ impl Forwarder {
                 let now = crate::now_ms();
                 tracing::error!(seq, error = %e, dlq_topic = self.publisher.dlq_topic(),
                     "spooled record is not one this version reads; sending it to the dead-letter topic as it is");
-                let raw = Message {
+                let raw = KafkaRecord {
                     key: Vec::new(),
                     timestamp_ms: now,
                     headers: Vec::new(),

@@ -1,7 +1,7 @@
-//! [`Message`]: a Kafka record as the bridge keeps it and sends it.
+//! [`KafkaRecord`]: a Kafka record as the bridge keeps it and sends it.
 //!
-//! The webhook handler turns an event into a `Message` once; the spool stores its
-//! [encoding](Message::encode) and the forwarder [reads](read_spooled) it and hands it to the
+//! The webhook handler turns an event into a `KafkaRecord` once; the spool stores its
+//! [encoding](KafkaRecord::encode) and the forwarder [reads](read_spooled) it and hands it to the
 //! publisher as it is. Nothing after the handler parses the event's JSON again: the key, timestamp and
 //! headers travel beside the value.
 //!
@@ -25,7 +25,7 @@ const FIXED: usize = 1 + 8 + 8 + 8 + 2;
 
 /// A Kafka record with the two instants the bridge measures its delivery by.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Message {
+pub struct KafkaRecord {
     /// The record key: every record of one key lands on one partition, in order.
     pub key: Vec<u8>,
     /// The record timestamp (ms since the epoch) the event asks for; the forwarder may replace it when
@@ -54,7 +54,7 @@ pub enum DecodeError {
     LegacyJson(String),
 }
 
-/// A field of a [`Message`] too long for its length prefix in the encoding.
+/// A field of a [`KafkaRecord`] too long for its length prefix in the encoding.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field} is {len} bytes; a spool record takes at most {max}")]
 pub struct TooLong {
@@ -64,7 +64,7 @@ pub struct TooLong {
     pub max: usize,
 }
 
-impl Message {
+impl KafkaRecord {
     /// Whether every length-prefixed field fits its prefix, so that [`encode`](Self::encode) can write
     /// the message. The bridge's events always do (a GroupId is at most 64 bytes, every other header
     /// value is derived from bounded values); the webhook handler checks anyway, and refuses with 400
@@ -141,15 +141,15 @@ impl Message {
     #[allow(clippy::result_large_err)]
     pub fn decode(
         bytes: Vec<u8>,
-        legacy: impl FnOnce(&[u8]) -> Result<Message, String>,
-    ) -> Result<Message, (DecodeError, Vec<u8>)> {
+        legacy: impl FnOnce(&[u8]) -> Result<KafkaRecord, String>,
+    ) -> Result<KafkaRecord, (DecodeError, Vec<u8>)> {
         let read = read_spooled(&bytes, legacy).map(|s| s.message().to_message());
         read.map_err(|e| (e, bytes))
     }
 
     /// The message, borrowed.
-    pub fn as_ref(&self) -> MessageRef<'_> {
-        MessageRef {
+    pub fn as_ref(&self) -> KafkaRecordRef<'_> {
+        KafkaRecordRef {
             key: &self.key,
             timestamp_ms: self.timestamp_ms,
             headers: Headers::Owned(&self.headers),
@@ -164,12 +164,12 @@ impl Message {
 /// version 1 record (the bare event JSON) by the caller's reader of that format.
 #[derive(Debug)]
 pub enum Spooled<'a> {
-    Current(MessageRef<'a>),
-    Legacy(Message),
+    Current(KafkaRecordRef<'a>),
+    Legacy(KafkaRecord),
 }
 
 impl Spooled<'_> {
-    pub fn message(&self) -> MessageRef<'_> {
+    pub fn message(&self) -> KafkaRecordRef<'_> {
         match self {
             Spooled::Current(m) => *m,
             Spooled::Legacy(m) => m.as_ref(),
@@ -182,19 +182,19 @@ impl Spooled<'_> {
 /// event's JSON). A record neither reads is for the dead-letter topic, whole.
 pub fn read_spooled<'a>(
     bytes: &'a [u8],
-    legacy: impl FnOnce(&[u8]) -> Result<Message, String>,
+    legacy: impl FnOnce(&[u8]) -> Result<KafkaRecord, String>,
 ) -> Result<Spooled<'a>, DecodeError> {
     if bytes.first() == Some(&b'{') {
         return legacy(bytes).map(Spooled::Legacy).map_err(DecodeError::LegacyJson);
     }
-    MessageRef::parse(bytes).map(Spooled::Current)
+    KafkaRecordRef::parse(bytes).map(Spooled::Current)
 }
 
-/// A message borrowed from its version 2 encoding (or from a [`Message`]): what the forwarder hands
+/// A message borrowed from its version 2 encoding (or from a [`KafkaRecord`]): what the forwarder hands
 /// to the publisher, which copies key, headers and value into librdkafka once. Reading a spooled
 /// record this way allocates nothing.
 #[derive(Debug, Clone, Copy)]
-pub struct MessageRef<'a> {
+pub struct KafkaRecordRef<'a> {
     pub key: &'a [u8],
     pub timestamp_ms: i64,
     headers: Headers<'a>,
@@ -211,9 +211,9 @@ enum Headers<'a> {
     Owned(&'a [(Text, Text)]),
 }
 
-impl<'a> MessageRef<'a> {
+impl<'a> KafkaRecordRef<'a> {
     /// Reads a version 2 encoding (a version 1 record is for [`read_spooled`]).
-    pub fn parse(bytes: &'a [u8]) -> Result<MessageRef<'a>, DecodeError> {
+    pub fn parse(bytes: &'a [u8]) -> Result<KafkaRecordRef<'a>, DecodeError> {
         match bytes.first() {
             None => return Err(DecodeError::Empty),
             Some(&V2) => {}
@@ -235,7 +235,14 @@ impl<'a> MessageRef<'a> {
             r.str(v)?;
         }
         let headers = Headers::Encoded(&bytes[start..r.at], count);
-        Ok(MessageRef { key, timestamp_ms, headers, value: &bytes[r.at..], received_at_ms, event_time_ms })
+        Ok(KafkaRecordRef {
+            key,
+            timestamp_ms,
+            headers,
+            value: &bytes[r.at..],
+            received_at_ms,
+            event_time_ms,
+        })
     }
 
     /// The headers, in order.
@@ -256,8 +263,8 @@ impl<'a> MessageRef<'a> {
     }
 
     /// An owned copy.
-    pub fn to_message(&self) -> Message {
-        Message {
+    pub fn to_message(&self) -> KafkaRecord {
+        KafkaRecord {
             key: self.key.to_vec(),
             timestamp_ms: self.timestamp_ms,
             headers: self
@@ -310,8 +317,8 @@ impl<'a> Cursor<'a> {
 mod tests {
     use super::*;
 
-    fn sample() -> Message {
-        Message {
+    fn sample() -> KafkaRecord {
+        KafkaRecord {
             key: b"@TGS#2J4SZEAEL".to_vec(),
             timestamp_ms: 1_670_574_414_123,
             headers: vec![("ce_id".into(), "abc".into()), ("content-type".into(), "application/json".into())],
@@ -321,7 +328,7 @@ mod tests {
         }
     }
 
-    fn no_legacy(_: &[u8]) -> Result<Message, String> {
+    fn no_legacy(_: &[u8]) -> Result<KafkaRecord, String> {
         Err("not expected".into())
     }
 
@@ -330,49 +337,53 @@ mod tests {
         let m = sample();
         let bytes = m.to_bytes();
         assert_eq!(bytes.len(), m.encoded_len());
-        assert_eq!(Message::decode(bytes, no_legacy).unwrap(), m);
+        assert_eq!(KafkaRecord::decode(bytes, no_legacy).unwrap(), m);
     }
 
     #[test]
     fn the_borrowed_view_reads_what_the_owned_decode_reads() {
         let m = sample();
         let bytes = m.to_bytes();
-        let view = MessageRef::parse(&bytes).unwrap();
+        let view = KafkaRecordRef::parse(&bytes).unwrap();
         assert_eq!(view.to_message(), m);
         assert_eq!(view.header_count(), 2);
         assert_eq!(view.headers().collect::<Vec<_>>(), m.as_ref().headers().collect::<Vec<_>>());
         assert_eq!(view.value, &m.value[..]);
-        assert!(matches!(MessageRef::parse(b"{}"), Err(DecodeError::LegacyJson(_))));
-        let bad_utf8 = Message { headers: vec![("n".into(), "\u{e9}".into())], ..sample() }.to_bytes();
+        assert!(matches!(KafkaRecordRef::parse(b"{}"), Err(DecodeError::LegacyJson(_))));
+        let bad_utf8 = KafkaRecord { headers: vec![("n".into(), "\u{e9}".into())], ..sample() }.to_bytes();
         let at = bad_utf8.windows(2).position(|w| w == "\u{e9}".as_bytes()).unwrap();
         let mut broken = bad_utf8.clone();
         broken[at + 1] = 0xff;
-        assert_eq!(MessageRef::parse(&broken).unwrap_err(), DecodeError::Malformed("a header is not UTF-8"));
+        assert_eq!(
+            KafkaRecordRef::parse(&broken).unwrap_err(),
+            DecodeError::Malformed("a header is not UTF-8")
+        );
     }
 
     #[test]
     fn a_field_too_long_for_its_length_prefix_is_named_by_check() {
         assert_eq!(sample().check(), Ok(()));
-        let at_most = Message { key: vec![b'k'; 65_535], ..sample() };
+        let at_most = KafkaRecord { key: vec![b'k'; 65_535], ..sample() };
         assert_eq!(at_most.check(), Ok(()));
-        Message::decode(at_most.to_bytes(), no_legacy).unwrap();
-        let key = Message { key: vec![b'k'; 65_536], ..sample() };
+        KafkaRecord::decode(at_most.to_bytes(), no_legacy).unwrap();
+        let key = KafkaRecord { key: vec![b'k'; 65_536], ..sample() };
         assert_eq!(key.check(), Err(TooLong { field: "key".into(), len: 65_536, max: 65_535 }));
-        let value = Message { headers: vec![("ce_subject".into(), "g".repeat(70_000).into())], ..sample() };
+        let value =
+            KafkaRecord { headers: vec![("ce_subject".into(), "g".repeat(70_000).into())], ..sample() };
         assert_eq!(
             value.check().unwrap_err().to_string(),
             "header ce_subject is 70000 bytes; a spool record takes at most 65535"
         );
-        let name = Message { headers: vec![("n".repeat(256).into(), "v".into())], ..sample() };
+        let name = KafkaRecord { headers: vec![("n".repeat(256).into(), "v".into())], ..sample() };
         assert_eq!(name.check().unwrap_err().field, format!("header name {}", "n".repeat(32)));
-        let many = Message { headers: vec![("n".into(), "v".into()); 256], ..sample() };
+        let many = KafkaRecord { headers: vec![("n".into(), "v".into()); 256], ..sample() };
         assert_eq!(many.check().unwrap_err().field, "header count");
     }
 
     #[test]
     fn an_empty_value_and_no_headers_round_trip() {
-        let m = Message { headers: vec![], value: vec![], ..sample() };
-        assert_eq!(Message::decode(m.to_bytes(), no_legacy).unwrap(), m);
+        let m = KafkaRecord { headers: vec![], value: vec![], ..sample() };
+        assert_eq!(KafkaRecord::decode(m.to_bytes(), no_legacy).unwrap(), m);
     }
 
     #[test]
@@ -381,8 +392,8 @@ mod tests {
             assert_eq!(b, b"{\"a\":1}");
             Ok(sample())
         };
-        assert_eq!(Message::decode(b"{\"a\":1}".to_vec(), legacy).unwrap(), sample());
-        let refused = Message::decode(b"{}".to_vec(), |_| Err("unknown field".into()));
+        assert_eq!(KafkaRecord::decode(b"{\"a\":1}".to_vec(), legacy).unwrap(), sample());
+        let refused = KafkaRecord::decode(b"{}".to_vec(), |_| Err("unknown field".into()));
         assert_eq!(refused, Err((DecodeError::LegacyJson("unknown field".into()), b"{}".to_vec())));
     }
 
@@ -391,14 +402,14 @@ mod tests {
         let bytes = sample().to_bytes();
         let header_end = bytes.len() - sample().value.len();
         for cut in 1..header_end {
-            let r = Message::decode(bytes[..cut].to_vec(), no_legacy);
+            let r = KafkaRecord::decode(bytes[..cut].to_vec(), no_legacy);
             assert!(
                 matches!(&r, Err((DecodeError::Malformed(_), b)) if b == &bytes[..cut]),
                 "cut at {cut}: {r:?}"
             );
         }
-        assert_eq!(Message::decode(vec![], no_legacy), Err((DecodeError::Empty, vec![])));
-        let unknown = Message::decode(vec![9, 1, 2], no_legacy);
+        assert_eq!(KafkaRecord::decode(vec![], no_legacy), Err((DecodeError::Empty, vec![])));
+        let unknown = KafkaRecord::decode(vec![9, 1, 2], no_legacy);
         assert_eq!(unknown, Err((DecodeError::UnknownVersion(9), vec![9, 1, 2])));
     }
 }

@@ -1,4 +1,4 @@
-//! The Kafka producer: turns a [`Message`] into a record, and a delivery report into a verdict.
+//! The Kafka producer: turns a [`KafkaRecord`] into a record, and a delivery report into a verdict.
 //!
 //! One main producer is created at start and shared. Enqueued is not delivered: a record counts only
 //! once librdkafka reports it delivered, which with `acks=all` means every in-sync replica has it. In
@@ -45,7 +45,7 @@ use rdkafka::statistics::Statistics;
 use rdkafka::ClientContext;
 use tokio::sync::mpsc;
 
-use crate::message::{Message, MessageRef};
+use crate::message::{KafkaRecord, KafkaRecordRef};
 use crate::metrics::Metrics;
 
 /// What the producer is built from: `BRIDGE_KAFKA_BROKERS`, `BRIDGE_TOPIC`, `BRIDGE_DLQ_TOPIC` and
@@ -440,7 +440,7 @@ impl TopicLimits {
     }
 
     /// `Err((size, limit))` when Kafka would refuse the record for its size alone.
-    pub fn check_size(&self, message: &Message) -> Result<(), (usize, u64)> {
+    pub fn check_size(&self, message: &KafkaRecord) -> Result<(), (usize, u64)> {
         let (size, limit) = (message.kafka_size(), self.max_message_bytes());
         if size as u64 > limit {
             Err((size, limit))
@@ -451,7 +451,7 @@ impl TopicLimits {
 
     /// The timestamp to send `message` with at `now_ms`: its own when the topic takes it, else the
     /// receive time, else now. (The value keeps the event's own time in `event_time_ms`.)
-    pub fn timestamp_for(&self, message: &MessageRef<'_>, now_ms: i64) -> i64 {
+    pub fn timestamp_for(&self, message: &KafkaRecordRef<'_>, now_ms: i64) -> i64 {
         if self.log_append_time.load(Ordering::Relaxed) {
             return message.timestamp_ms;
         }
@@ -696,7 +696,7 @@ impl Publisher {
     /// Enqueues `message` on the main topic, with a timestamp the topic takes. The record is in Kafka
     /// once the returned future resolves `Ok`. For a publisher built with
     /// [`Confirmations::PerRecord`].
-    pub fn send(&self, message: &Message) -> Result<Pending, PublishError> {
+    pub fn send(&self, message: &KafkaRecord) -> Result<Pending, PublishError> {
         let MainProducer::Futures(producer) = self.producer() else {
             return Err(PublishError::Fatal(KafkaError::Canceled));
         };
@@ -713,7 +713,7 @@ impl Publisher {
     /// Enqueues `message` on partition `partition` of the main topic, without a key when its key is
     /// empty (the snapshot's per-partition marks). For a publisher built with
     /// [`Confirmations::PerRecord`].
-    pub fn send_to_partition(&self, message: &Message, partition: i32) -> Result<Pending, PublishError> {
+    pub fn send_to_partition(&self, message: &KafkaRecord, partition: i32) -> Result<Pending, PublishError> {
         let MainProducer::Futures(producer) = self.producer() else {
             return Err(PublishError::Fatal(KafkaError::Canceled));
         };
@@ -731,7 +731,7 @@ impl Publisher {
     /// Enqueues a message from the quarantine on the main topic, through the dead-letter producer (same
     /// settings, librdkafka's default `message.max.bytes`, a future per record whatever the main
     /// producer reports through), with the timestamp it was parked with.
-    pub fn send_parked(&self, message: &Message) -> Result<Pending, PublishError> {
+    pub fn send_parked(&self, message: &KafkaRecord) -> Result<Pending, PublishError> {
         let m = message.as_ref();
         let record = FutureRecord::to(&self.topic)
             .key(m.key)
@@ -755,7 +755,7 @@ impl Publisher {
     /// Enqueues `message`, spooled as `seq`, on the main topic, with a timestamp the topic takes. Its
     /// [`Report`] comes through the channel given to [`Publisher::new`] (a publisher built with
     /// [`Confirmations::Reports`]).
-    pub fn send_spooled(&self, message: &MessageRef<'_>, seq: u64) -> Result<(), PublishError> {
+    pub fn send_spooled(&self, message: &KafkaRecordRef<'_>, seq: u64) -> Result<(), PublishError> {
         #[cfg(feature = "failpoints")]
         fail::eval("publisher::fatal", |_| self.inject_fatal_error());
         let MainProducer::Reports(producer) = self.producer() else {
@@ -774,7 +774,11 @@ impl Publisher {
     /// topic, with the reason in the `bridge_dlq_reason` header and the original topic in
     /// `bridge_dlq_topic`. Its timestamp is now, not the event's (an invalid timestamp may be why it is
     /// here).
-    pub fn send_dead_letter(&self, message: &MessageRef<'_>, reason: &str) -> Result<Pending, PublishError> {
+    pub fn send_dead_letter(
+        &self,
+        message: &KafkaRecordRef<'_>,
+        reason: &str,
+    ) -> Result<Pending, PublishError> {
         let extra = [("bridge_dlq_reason", reason), ("bridge_dlq_topic", self.topic.as_str())];
         let record = FutureRecord::to(&self.dlq_topic)
             .key(message.key)
@@ -882,7 +886,7 @@ fn create(
         .map_err(|e| ProducerConfigError::new(&e, overrides))
 }
 
-fn headers(message: &MessageRef<'_>, extra: &[(&str, &str)]) -> OwnedHeaders {
+fn headers(message: &KafkaRecordRef<'_>, extra: &[(&str, &str)]) -> OwnedHeaders {
     let mut h = OwnedHeaders::new_with_capacity(message.header_count() + extra.len());
     for (key, value) in message.headers() {
         h = h.insert(Header { key, value: Some(value.as_bytes()) });
@@ -963,8 +967,8 @@ mod tests {
         }
     }
 
-    fn message(timestamp_ms: i64, received_at_ms: i64) -> Message {
-        Message {
+    fn message(timestamp_ms: i64, received_at_ms: i64) -> KafkaRecord {
+        KafkaRecord {
             key: b"g".to_vec(),
             timestamp_ms,
             headers: vec![],

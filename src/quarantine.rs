@@ -4,7 +4,7 @@
 //! Why not keep retrying it in the spool: the record would hold every later one behind it until an
 //! operator raised a topic limit, and the spool would fill and refuse webhooks. Why not drop it: it
 //! was answered OK. So it is parked in `<spool dir>/quarantine/`, one file per event (the spool record
-//! encoding, [`Message::encode`](crate::message::Message::encode)), made durable before the spool lets
+//! encoding, [`KafkaRecord::encode`](crate::message::KafkaRecord::encode)), made durable before the spool lets
 //! go of it; `bridge_kafka_quarantined_total` counts it and the `BridgeEventQuarantined` alert fires.
 //! `tim-kafka-bridge drain` publishes what the quarantine holds once the topic takes it (after the
 //! cause, usually a topic's `max.message.bytes`, is fixed) and removes each file once Kafka

@@ -542,8 +542,10 @@ async fn replay_quarantine(publisher: &Publisher, spool_dir: &std::path::Path) -
     let mut unreadable = Vec::new();
     for file in &parked {
         let bytes = std::fs::read(file).map_err(|e| failed(file, e.to_string()))?;
-        let decoded =
-            crate::message::Message::decode(bytes, crate::domain::InfoChangedEvent::message_from_v1_spool);
+        let decoded = crate::message::KafkaRecord::decode(
+            bytes,
+            crate::domain::InfoChangedEvent::message_from_v1_spool,
+        );
         let message = match decoded {
             Ok(m) => m,
             Err((e, _)) => {

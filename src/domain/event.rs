@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::ids::ContentHash;
 use super::{EventId, EventTime, GroupId, SdkAppId};
-use crate::message::{Message, Text};
+use crate::message::{KafkaRecord, Text};
 
 /// Version of the info_changed value's JSON layout, unchanged since the first release: version 1
 /// consumers keep reading these records byte for byte (docs/event.md, "Versions"). The lifecycle
@@ -114,17 +114,17 @@ impl InfoChangedEvent {
     /// The Kafka record: key = GroupId (every change of one group on one partition, in order),
     /// timestamp = EventTime, CloudEvents' Kafka binding in binary mode plus the content type, value =
     /// the event's JSON.
-    pub fn to_message(&self) -> Message {
+    pub fn to_message(&self) -> KafkaRecord {
         self.message_with_value(self.to_json())
     }
 
     /// A record spooled by a version that stored the bare JSON value (spool format 1).
-    pub fn message_from_v1_spool(value: &[u8]) -> Result<Message, String> {
+    pub fn message_from_v1_spool(value: &[u8]) -> Result<KafkaRecord, String> {
         let event = Self::from_json(value).map_err(|e| e.to_string())?;
         Ok(event.message_with_value(value.to_vec()))
     }
 
-    fn message_with_value(&self, value: Vec<u8>) -> Message {
+    fn message_with_value(&self, value: Vec<u8>) -> KafkaRecord {
         record(RecordHead {
             event_id: &self.event_id,
             sdk_app_id: &self.sdk_app_id,
@@ -151,7 +151,7 @@ pub(super) struct RecordHead<'a> {
 /// The Kafka record of any event type: key = GroupId (every event of one group, whatever its type, on
 /// one partition, in order), timestamp = EventTime, CloudEvents' Kafka binding in binary mode plus the
 /// content type.
-pub(super) fn record(h: RecordHead<'_>) -> Message {
+pub(super) fn record(h: RecordHead<'_>) -> KafkaRecord {
     let headers = vec![
         (Text::Borrowed("ce_specversion"), Text::Borrowed("1.0")),
         (Text::Borrowed("ce_id"), Text::Owned(h.event_id.as_str().to_owned())),
@@ -161,7 +161,7 @@ pub(super) fn record(h: RecordHead<'_>) -> Message {
         (Text::Borrowed("ce_subject"), Text::Owned(h.group_id.as_str().to_owned())),
         (Text::Borrowed("content-type"), Text::Borrowed("application/json")),
     ];
-    Message {
+    KafkaRecord {
         key: h.group_id.as_str().as_bytes().to_vec(),
         timestamp_ms: h.event_time.as_millis(),
         headers,

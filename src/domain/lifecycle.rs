@@ -14,7 +14,7 @@ use super::event::{record, RecordHead};
 use super::ids::ContentHash;
 use super::snapshot::Snapshot;
 use super::{Changes, EventId, EventTime, GroupId, SdkAppId, UserId};
-use crate::message::Message;
+use crate::message::KafkaRecord;
 
 /// Version of the lifecycle values' JSON layout.
 pub const LIFECYCLE_SCHEMA_VERSION: u32 = 2;
@@ -213,7 +213,7 @@ impl LifecycleEvent {
         out
     }
 
-    pub fn to_message(&self) -> Message {
+    pub fn to_message(&self) -> KafkaRecord {
         record(RecordHead {
             event_id: &self.event_id,
             sdk_app_id: &self.sdk_app_id,

@@ -22,7 +22,7 @@ pub use lifecycle::{
 };
 pub use snapshot::{Snapshot, SnapshotCompleted, SNAPSHOT_COMPLETED_CE_TYPE};
 
-use crate::message::Message;
+use crate::message::KafkaRecord;
 
 /// The kinds of event on the topic, each with its CloudEvents `type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -133,7 +133,7 @@ impl GroupEvent {
     }
 
     /// The Kafka record.
-    pub fn to_message(&self) -> Message {
+    pub fn to_message(&self) -> KafkaRecord {
         match self {
             GroupEvent::InfoChanged(e) => e.to_message(),
             GroupEvent::Lifecycle(e) => e.to_message(),

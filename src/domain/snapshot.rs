@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::ids::ContentHash;
 use super::lifecycle::{CustomFields, LIFECYCLE_SCHEMA_VERSION};
 use super::{Changes, EventId, EventTime, SdkAppId};
-use crate::message::{Message, Text};
+use crate::message::{KafkaRecord, Text};
 
 /// A group's state as one `get_group_info` answer gave it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,7 +128,7 @@ impl SnapshotCompleted {
 
     /// The record: no key (it is sent to its partition explicitly), the CloudEvents headers with the
     /// snapshot id as `ce_subject`.
-    pub fn to_message(&self) -> Message {
+    pub fn to_message(&self) -> KafkaRecord {
         let mut value = Vec::with_capacity(384);
         serde_json::to_writer(&mut value, self).expect("an event always serializes");
         let headers = vec![
@@ -143,7 +143,7 @@ impl SnapshotCompleted {
             (Text::Borrowed("ce_subject"), Text::Owned(self.snapshot_id.clone())),
             (Text::Borrowed("content-type"), Text::Borrowed("application/json")),
         ];
-        Message {
+        KafkaRecord {
             key: Vec::new(),
             timestamp_ms: self.event_time_ms.as_millis(),
             headers,

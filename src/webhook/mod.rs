@@ -295,7 +295,7 @@ pub fn fuzz_check(data: &[u8]) -> Result<Verdict, Refusal> {
         assert_eq!(&GroupEvent::from_json(&json).expect("an event reads back"), event);
         let message = event.to_message();
         assert_eq!(message.check(), Ok(()), "an accepted event fits a spool record");
-        let decoded = crate::message::Message::decode(message.to_bytes(), |_| Err(String::new()));
+        let decoded = crate::message::KafkaRecord::decode(message.to_bytes(), |_| Err(String::new()));
         assert_eq!(decoded.expect("a spool record reads back"), message);
     }
     result
@@ -311,7 +311,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::message::Message;
+    use crate::message::KafkaRecord;
 
     fn verifier() -> Verifier {
         Verifier {
@@ -385,7 +385,7 @@ mod tests {
                     let message = event.to_message();
                     prop_assert_eq!(message.check(), Ok(()));
                     let bytes = message.to_bytes();
-                    prop_assert_eq!(Message::decode(bytes, |_| Err(String::new())).unwrap(), message);
+                    prop_assert_eq!(KafkaRecord::decode(bytes, |_| Err(String::new())).unwrap(), message);
                 }
                 (1..=64, other) => prop_assert!(false, "refused: {other:?}"),
                 (bytes, _) => prop_assert_eq!(result, Err(Refusal::GroupIdTooLong { bytes, max: 64 })),
