@@ -142,7 +142,14 @@ impl Application {
         let probe = tokio::spawn(crate::probe::probe_kafka(publisher.clone(), health.clone()));
         let limits_watch = tokio::spawn(publisher.clone().watch_limits());
         let history = Arc::new(History::default());
-        let sampler = tokio::spawn(crate::status::run_sampler(health.clone(), history.clone()));
+        let sampler = tokio::spawn(crate::status::run_sampler(
+            metrics.clone(),
+            {
+                let health = health.clone();
+                move || health.refresh_gauges()
+            },
+            history.clone(),
+        ));
         let health = web::Data::from(health);
         let history = web::Data::from(history);
         let state = web::Data::new(routes::webhook_state(

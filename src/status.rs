@@ -14,7 +14,6 @@ use std::time::Duration;
 use prometheus::core::{Collector, Metric};
 use serde::Serialize;
 
-use crate::health::Health;
 use crate::metrics::Metrics;
 
 /// How often a sample is taken.
@@ -129,19 +128,20 @@ fn sample(before: &Totals, after: &Totals, elapsed: Duration, metrics: &Metrics)
     }
 }
 
-/// Takes a sample every [`SAMPLE_EVERY`], forever (the task is aborted at shutdown).
-pub async fn run_sampler(health: Arc<Health>, history: Arc<History>) {
+/// Takes a sample of `metrics` every [`SAMPLE_EVERY`], forever (the task is aborted at shutdown),
+/// calling `refresh_gauges` first (the gauges that are read on demand: the spool's, the lag).
+pub async fn run_sampler(metrics: Arc<Metrics>, refresh_gauges: impl Fn(), history: Arc<History>) {
     let mut ticks = tokio::time::interval(SAMPLE_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticks.tick().await;
-    let mut before = Totals::read(&health.metrics);
+    let mut before = Totals::read(&metrics);
     let mut taken = tokio::time::Instant::now();
     loop {
         ticks.tick().await;
-        health.refresh_gauges();
-        let after = Totals::read(&health.metrics);
+        refresh_gauges();
+        let after = Totals::read(&metrics);
         let now = tokio::time::Instant::now();
-        history.push(sample(&before, &after, now - taken, &health.metrics));
+        history.push(sample(&before, &after, now - taken, &metrics));
         (before, taken) = (after, now);
     }
 }
