@@ -653,6 +653,10 @@ impl Forwarder {
             }
         }
         if matches!(report.outcome, Outcome::Delivered) {
+            if b.partitions.is_none() {
+                // The topic exists now: its partition count can be learnt at once (not a second on).
+                b.partitions_asked = None;
+            }
             let (highest, at) = b.confirmed.entry(report.partition).or_insert((report.seq, Instant::now()));
             *highest = (*highest).max(report.seq);
             *at = Instant::now();
