@@ -255,8 +255,11 @@ struct Books {
     confirmed: std::collections::HashMap<i32, (u64, Instant)>,
     /// Records read but not sent yet, in order: the first waits for its partition to warm up.
     held: VecDeque<SpooledRecord>,
-    /// The first of `held` waits for a report: nothing more is sent until one arrives.
+    /// The first of `held` waits: nothing more is sent until a report or a dead-letter outcome
+    /// arrives (or, while the partition count is unknown, a second has passed).
     gated: bool,
+    /// Reports taken in this wake-up that confirmed a record only implicitly (logged once per wake-up).
+    unconfirmed: usize,
     /// When the partition count was last asked for (at most once a second while it is unknown).
     partitions_asked: Option<Instant>,
     /// The topic's partition count, once read (for where a record lands).
@@ -415,6 +418,7 @@ impl Forwarder {
             confirmed: Default::default(),
             held: VecDeque::new(),
             gated: false,
+            unconfirmed: 0,
             partitions_asked: None,
             partitions: None,
         }
@@ -455,7 +459,14 @@ impl Forwarder {
         let read = if b.held.is_empty() {
             self.read(upto, room, WINDOW_BYTES - b.window.bytes).await
         } else {
-            Ok(b.held.drain(..room.min(b.held.len())).collect())
+            // As many as fit the window's records and bytes (at least one).
+            let budget = WINDOW_BYTES - b.window.bytes;
+            let (mut n, mut bytes) = (0, 0);
+            while n < room.min(b.held.len()) && (n == 0 || bytes + b.held[n].payload.len() <= budget) {
+                bytes += b.held[n].payload.len();
+                n += 1;
+            }
+            Ok(b.held.drain(..n).collect())
         };
         let batch = match read {
             Ok(batch) => {
@@ -585,6 +596,11 @@ impl Forwarder {
                 while let Ok(report) = self.reports.try_recv() {
                     self.take(report, b);
                 }
+                if b.unconfirmed > 0 {
+                    // One line for the lot (one failed request can leave hundreds).
+                    tracing::error!(records = std::mem::take(&mut b.unconfirmed),
+                        "Kafka confirmed records only implicitly (no offset): they may not be on the topic (or be there already); publishing them again");
+                }
                 state = self.settle_ready(state, b, upto);
             }
             Some((seq, result)) = b.window.dead_letter_sends.next(), if !b.window.dead_letter_sends.is_empty() => {
@@ -663,8 +679,7 @@ impl Forwarder {
         }
         if let Outcome::Failed(e) = &report.outcome {
             if e.is_unconfirmed() {
-                tracing::error!(seq = report.seq, partition = report.partition,
-                    "Kafka confirmed a record only implicitly (no offset): it may not be on the topic (or be there already); publishing it again");
+                b.unconfirmed += 1;
             }
         }
         let m = &mut b.window.inflight[i];
@@ -856,8 +871,8 @@ impl Forwarder {
 
     /// Whether the producer lost track of the oldest record in flight: unconfirmed for
     /// [`OVERTAKEN_AFTER`] while it confirmed a later record of the same partition, which an idempotent
-    /// producer never does (a producer that lost track of a record). If so, it is replaced now, not after the stall
-    /// time: its confirmed records are not sent again, the lost one is.
+    /// producer never does. If so, it is replaced now, not after the stall time: its confirmed records
+    /// are not sent again, the lost one is.
     async fn overtaken(&self, state: State, b: &mut Books) -> State {
         let Some(front) = b.window.inflight.front() else { return state };
         let (Some(hash), None, seq) = (front.key_hash, &front.outcome, front.seq) else { return state };
