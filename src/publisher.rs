@@ -538,7 +538,10 @@ impl Publisher {
         for (k, v) in &settings.rdkafka.0 {
             config.set(k, v);
         }
-        config.set_log_level(RDKafkaLogLevel::Warning);
+        // Warnings and worse, unless librdkafka's debug contexts were asked for (`BRIDGE_RDKAFKA_DEBUG`):
+        // then its debug lines too (logged at DEBUG, target `librdkafka`).
+        let debug = settings.rdkafka.0.iter().any(|(k, _)| k == "debug");
+        config.set_log_level(if debug { RDKafkaLogLevel::Debug } else { RDKafkaLogLevel::Warning });
         let overrides = settings.rdkafka.clone();
         let reports = match confirmations {
             Confirmations::PerRecord => None,

@@ -335,3 +335,35 @@ where
     }
     true
 }
+
+/// librdkafka's debug output is there when asked for (`BRIDGE_RDKAFKA_DEBUG` with a `RUST_LOG` that
+/// lets DEBUG through for target `librdkafka`), and absent otherwise: the producer's log level follows
+/// the override instead of hiding it.
+#[tokio::test]
+async fn librdkafka_debug_lines_are_logged_when_asked_for_and_only_then() {
+    let _up = broker().shared().await;
+    // A line of the `msg` context about the warm-up record's batch: one librdkafka logs while
+    // producing, not only while the client starts.
+    let debug_line = |logs: &str| {
+        logs.lines().any(|l| {
+            l.contains("\"target\":\"librdkafka\"")
+                && l.contains("\"level\":\"DEBUG\"")
+                && l.contains("MessageSet")
+        })
+    };
+    let spool = tempfile::tempdir().unwrap();
+    let asked = Bridge::spawn(
+        BridgeOptions::new(spool.path())
+            .env("BRIDGE_RDKAFKA_DEBUG", "broker,msg")
+            .env("RUST_LOG", "info,librdkafka=debug"),
+    )
+    .await;
+    asked.warm_up("@TGS#debug").await;
+    assert!(debug_line(&asked.logs()), "no librdkafka debug line:\n{}", asked.logs());
+
+    let spool = tempfile::tempdir().unwrap();
+    let plain =
+        Bridge::spawn(BridgeOptions::new(spool.path()).env("RUST_LOG", "info,librdkafka=debug")).await;
+    plain.warm_up("@TGS#no-debug").await;
+    assert!(!debug_line(&plain.logs()), "debug lines without BRIDGE_RDKAFKA_DEBUG:\n{}", plain.logs());
+}
