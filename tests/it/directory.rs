@@ -419,7 +419,7 @@ async fn the_directory_exports_applied_events_by_type_skipped_records_and_a_lag_
     let bridge = Bridge::spawn(BridgeOptions::new(spool.path())).await;
     let db = tempfile::tempdir().unwrap();
     let url = format!("sqlite:{}", db.path().join("groups.db").display());
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = free_port();
     let _directory = Directory::spawn_with_metrics(
         &url,
         &bridge.topic,

@@ -51,6 +51,30 @@ static BROKER: OnceLock<Broker> = OnceLock::new();
 /// Tests that stop the broker hold it exclusively; all others share it.
 static AVAILABILITY: RwLock<()> = RwLock::const_new(());
 
+/// A loopback port free now for a child process told to listen on it, below the kernel's ephemeral
+/// range: ports there are never handed to outgoing connections (a client's to Kafka, say) nor to a
+/// listener binding port 0, which could take a port picked with `bind(0)` before the child binds it.
+/// Each call in this process returns another port.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    const LOW: u16 = 20_000;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .filter(|&p| p > LOW + 1000)
+        .unwrap_or(32_768);
+    let span = ephemeral_low - LOW;
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let start = (std::process::id() % u32::from(span)) as u16;
+    for _ in 0..span {
+        let port = LOW + (start + NEXT.fetch_add(1, Ordering::Relaxed) % span) % span;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {LOW}..{ephemeral_low}");
+}
+
 fn free_port_pair() -> u16 {
     for _ in 0..50 {
         let a = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -502,7 +526,7 @@ pub fn postgres() -> &'static PostgresServer {
         if let Ok(url) = std::env::var("TEST_POSTGRES_URL") {
             return PostgresServer { admin_url: url };
         }
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = free_port();
         // The data directory is the script's choice: inside the checkout, or a private one in the temp
         // directory when the server's user cannot enter the checkout (a clone as root in a 0700 directory).
         let env = [("POSTGRES_PORT", port.to_string())];
