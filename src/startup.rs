@@ -8,6 +8,7 @@ use std::time::Duration;
 use actix_web::dev::{Server, Service};
 use actix_web::{web, App, HttpServer};
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
 
 use crate::configuration::{DeliveryMode, Settings};
 use crate::forwarder::{Forwarder, ForwarderError, Progress, SETTLE_TIME};
@@ -94,12 +95,11 @@ pub struct Application {
     admin: Server,
     publisher: Arc<Publisher>,
     spooling: Option<Spooling>,
-    /// The Kafka metadata probe behind readiness.
-    probe: tokio::task::JoinHandle<()>,
-    /// Keeps the topic's limits current.
-    limits_watch: tokio::task::JoinHandle<()>,
-    /// The sampler behind the status page.
-    sampler: tokio::task::JoinHandle<()>,
+    /// The tasks that only serve the others, stopped together (and aborted if the application is
+    /// dropped unstarted): the Kafka metadata probe behind readiness, the watch that keeps the topic's
+    /// limits current, the sampler behind the status page. (The forwarder is not one of them: it is
+    /// told to stop with a deadline, after the webhook server has finished its requests.)
+    background: JoinSet<()>,
     grace: Duration,
 }
 
@@ -139,10 +139,11 @@ impl Application {
             settings.ready_kafka_window,
             settings.ready_spool_high_water,
         ));
-        let probe = tokio::spawn(crate::probe::probe_kafka(publisher.clone(), health.clone()));
-        let limits_watch = tokio::spawn(publisher.clone().watch_limits());
+        let mut background = JoinSet::new();
+        background.spawn(crate::probe::probe_kafka(publisher.clone(), health.clone()));
+        background.spawn(publisher.clone().watch_limits());
         let history = Arc::new(History::default());
-        let sampler = tokio::spawn(crate::status::run_sampler(
+        background.spawn(crate::status::run_sampler(
             metrics.clone(),
             {
                 let health = health.clone();
@@ -190,9 +191,7 @@ impl Application {
             admin,
             publisher,
             spooling,
-            probe,
-            limits_watch,
-            sampler,
+            background,
             grace: settings.shutdown_grace,
         })
     }
@@ -218,6 +217,7 @@ impl Application {
         let mut server = tokio::spawn(self.server);
         let mut admin = tokio::spawn(self.admin);
         let mut spooling = self.spooling;
+        let mut background = self.background;
         // A forwarder that gives up (the producer keeps failing) stops the bridge with an error.
         let forwarder_failed = async {
             match spooling.as_mut() {
@@ -241,9 +241,7 @@ impl Application {
                 // One server failed: stop the other too.
                 handle.stop(false).await;
                 admin_handle.stop(false).await;
-                self.probe.abort();
-                self.limits_watch.abort();
-                self.sampler.abort();
+                background.shutdown().await;
                 return r.expect("server task does not panic").map_err(StartupError::Server);
             }
         };
@@ -257,9 +255,7 @@ impl Application {
         }
         handle.stop(true).await;
         let _ = server.await;
-        self.probe.abort();
-        self.limits_watch.abort();
-        self.sampler.abort();
+        background.shutdown().await;
 
         if let Some(s) = spooling {
             if failure.is_none() {
