@@ -4,7 +4,8 @@ RUN apt-get update && apt-get install -y --no-install-recommends \
       build-essential cmake pkg-config libssl-dev zlib1g-dev python3 \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-# The manifest names the tests and benches, so the whole tree (minus .dockerignore) is copied.
+# The manifest names the tests, the benches and the workspace's crates (crates/), so the whole tree
+# (minus .dockerignore) is copied.
 COPY . .
 # The bridge without database drivers; tim-group-directory, the reference consumer, with its feature.
 RUN cargo build --release --locked --bin tim-kafka-bridge \

@@ -18,6 +18,8 @@
 //!   answered: the `tim-spool` crate (crates/tim-spool), re-exported here.
 //! - [`forwarder`]: spool → Kafka, in order, acknowledging the spool only after Kafka acknowledged.
 //! - [`publisher`]: the Kafka producer and the verdict on each delivery (retry, or dead-letter).
+//! - [`partition`]: Kafka's default partitioner (murmur2), where a keyed record lands: the
+//!   `tim-partition` crate (crates/tim-partition), re-exported here.
 //!
 //! Around them: [`routes`] (HTTP handlers), [`relay`] (commands not published, handed to the app's own
 //! callback handler), [`startup`] (build, run, graceful stop),
@@ -26,8 +28,12 @@
 //! behind the status page), [`tls`] (HTTPS), [`telemetry`] (logs), [`shutdown`] (signals).
 //!
 //! Apart from the webhook path: [`snapshot`] (`tim-kafka-bridge snapshot`: every group's state read
-//! from Tencent's REST API through [`tencent`], published as events), and, with the `directory` feature: `directory`, the reference consumer behind
-//! the `tim-group-directory` binary (a groups table in SQLite or PostgreSQL, kept from the topic).
+//! from Tencent's REST API through [`tencent`], published as events).
+//!
+//! Not in this library: the reference consumer, a groups table in SQLite or PostgreSQL kept from the
+//! topic, is the `tim-group-directory` crate (crates/tim-group-directory), which does not depend on
+//! this one. This package's `tim-group-directory` binary runs it; the `directory` feature that binary
+//! requires adds that crate as a dependency and nothing to this library.
 
 /// `fail::fail_point!` when built with the `failpoints` feature (the test suite turns it on), nothing
 /// otherwise: the release build carries no failpoint. In the library's own unit tests a failpoint fires
@@ -86,14 +92,13 @@ pub(crate) mod failpoints {
 }
 
 pub mod configuration;
-#[cfg(feature = "directory")]
-pub mod directory;
 pub mod domain;
 pub mod forwarder;
 pub mod health;
 pub mod message;
 pub mod metrics;
-pub mod partition;
+/// Kafka's default partitioner: the `tim-partition` crate (crates/tim-partition), under its old path.
+pub use tim_partition as partition;
 pub mod pipeline;
 pub mod probe;
 pub mod publisher;

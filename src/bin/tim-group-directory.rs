@@ -1,6 +1,6 @@
-//! tim-group-directory: keeps a table of groups from the bridge's topic (see `directory` in the
-//! library). Thin: settings, logs, a worker thread for the consumer, the `/metrics` server, and a stop
-//! on SIGTERM or Ctrl-C; `dump` and `get` print the table as JSON lines.
+//! tim-group-directory: keeps a table of groups from the bridge's topic (the `tim-group-directory`
+//! crate, crates/tim-group-directory). Thin: settings, logs, a worker thread for the consumer, the
+//! `/metrics` server, and a stop on SIGTERM or Ctrl-C; `dump` and `get` print the table as JSON lines.
 
 use std::io::Write;
 use std::net::TcpListener;
@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use tim_kafka_bridge::directory::{self, Metrics, Settings, VARIABLES};
+use tim_group_directory::{self as directory, Metrics, Settings, VARIABLES};
 use tim_kafka_bridge::shutdown;
 use tim_kafka_bridge::telemetry::{self, LogFormat};
 

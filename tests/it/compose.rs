@@ -88,7 +88,7 @@ fn the_directory_service_runs_tim_group_directory_from_the_bridge_image_with_var
     let env = directory["environment"].as_mapping().expect("environment as a mapping");
     for k in env.keys().filter_map(|k| k.as_str()).filter(|k| k.starts_with("DIRECTORY_")) {
         assert!(
-            tim_kafka_bridge::directory::VARIABLES.iter().any(|v| v.0 == k),
+            tim_group_directory::VARIABLES.iter().any(|v| v.0 == k),
             "the directory service sets {k}, which tim-group-directory does not read"
         );
     }

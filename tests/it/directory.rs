@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use serde_json::json;
-use tim_kafka_bridge::directory::{store, Group};
+use tim_group_directory::{store, Group};
 
 use crate::helpers::*;
 
@@ -109,7 +109,7 @@ async fn the_directory_converges_on_the_latest_state_whatever_the_delivery_order
 /// collation of `event_id`, a boolean `destroyed`).
 #[test]
 fn postgres_keeps_the_same_registers_and_view_as_sqlite() {
-    use tim_kafka_bridge::directory::{Kind, Stamp, Update, Write};
+    use tim_group_directory::{Kind, Stamp, Update, Write};
     let update = |time: i64, id: &str, writes: &[(&str, Option<&str>)]| Update {
         kind: Kind::InfoChanged,
         sdk_app_id: "1".into(),
@@ -155,8 +155,8 @@ fn postgres_keeps_the_same_registers_and_view_as_sqlite() {
 /// Registers of a few groups in every state the table knows: a profile and custom fields from a
 /// creation, a destroyed group, a GroupId used again (its earlier life hidden), a member count from a
 /// snapshot, a group seen only through a profile change, and a second app.
-fn every_kind_of_group() -> Vec<tim_kafka_bridge::directory::Update> {
-    use tim_kafka_bridge::directory::{Kind, Stamp, Update, Write};
+fn every_kind_of_group() -> Vec<tim_group_directory::Update> {
+    use tim_group_directory::{Kind, Stamp, Update, Write};
     let update = |app: &str, group: &str, time: i64, kind: Kind, writes: &[(&str, Option<&str>)]| Update {
         kind,
         sdk_app_id: app.into(),
@@ -400,7 +400,7 @@ async fn converges(url: &str) {
 
 /// `directory_applied_events_total` by type, and its sum.
 fn applied_by_type(text: &str) -> (BTreeMap<String, f64>, f64) {
-    let by_type: BTreeMap<String, f64> = tim_kafka_bridge::directory::Kind::ALL
+    let by_type: BTreeMap<String, f64> = tim_group_directory::Kind::ALL
         .iter()
         .map(|k| {
             let name = format!("directory_applied_events_total{{type=\"{}\"}}", k.as_str());
@@ -1022,7 +1022,7 @@ fn the_command_line_names_its_commands_and_variables_and_get_fails_for_an_unknow
     for word in ["dump", "get GROUP_ID", "run"] {
         assert!(text.contains(word), "--help names {word}:\n{text}");
     }
-    for (name, _, _) in tim_kafka_bridge::directory::VARIABLES {
+    for (name, _, _) in tim_group_directory::VARIABLES {
         assert!(text.contains(name), "--help lists {name}:\n{text}");
     }
     assert!(text.contains("DIRECTORY_METRICS_LISTEN") && text.contains("/metrics"), "{text}");

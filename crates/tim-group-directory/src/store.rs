@@ -183,7 +183,7 @@ fn sweep_candidates_sql(destroyed_false: &str) -> String {
     )
 }
 
-pub use crate::partition::{murmur2, partition_of};
+pub use tim_partition::{murmur2, partition_of};
 
 /// The tombstones of a sweep: one per candidate on the sweep's partition.
 fn tombstones(sweep: &Sweep, candidates: Vec<String>) -> Vec<Update> {
@@ -635,7 +635,7 @@ mod tests {
                 repeat in 0usize..14,
             ) {
                 let updates: Vec<Change> =
-                    order.iter().map(|i| crate::directory::update::parse(&record(*i, &ops[*i])).unwrap()).collect();
+                    order.iter().map(|i| crate::update::parse(&record(*i, &ops[*i])).unwrap()).collect();
                 let mut store = memory();
                 for u in &updates {
                     store.apply_changes(std::slice::from_ref(u)).unwrap();
@@ -664,7 +664,7 @@ mod tests {
 
     mod snapshots {
         use super::*;
-        use crate::directory::update::parse;
+        use crate::update::parse;
 
         const S: i64 = 1_700_000_000; // a LastInfoTime, in seconds
 

@@ -160,7 +160,7 @@ pub mod field {
     pub const DESTROYED: &str = "destroyed";
     /// The stamp of the group's latest `created` (its value: that `event_time_ms`). A creation starts a
     /// new life of the GroupId: a register whose stamp is older than this one's belongs to an earlier
-    /// life and is not shown (see [`store`](crate::directory::store)).
+    /// life and is not shown (see [`store`](crate::store)).
     pub const CREATED: &str = "created";
     /// Prefix of a custom group field's register: `custom:<key>`.
     pub const CUSTOM_PREFIX: &str = "custom:";

@@ -8,6 +8,15 @@
 //! table; a `created` starts the group afresh (registers older than it are hidden), and `destroyed` is
 //! a tombstone. docs/event.md ("How to consume") states the rule for any consumer.
 //!
+//! Why a crate of its own: a consumer knows the topic only through its documented format
+//! (docs/event.md), as any other consumer does, never through the bridge's code; and the bridge's
+//! library neither carries the database drivers (SQLite bundled, PostgreSQL) nor changes its API with
+//! a feature. So this crate does not depend on the bridge (only on `tim-partition`, Kafka's
+//! partitioner, which both use), and the bridge's library does not depend on it. The
+//! `tim-group-directory` binary, thin (settings, logs, signals, the worker thread), stays in the
+//! bridge's package to share its telemetry and shutdown; the bridge's `directory` feature, which that
+//! binary requires, only adds this crate.
+//!
 //! ## Layout
 //! - [`update`]: a record's value → the register writes it makes (lenient, as the versioning policy
 //!   asks of consumers).

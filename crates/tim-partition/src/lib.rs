@@ -4,6 +4,13 @@
 //! client), but two readers need to know where a key lands: a consumer's snapshot sweep (which groups
 //! a `snapshot_completed` on partition p speaks for) and the forwarder (whether a record it waits for
 //! was overtaken on its own partition, which a healthy idempotent producer never lets happen).
+//!
+//! Why a crate of its own: those two readers are in two crates, the bridge (`tim-kafka-bridge`, which
+//! re-exports this one as `partition`) and its reference consumer (`tim-group-directory`), and the
+//! bridge's package depends on the consumer's for the `tim-group-directory` binary. Kept in the bridge,
+//! it would make the consumer depend on the bridge: a cycle. Kept in the consumer, it would make the
+//! bridge's library carry the consumer's database drivers. Alone, it has no dependency, and both depend
+//! on it.
 
 /// Kafka's default partitioner (Java's, and librdkafka's `murmur2_random` for a keyed record): the
 /// partition of `key` among `partitions`. Hand-written: it is Kafka's own 30-line variant of MurmurHash2
