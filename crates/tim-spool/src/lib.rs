@@ -14,7 +14,8 @@
 //! - this file: the handle ([`Spool`]), its configuration, errors and counters;
 //! - [`record`]: the on-disk record, apart from any file I/O;
 //! - `segment`: segment files (naming, listing) and the damage report, shared by reader and writer;
-//! - `writer`: the writer thread (group commit, rolling, acknowledgements, recovery at start);
+//! - `writer`: the writer thread (group commit, rolling, acknowledgements) and recovery at start (each
+//!   segment walked by `scan_segment`, which only reads; `recover` acts on what it found);
 //! - `reader`: the forwarder's cursor over the segments;
 //! - `failpoints`: the `failpoints` feature's fault injection in the file I/O.
 //!
