@@ -2,8 +2,9 @@
 //!
 //! The durable spool between tim-kafka-bridge's webhook and Kafka: an append-only, checksummed log on
 //! disk, with its own configuration ([`SpoolConfig`]), instrumentation trait ([`SpoolObserver`]),
-//! tests and failpoints. The bridge depends on this crate, never the reverse: the spool knows nothing
-//! of events, Kafka or metric names; a record's payload is opaque bytes.
+//! tests, benchmarks (`benches/spool.rs`) and failpoints. The bridge depends on this crate, never the
+//! reverse: the spool knows nothing of events, Kafka or metric names; a record's payload is opaque
+//! bytes.
 //!
 //! Tencent waits 2 s for an answer and, by default, never retries an "after" webhook: an event answered
 //! OK and then lost is gone for good. So an accepted event is appended here, the answer goes out once
