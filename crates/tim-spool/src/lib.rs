@@ -2,8 +2,9 @@
 //!
 //! The durable spool between tim-kafka-bridge's webhook and Kafka: an append-only, checksummed log on
 //! disk, with its own configuration ([`SpoolConfig`]), instrumentation trait ([`SpoolObserver`]),
-//! tests and failpoints. The bridge depends on this crate, never the reverse: the spool knows nothing
-//! of events, Kafka or metric names; a record's payload is opaque bytes.
+//! tests, benchmarks (`benches/spool.rs`) and failpoints. The bridge depends on this crate, never the
+//! reverse: the spool knows nothing of events, Kafka or metric names; a record's payload is opaque
+//! bytes.
 //!
 //! Tencent waits 2 s for an answer and, by default, never retries an "after" webhook: an event answered
 //! OK and then lost is gone for good. So an accepted event is appended here, the answer goes out once
@@ -14,7 +15,8 @@
 //! - this file: the handle ([`Spool`]), its configuration, errors and counters;
 //! - [`record`]: the on-disk record, apart from any file I/O;
 //! - `segment`: segment files (naming, listing) and the damage report, shared by reader and writer;
-//! - `writer`: the writer thread (group commit, rolling, acknowledgements, recovery at start);
+//! - `writer`: the writer thread (group commit, rolling, acknowledgements) and recovery at start (each
+//!   segment walked by `scan_segment`, which only reads; `recover` acts on what it found);
 //! - `reader`: the forwarder's cursor over the segments;
 //! - `failpoints`: the `failpoints` feature's fault injection in the file I/O.
 //!

@@ -10,6 +10,7 @@
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io;
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -150,21 +151,13 @@ pub(super) fn read_ack(dir: &Path) -> Option<AckState> {
 /// segment, the offset and the sequence numbers lost. Only the newest segment's tail, where a crash
 /// mid-write leaves a torn record, is cut off. Segments that are fully acknowledged or empty are
 /// removed.
+///
+/// Each segment's bytes are walked by [`scan_segment`], which only reads; what it found is then acted
+/// on here: the damage reported, the file cut where its records end, and the segment rewritten, set
+/// aside, removed or kept.
 pub(super) fn recover(dir: &Path, stats: &SpoolStats) -> Result<Recovered, SpoolError> {
     let open_err = |source| SpoolError::Open { path: dir.to_owned(), source };
-    fs::create_dir_all(dir).map_err(open_err)?;
-    // Two bridges appending to one spool would interleave records: the second one refuses to start.
-    let lock = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(dir.join("lock"))
-        .map_err(open_err)?;
-    match lock.try_lock() {
-        Ok(()) => {}
-        Err(fs::TryLockError::WouldBlock) => return Err(SpoolError::Locked { path: dir.to_owned() }),
-        Err(fs::TryLockError::Error(e)) => return Err(open_err(e)),
-    }
+    let lock = lock_dir(dir)?;
     let on_record = read_ack(dir);
     if on_record.is_none() && dir.join(ACK_FILE).exists() {
         tracing::warn!("spool: ack file is damaged; every spooled event will be published again");
@@ -181,107 +174,27 @@ pub(super) fn recover(dir: &Path, stats: &SpoolStats) -> Result<Recovered, Spool
     let mut last_seq = 0u64;
     let mut committed = Committed::default();
     for (i, (first_seq, path)) in listed.iter().enumerate() {
-        let (first_seq, newest) = (*first_seq, i + 1 == listed.len());
-        let before_seq = listed.get(i + 1).map_or(u64::MAX, |(next, _)| *next);
+        let first_seq = *first_seq;
+        let place = SegmentPlace {
+            first_seq,
+            before_seq: listed.get(i + 1).map_or(u64::MAX, |(next, _)| *next),
+            newest: i + 1 == listed.len(),
+            seen_upto: last_seq,
+        };
         let (mut buf, unreadable) = read_segment(path)?;
-        let readable = |i: usize| !unreadable.iter().any(|r| r.contains(&i));
-        // The records found, for rewriting a segment that has blocks the disk cannot read.
-        let mut kept: Vec<std::ops::Range<usize>> = Vec::new();
-        let (mut at, mut seg_last, mut records) = (0usize, 0u64, 0u64);
-        while at < buf.len() {
-            let expected = last_seq.max(first_seq.saturating_sub(1)) + 1;
-            match frame_at(&buf, at) {
-                Some(f) if refused.is_some_and(|(from, to)| (from..=to).contains(&f.seq)) => {
-                    // A batch refused (answered 5xx) when its write or fsync failed, whose bytes could
-                    // not be cut off then: the end of this segment's records. Nothing was written
-                    // after it (the spool failed for good), and a restart starts a new segment.
-                    tracing::warn!(segment = %path.display(), offset = at, cut_bytes = buf.len() - at, records,
-                        "spool: records of a batch refused when its write or fsync failed; cutting them off");
-                    let file = OpenOptions::new().write(true).open(path)?;
-                    file.set_len(at as u64)?;
-                    file.sync_data()?;
-                    buf.truncate(at);
-                    break;
-                }
-                Some(f) if f.seq >= expected && f.seq < before_seq => {
-                    kept.push(at..at + f.size());
-                    at += f.size();
-                    (seg_last, last_seq, records) = (f.seq, f.seq, records + 1);
-                    continue;
-                }
-                _ => {}
-            }
-            // (A block the disk cannot read inside that unwritten rest does not make it damage: the
-            // zeros before it show nothing was written there.)
-            let zero_tail =
-                readable(at) && buf[at..].iter().enumerate().all(|(i, b)| *b == 0 || !readable(at + i));
-            if zero_tail && (newest || expected == before_seq) {
-                // The unwritten rest of a zero-filled segment: its records end here. (In an older
-                // segment only when the next one continues the numbering: a zeroed stretch that
-                // lost records is damage, below.) Cut, so readers see the end of the file there.
-                tracing::info!(segment = %path.display(), offset = at, cut_bytes = buf.len() - at, records,
-                    "spool: the segment's records end where its zero-filled tail starts; cutting it there");
-                let file = OpenOptions::new().write(true).open(path)?;
-                file.set_len(at as u64)?;
-                file.sync_data()?;
-                buf.truncate(at);
-                break;
-            }
-            match resync(&buf, at + 1, expected - 1, before_seq) {
-                Some((to, f)) => {
-                    report_damage(stats, &path.display(), at as u64, to - at, expected, f.seq - 1, acked);
-                    damage.insert((first_seq, at as u64));
-                    at = to;
-                }
-                None if newest && unreadable.iter().any(|r| r.end > at) => {
-                    // Not a torn write: records answered OK sat in the blocks the disk cannot read.
-                    // How many is unknown (nothing after them tells): at least one is counted.
-                    report_damage(
-                        stats,
-                        &path.display(),
-                        at as u64,
-                        buf.len() - at,
-                        expected,
-                        expected,
-                        acked,
-                    );
-                    // The file is left as it is: it is written anew without the bad blocks below,
-                    // and kept aside whole.
-                    damage.insert((first_seq, at as u64));
-                    buf.truncate(at);
-                }
-                None if newest => {
-                    tracing::warn!(
-                        segment = %path.display(),
-                        offset = at,
-                        cut_bytes = buf.len() - at,
-                        kept_records = records,
-                        "spool: torn or corrupt record at the end of the newest segment (a crash mid-write); cutting the segment there"
-                    );
-                    OpenOptions::new().write(true).open(path)?.set_len(at as u64)?;
-                    buf.truncate(at);
-                }
-                None => {
-                    let lost_to = before_seq - 1;
-                    report_damage(
-                        stats,
-                        &path.display(),
-                        at as u64,
-                        buf.len() - at,
-                        expected,
-                        lost_to,
-                        acked,
-                    );
-                    damage.insert((first_seq, at as u64));
-                    last_seq = last_seq.max(lost_to);
-                    break;
-                }
-            }
+        let scan = scan_segment(&buf, &unreadable, place, refused);
+        for d in &scan.damaged {
+            report_damage(stats, &path.display(), d.offset as u64, d.bytes, d.lost_from, d.lost_to, acked);
+            damage.insert((first_seq, d.offset as u64));
         }
+        last_seq = scan.seen_upto;
+        cut_where_records_end(path, &scan, buf.len())?;
+        buf.truncate(scan.len);
+        let (records, seg_last) = (scan.records.len(), scan.last_seq);
         if !unreadable.is_empty() && records > 0 && seg_last > acked {
             // Readers must never meet the bad blocks again: the segment is written anew, its records
             // only, on other blocks (the damage was counted above).
-            buf = rewrite_segment(path, &buf, &kept)?;
+            buf = rewrite_segment(path, &buf, &scan.records)?;
             damage.retain(|(segment, _)| *segment != first_seq);
         }
         if (records == 0 || seg_last <= acked) && !unreadable.is_empty() {
@@ -308,13 +221,232 @@ pub(super) fn recover(dir: &Path, stats: &SpoolStats) -> Result<Recovered, Spool
     Ok(Recovered { segments, committed, next_seq, acked, refused, lock, damage })
 }
 
+/// Creates the spool directory if need be and locks it: two bridges appending to one spool would
+/// interleave records, so the second one refuses to start. The lock is held while the file is open.
+fn lock_dir(dir: &Path) -> Result<File, SpoolError> {
+    let open_err = |source| SpoolError::Open { path: dir.to_owned(), source };
+    fs::create_dir_all(dir).map_err(open_err)?;
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("lock"))
+        .map_err(open_err)?;
+    match lock.try_lock() {
+        Ok(()) => Ok(lock),
+        Err(fs::TryLockError::WouldBlock) => Err(SpoolError::Locked { path: dir.to_owned() }),
+        Err(fs::TryLockError::Error(e)) => Err(open_err(e)),
+    }
+}
+
+/// Where a segment sits in the log, as [`scan_segment`] needs to know it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct SegmentPlace {
+    /// The sequence number in the file's name: no record in it is older.
+    pub first_seq: u64,
+    /// The next segment's first sequence number (`u64::MAX` when there is none): no record of this
+    /// segment reaches it.
+    pub before_seq: u64,
+    /// Whether no segment follows: the one a crash mid-write leaves a torn tail in.
+    pub newest: bool,
+    /// The highest sequence number seen in the segments before this one (lost ones included), 0 at
+    /// the first: the next record continues from it.
+    pub seen_upto: u64,
+}
+
+/// What [`scan_segment`] found in one segment's bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct SegmentScan {
+    /// How the walk ended.
+    pub end: ScanEnd,
+    /// The segment's length once recovered: where its file is cut (or its bytes end, for an
+    /// unreadable tail left for the rewrite); all of it when nothing is cut ([`ScanEnd::Whole`],
+    /// [`ScanEnd::DamagedTail`]).
+    pub len: usize,
+    /// The byte ranges of the records found, in order (what a rewrite without bad blocks keeps).
+    pub records: Vec<Range<usize>>,
+    /// The last record's sequence number; 0 when no record was found.
+    pub last_seq: u64,
+    /// The highest sequence number seen so far, this segment's and those before it, lost ones
+    /// included: the next segment continues from it, and new appends after it.
+    pub seen_upto: u64,
+    /// The stretches skipped as damaged, in order; each is reported and counted once.
+    pub damaged: Vec<DamagedStretch>,
+}
+
+/// How the walk of a segment ended; each variant's offset is where its records end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ScanEnd {
+    /// Records, and any damage skipped between them, up to the last byte.
+    Whole,
+    /// A record of the batch the ack file records as refused starts here: it and everything after it
+    /// are cut off (and the cut synced).
+    Refused(usize),
+    /// Zeros from here to the end (blocks the disk cannot read aside): the unwritten rest of a
+    /// zero-filled segment, cut off (and the cut synced). In an older segment only when the next one
+    /// continues the numbering.
+    ZeroTail(usize),
+    /// The newest segment: no valid record from here on (a crash mid-write); cut off.
+    Torn(usize),
+    /// The newest segment: no valid record from here on, and blocks the disk cannot read after it, so
+    /// records answered OK may have been lost (one counted, in [`SegmentScan::damaged`]). The file is
+    /// not cut: it is rewritten without the bad blocks or set aside.
+    UnreadableTail(usize),
+    /// An older segment: no valid record from here to its end; the numbers up to the next segment's
+    /// first are lost (in [`SegmentScan::damaged`]). The file is kept as it is.
+    DamagedTail(usize),
+}
+
+/// A stretch of a segment skipped as damaged, and the sequence numbers it cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct DamagedStretch {
+    /// Where it starts, in bytes from the start of the segment.
+    pub offset: usize,
+    pub bytes: usize,
+    /// The sequence numbers lost, inclusive (none when `lost_to < lost_from`: only records already
+    /// counted, or none at all).
+    pub lost_from: u64,
+    pub lost_to: u64,
+}
+
+/// Walks one segment's bytes (as [`read_segment`] read them, `unreadable` its blocks the disk could
+/// not read) to where its valid records end, and says what it found. Reads only: reporting, cutting
+/// and rewriting are the caller's.
+///
+/// A record is taken when its checksum holds and its sequence number continues the numbering (above
+/// `place.seen_upto` and the segment's first, below the next segment's first). Anything else is, in
+/// this order: a record of the `refused` batch (the end of the records); a zero tail (the end, in the
+/// newest segment or when the next one continues the numbering); damage skipped up to the next record
+/// that continues ([`resync`]); failing that, the end of the records (see [`ScanEnd`]).
+pub(super) fn scan_segment(
+    buf: &[u8],
+    unreadable: &[Range<usize>],
+    place: SegmentPlace,
+    refused: Option<(u64, u64)>,
+) -> SegmentScan {
+    let SegmentPlace { first_seq, before_seq, newest, seen_upto } = place;
+    let readable = |i: usize| !unreadable.iter().any(|r| r.contains(&i));
+    let mut scan = SegmentScan {
+        end: ScanEnd::Whole,
+        len: buf.len(),
+        records: Vec::new(),
+        last_seq: 0,
+        seen_upto,
+        damaged: Vec::new(),
+    };
+    let mut at = 0usize;
+    while at < buf.len() {
+        let expected = scan.seen_upto.max(first_seq.saturating_sub(1)) + 1;
+        match frame_at(buf, at) {
+            Some(f) if refused.is_some_and(|(from, to)| (from..=to).contains(&f.seq)) => {
+                // A batch refused (answered 5xx) when its write or fsync failed, whose bytes could
+                // not be cut off then: the end of this segment's records. Nothing was written after
+                // it (the spool failed for good), and a restart starts a new segment.
+                return SegmentScan { end: ScanEnd::Refused(at), len: at, ..scan };
+            }
+            Some(f) if f.seq >= expected && f.seq < before_seq => {
+                scan.records.push(at..at + f.size());
+                at += f.size();
+                (scan.last_seq, scan.seen_upto) = (f.seq, f.seq);
+                continue;
+            }
+            _ => {}
+        }
+        // (A block the disk cannot read inside that unwritten rest does not make it damage: the
+        // zeros before it show nothing was written there.)
+        let zero_tail =
+            readable(at) && buf[at..].iter().enumerate().all(|(i, b)| *b == 0 || !readable(at + i));
+        if zero_tail && (newest || expected == before_seq) {
+            // The unwritten rest of a zero-filled segment: its records end here. (In an older
+            // segment only when the next one continues the numbering: a zeroed stretch that lost
+            // records is damage, below.)
+            return SegmentScan { end: ScanEnd::ZeroTail(at), len: at, ..scan };
+        }
+        match resync(buf, at + 1, expected - 1, before_seq) {
+            Some((to, f)) => {
+                scan.damaged.push(DamagedStretch {
+                    offset: at,
+                    bytes: to - at,
+                    lost_from: expected,
+                    lost_to: f.seq - 1,
+                });
+                at = to;
+            }
+            None if newest && unreadable.iter().any(|r| r.end > at) => {
+                // Not a torn write: records answered OK sat in the blocks the disk cannot read. How
+                // many is unknown (nothing after them tells): at least one is counted.
+                let lost = DamagedStretch {
+                    offset: at,
+                    bytes: buf.len() - at,
+                    lost_from: expected,
+                    lost_to: expected,
+                };
+                scan.damaged.push(lost);
+                return SegmentScan { end: ScanEnd::UnreadableTail(at), len: at, ..scan };
+            }
+            // A torn or corrupt record at the end of the newest segment: a crash mid-write.
+            None if newest => return SegmentScan { end: ScanEnd::Torn(at), len: at, ..scan },
+            None => {
+                let lost_to = before_seq - 1;
+                scan.damaged.push(DamagedStretch {
+                    offset: at,
+                    bytes: buf.len() - at,
+                    lost_from: expected,
+                    lost_to,
+                });
+                scan.seen_upto = scan.seen_upto.max(lost_to);
+                return SegmentScan { end: ScanEnd::DamagedTail(at), ..scan };
+            }
+        }
+    }
+    scan
+}
+
+/// Acts on how a segment's scan ended: cuts its file where its records end (`file_len` is its length
+/// before), with one log line. An unreadable or damaged tail is left as it is (the damage report says
+/// what it cost).
+fn cut_where_records_end(path: &Path, scan: &SegmentScan, file_len: usize) -> io::Result<()> {
+    let records = scan.records.len() as u64;
+    match scan.end {
+        ScanEnd::Refused(at) => {
+            tracing::warn!(segment = %path.display(), offset = at, cut_bytes = file_len - at, records,
+                "spool: records of a batch refused when its write or fsync failed; cutting them off");
+            let file = OpenOptions::new().write(true).open(path)?;
+            file.set_len(at as u64)?;
+            file.sync_data()?;
+        }
+        ScanEnd::ZeroTail(at) => {
+            // Cut, so readers see the end of the file there.
+            tracing::info!(segment = %path.display(), offset = at, cut_bytes = file_len - at, records,
+                "spool: the segment's records end where its zero-filled tail starts; cutting it there");
+            let file = OpenOptions::new().write(true).open(path)?;
+            file.set_len(at as u64)?;
+            file.sync_data()?;
+        }
+        ScanEnd::Torn(at) => {
+            tracing::warn!(
+                segment = %path.display(),
+                offset = at,
+                cut_bytes = file_len - at,
+                kept_records = records,
+                "spool: torn or corrupt record at the end of the newest segment (a crash mid-write); cutting the segment there"
+            );
+            OpenOptions::new().write(true).open(path)?.set_len(at as u64)?;
+        }
+        // Nothing to cut. (A file with an unreadable tail is written anew without the bad blocks, or
+        // set aside whole: see `recover`.)
+        ScanEnd::Whole | ScanEnd::UnreadableTail(_) | ScanEnd::DamagedTail(_) => {}
+    }
+    Ok(())
+}
+
 /// Blocks of a segment read at start: a block the disk cannot read is filled with 0xFF.
 const RECOVERY_BLOCK: usize = 4096;
 
 /// A segment's bytes for recovery, read block by block: a block that cannot be read (`EIO`: a bad
 /// sector) is filled with 0xFF, where no record can start, so recovery resumes at the next record
 /// after it and counts what it cost, as for any damage; its byte ranges are returned.
-fn read_segment(path: &Path) -> io::Result<(Vec<u8>, Vec<std::ops::Range<usize>>)> {
+fn read_segment(path: &Path) -> io::Result<(Vec<u8>, Vec<Range<usize>>)> {
     let file = File::open(path)?;
     let len = file.metadata()?.len() as usize;
     let mut buf = vec![0u8; len];
@@ -339,7 +471,7 @@ fn read_segment(path: &Path) -> io::Result<(Vec<u8>, Vec<std::ops::Range<usize>>
 
 /// Replaces the segment at `path` by one holding only `records` (ranges of `buf`): written to a new
 /// file, synced, renamed over it, the directory synced. Returns its new contents.
-fn rewrite_segment(path: &Path, buf: &[u8], records: &[std::ops::Range<usize>]) -> io::Result<Vec<u8>> {
+fn rewrite_segment(path: &Path, buf: &[u8], records: &[Range<usize>]) -> io::Result<Vec<u8>> {
     let fresh: Vec<u8> = records.iter().flat_map(|r| buf[r.clone()].iter().copied()).collect();
     use std::io::Write;
     let tmp = path.with_extension("seg.rewrite");
@@ -1230,6 +1362,331 @@ mod tests {
         w.acknowledge(20_017);
         w.publish_stats();
         assert_eq!((pending(&w), w.burnt.len()), (0, 0));
+    }
+
+    // `scan_segment` on bytes alone: each case it tells apart, with the exact offsets and numbers.
+
+    /// Bytes of a record with a 100-byte payload.
+    const REC: usize = HEADER_LEN + 100;
+
+    /// A segment's bytes: records numbered `seqs`, each with a payload of `payload` bytes.
+    fn segment_of(seqs: impl IntoIterator<Item = u64>, payload: usize) -> Vec<u8> {
+        let mut buf = Vec::new();
+        for seq in seqs {
+            record::encode(seq, &vec![b'r'; payload], &mut buf);
+        }
+        buf
+    }
+
+    /// The byte ranges of the records at these positions, each `size` bytes.
+    fn nth(positions: impl IntoIterator<Item = usize>, size: usize) -> Vec<Range<usize>> {
+        positions.into_iter().map(|i| i * size..(i + 1) * size).collect()
+    }
+
+    fn newest(first_seq: u64, seen_upto: u64) -> SegmentPlace {
+        SegmentPlace { first_seq, before_seq: u64::MAX, newest: true, seen_upto }
+    }
+
+    fn older(first_seq: u64, before_seq: u64, seen_upto: u64) -> SegmentPlace {
+        SegmentPlace { first_seq, before_seq, newest: false, seen_upto }
+    }
+
+    /// As [`read_segment`] leaves a block the disk cannot read: filled with 0xFF, its range returned.
+    fn cannot_read(buf: &mut [u8], block: Range<usize>) -> Vec<Range<usize>> {
+        buf[block.clone()].fill(0xFF);
+        vec![block]
+    }
+
+    fn stretch(offset: usize, bytes: usize, lost_from: u64, lost_to: u64) -> DamagedStretch {
+        DamagedStretch { offset, bytes, lost_from, lost_to }
+    }
+
+    #[test]
+    fn a_clean_segment_is_read_to_its_last_byte() {
+        let buf = segment_of(1..=5, 100);
+        let whole = SegmentScan {
+            end: ScanEnd::Whole,
+            len: 5 * REC,
+            records: nth(0..5, REC),
+            last_seq: 5,
+            seen_upto: 5,
+            damaged: vec![],
+        };
+        assert_eq!(scan_segment(&buf, &[], newest(1, 0), None), whole);
+        assert_eq!(scan_segment(&buf, &[], older(1, 6, 0), None), whole, "an older segment alike");
+        // After earlier segments, and with numbers burnt between records: not damage.
+        let buf = segment_of([11, 12, 15, 16], 100);
+        assert_eq!(
+            scan_segment(&buf, &[], newest(11, 10), None),
+            SegmentScan {
+                end: ScanEnd::Whole,
+                len: 4 * REC,
+                records: nth(0..4, REC),
+                last_seq: 16,
+                seen_upto: 16,
+                damaged: vec![],
+            }
+        );
+    }
+
+    #[test]
+    fn an_empty_segment_has_no_records_and_passes_the_numbering_on() {
+        assert_eq!(
+            scan_segment(&[], &[], newest(8, 7), None),
+            SegmentScan {
+                end: ScanEnd::Whole,
+                len: 0,
+                records: vec![],
+                last_seq: 0,
+                seen_upto: 7,
+                damaged: vec![]
+            }
+        );
+    }
+
+    #[test]
+    fn a_torn_last_record_of_the_newest_segment_ends_its_records_where_it_starts() {
+        let whole = segment_of(1..=5, 100);
+        let sixth = segment_of([6], 100);
+        for torn_at in [1, 7, HEADER_LEN, HEADER_LEN + 50, REC - 1] {
+            let mut buf = whole.clone();
+            buf.extend_from_slice(&sixth[..torn_at]);
+            assert_eq!(
+                scan_segment(&buf, &[], newest(1, 0), None),
+                SegmentScan {
+                    end: ScanEnd::Torn(5 * REC),
+                    len: 5 * REC,
+                    records: nth(0..5, REC),
+                    last_seq: 5,
+                    seen_upto: 5,
+                    damaged: vec![],
+                },
+                "torn at {torn_at}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_flipped_byte_costs_its_record_only_and_the_records_after_it_are_kept() {
+        // Record 4's length, checksum, sequence number and payload in turn.
+        for flipped in [0, 5, 8, HEADER_LEN + 10] {
+            let mut buf = segment_of(1..=10, 100);
+            buf[3 * REC + flipped] ^= 0x08;
+            let expected = SegmentScan {
+                end: ScanEnd::Whole,
+                len: 10 * REC,
+                records: nth((0..10).filter(|i| *i != 3), REC),
+                last_seq: 10,
+                seen_upto: 10,
+                damaged: vec![stretch(3 * REC, REC, 4, 4)],
+            };
+            assert_eq!(scan_segment(&buf, &[], newest(1, 0), None), expected, "byte {flipped}");
+            assert_eq!(scan_segment(&buf, &[], older(1, 11, 0), None), expected, "byte {flipped}, older");
+        }
+    }
+
+    #[test]
+    fn the_zero_filled_rest_of_the_newest_segment_ends_its_records() {
+        let mut buf = segment_of(1..=5, 100);
+        buf.resize(16 << 10, 0);
+        assert_eq!(
+            scan_segment(&buf, &[], newest(1, 0), None),
+            SegmentScan {
+                end: ScanEnd::ZeroTail(5 * REC),
+                len: 5 * REC,
+                records: nth(0..5, REC),
+                last_seq: 5,
+                seen_upto: 5,
+                damaged: vec![],
+            }
+        );
+        // A spare no record reached: all zeros.
+        assert_eq!(
+            scan_segment(&[0; 16 << 10], &[], newest(6, 5), None),
+            SegmentScan {
+                end: ScanEnd::ZeroTail(0),
+                len: 0,
+                records: vec![],
+                last_seq: 0,
+                seen_upto: 5,
+                damaged: vec![],
+            }
+        );
+    }
+
+    #[test]
+    fn zeros_in_an_older_segment_end_its_records_only_when_the_next_segment_continues_the_numbering() {
+        let mut buf = segment_of(1..=5, 100);
+        buf.resize(5 * REC + 1000, 0);
+        assert_eq!(
+            scan_segment(&buf, &[], older(1, 6, 0), None),
+            SegmentScan {
+                end: ScanEnd::ZeroTail(5 * REC),
+                len: 5 * REC,
+                records: nth(0..5, REC),
+                last_seq: 5,
+                seen_upto: 5,
+                damaged: vec![],
+            }
+        );
+        // The next segment starts at 9: the zeros hide records 6 to 8, lost; the file is kept whole.
+        assert_eq!(
+            scan_segment(&buf, &[], older(1, 9, 0), None),
+            SegmentScan {
+                end: ScanEnd::DamagedTail(5 * REC),
+                len: 5 * REC + 1000,
+                records: nth(0..5, REC),
+                last_seq: 5,
+                seen_upto: 8,
+                damaged: vec![stretch(5 * REC, 1000, 6, 8)],
+            }
+        );
+    }
+
+    #[test]
+    fn a_torn_tail_of_an_older_segment_is_kept_and_reported_as_damage() {
+        let mut buf = segment_of(1..=5, 100);
+        buf.extend_from_slice(&segment_of([6], 100)[..50]);
+        assert_eq!(
+            scan_segment(&buf, &[], older(1, 7, 0), None),
+            SegmentScan {
+                end: ScanEnd::DamagedTail(5 * REC),
+                len: 5 * REC + 50,
+                records: nth(0..5, REC),
+                last_seq: 5,
+                seen_upto: 6,
+                damaged: vec![stretch(5 * REC, 50, 6, 6)],
+            }
+        );
+        // The next segment continues right after record 5: the stretch is reported, no number lost.
+        let scan = scan_segment(&buf, &[], older(1, 6, 0), None);
+        assert_eq!((scan.end, scan.seen_upto), (ScanEnd::DamagedTail(5 * REC), 5));
+        assert_eq!(scan.damaged, vec![stretch(5 * REC, 50, 6, 5)]);
+    }
+
+    #[test]
+    fn a_record_of_the_refused_batch_ends_the_segment_s_records() {
+        let buf = segment_of(1..=7, 100);
+        assert_eq!(
+            scan_segment(&buf, &[], newest(1, 0), Some((6, 7))),
+            SegmentScan {
+                end: ScanEnd::Refused(5 * REC),
+                len: 5 * REC,
+                records: nth(0..5, REC),
+                last_seq: 5,
+                seen_upto: 5,
+                damaged: vec![],
+            }
+        );
+        // A refused range no record holds changes nothing.
+        assert_eq!(scan_segment(&buf, &[], newest(1, 0), Some((8, 9))).end, ScanEnd::Whole);
+    }
+
+    #[test]
+    fn a_record_that_does_not_continue_the_numbering_is_skipped() {
+        // A stale copy of record 3 between 11 and 12, in a segment starting at 10.
+        let buf = segment_of([10, 11, 3, 12], 100);
+        assert_eq!(
+            scan_segment(&buf, &[], newest(10, 9), None),
+            SegmentScan {
+                end: ScanEnd::Whole,
+                len: 4 * REC,
+                records: nth([0, 1, 3], REC),
+                last_seq: 12,
+                seen_upto: 12,
+                damaged: vec![stretch(2 * REC, REC, 12, 11)],
+            }
+        );
+        // Records numbered from the next segment's first on are not this segment's: its records end
+        // before them.
+        let buf = segment_of(1..=5, 100);
+        assert_eq!(
+            scan_segment(&buf, &[], older(1, 4, 0), None),
+            SegmentScan {
+                end: ScanEnd::DamagedTail(3 * REC),
+                len: 5 * REC,
+                records: nth(0..3, REC),
+                last_seq: 3,
+                seen_upto: 3,
+                damaged: vec![stretch(3 * REC, 2 * REC, 4, 3)],
+            }
+        );
+    }
+
+    #[test]
+    fn a_block_the_disk_cannot_read_costs_the_records_across_it_and_the_scan_resumes_after_it() {
+        // 316-byte records; the block 4096..8192 could not be read: records 13 (3792..4108) to 26
+        // (7900..8216) touch it.
+        let size = HEADER_LEN + 300;
+        let mut buf = segment_of(1..=40, 300);
+        let unreadable = cannot_read(&mut buf, 4096..8192);
+        assert_eq!(
+            scan_segment(&buf, &unreadable, newest(1, 0), None),
+            SegmentScan {
+                end: ScanEnd::Whole,
+                len: 40 * size,
+                records: nth((0..12).chain(26..40), size),
+                last_seq: 40,
+                seen_upto: 40,
+                damaged: vec![stretch(12 * size, 14 * size, 13, 26)],
+            }
+        );
+    }
+
+    #[test]
+    fn blocks_the_disk_cannot_read_at_the_end_of_the_newest_segment_cost_a_record_and_cut_nothing() {
+        let size = HEADER_LEN + 300;
+        let mut buf = segment_of(1..=20, 300);
+        let unreadable = cannot_read(&mut buf, 4096..20 * size);
+        assert_eq!(
+            scan_segment(&buf, &unreadable, newest(1, 0), None),
+            SegmentScan {
+                end: ScanEnd::UnreadableTail(12 * size),
+                len: 12 * size,
+                records: nth(0..12, size),
+                last_seq: 12,
+                seen_upto: 12,
+                damaged: vec![stretch(12 * size, 8 * size, 13, 13)],
+            }
+        );
+        // The same bytes read without an error are a torn tail: cut, nothing counted.
+        let scan = scan_segment(&buf, &[], newest(1, 0), None);
+        assert_eq!((scan.end, scan.damaged), (ScanEnd::Torn(12 * size), vec![]));
+    }
+
+    #[test]
+    fn a_block_the_disk_cannot_read_inside_the_zero_tail_does_not_make_it_damage() {
+        let mut buf = segment_of(1..=5, 100);
+        buf.resize(12 << 10, 0);
+        let unreadable = cannot_read(&mut buf, 4096..8192);
+        assert_eq!(
+            scan_segment(&buf, &unreadable, newest(1, 0), None),
+            SegmentScan {
+                end: ScanEnd::ZeroTail(5 * REC),
+                len: 5 * REC,
+                records: nth(0..5, REC),
+                last_seq: 5,
+                seen_upto: 5,
+                damaged: vec![],
+            }
+        );
+        // But when the records end where such a block starts, what it held is unknown: a record lost.
+        let size = HEADER_LEN + 240;
+        let mut buf = segment_of(1..=16, 240);
+        assert_eq!(buf.len(), 4096);
+        buf.resize(12 << 10, 0);
+        let unreadable = cannot_read(&mut buf, 4096..8192);
+        assert_eq!(
+            scan_segment(&buf, &unreadable, newest(1, 0), None),
+            SegmentScan {
+                end: ScanEnd::UnreadableTail(16 * size),
+                len: 4096,
+                records: nth(0..16, size),
+                last_seq: 16,
+                seen_upto: 16,
+                damaged: vec![stretch(4096, 8192, 17, 17)],
+            }
+        );
     }
 
     fn ack_file(dir: &Path) -> File {
