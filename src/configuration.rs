@@ -16,6 +16,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::domain::SdkAppId;
+pub use crate::exactly_once::ExactlyOnce;
 pub use crate::publisher::RDKAFKA_PREFIX;
 use crate::publisher::{KafkaSettings, RdkafkaOverrides};
 pub use crate::spool::FsyncMode;
@@ -142,6 +143,37 @@ pub const VARIABLES: &[Variable] = &[
         "sync delivery: how long to wait for Kafka before answering 503",
         (1, 1999),
         "Tencent stops waiting after 2000 ms: a later answer reaches no one",
+    ),
+    var(
+        "BRIDGE_EXACTLY_ONCE",
+        Some("false"),
+        "true: publish the spool in Kafka transactions with its position inside them (each event once for read_committed consumers)",
+    ),
+    num(
+        "BRIDGE_EOS_COMMIT_INTERVAL_MS",
+        Some("100"),
+        "exactly-once: a transaction is committed at most this long after its first event",
+        (1, 10_000),
+        "",
+    ),
+    num(
+        "BRIDGE_EOS_COMMIT_RECORDS",
+        Some("4096"),
+        "exactly-once: a transaction holds at most this many events",
+        (1, 1_000_000),
+        "",
+    ),
+    num(
+        "BRIDGE_EOS_TRANSACTION_TIMEOUT_SECS",
+        Some("60"),
+        "exactly-once: Kafka aborts a transaction left open this long (transaction.timeout.ms)",
+        (1, 900),
+        "Kafka refuses more than its transaction.max.timeout.ms, 15 min by default",
+    ),
+    var(
+        "BRIDGE_POSITION_TOPIC",
+        None,
+        "exactly-once: compacted topic of the spool positions committed with the events (default <topic>.positions)",
     ),
     var("BRIDGE_SPOOL_DIR", Some("./spool"), "directory of the durable spool"),
     var("BRIDGE_SPOOL_FSYNC", Some("always"), "always | interval | never: when the spool is fsynced"),
@@ -304,6 +336,8 @@ pub struct Settings {
     /// What the producer is built from: brokers, topics and the `BRIDGE_RDKAFKA_*` overrides.
     pub kafka: KafkaSettings,
     pub delivery: DeliveryMode,
+    /// `BRIDGE_EXACTLY_ONCE=true` and its settings; `None`: at least once.
+    pub exactly_once: Option<ExactlyOnce>,
     pub spool_dir: PathBuf,
     pub spool_fsync: FsyncMode,
     pub spool_max_bytes: u64,
@@ -363,6 +397,11 @@ struct Raw {
     dlq_topic: Option<String>,
     delivery: Option<String>,
     sync_timeout_ms: Option<String>,
+    exactly_once: Option<String>,
+    eos_commit_interval_ms: Option<String>,
+    eos_commit_records: Option<String>,
+    eos_transaction_timeout_secs: Option<String>,
+    position_topic: Option<String>,
     spool_dir: Option<String>,
     spool_fsync: Option<String>,
     spool_fsync_interval_ms: Option<String>,
@@ -438,6 +477,39 @@ impl Settings {
             "spool" => DeliveryMode::Spool,
             _ => DeliveryMode::Sync { timeout: millis("BRIDGE_SYNC_TIMEOUT_MS", raw.sync_timeout_ms)? },
         };
+        let exactly_once = match choice("BRIDGE_EXACTLY_ONCE", raw.exactly_once, &["true", "false"])? {
+            "true" => {
+                if let DeliveryMode::Sync { .. } = delivery {
+                    return Err(bad(
+                        "BRIDGE_EXACTLY_ONCE",
+                        "needs BRIDGE_DELIVERY=spool: sync delivery would commit one transaction per webhook",
+                    ));
+                }
+                Some(ExactlyOnce {
+                    commit_interval: millis("BRIDGE_EOS_COMMIT_INTERVAL_MS", raw.eos_commit_interval_ms)?,
+                    commit_records: whole("BRIDGE_EOS_COMMIT_RECORDS", raw.eos_commit_records)? as usize,
+                    transaction_timeout: secs(
+                        "BRIDGE_EOS_TRANSACTION_TIMEOUT_SECS",
+                        raw.eos_transaction_timeout_secs,
+                    )?,
+                    position_topic: match raw.position_topic {
+                        Some(t) => text("BRIDGE_POSITION_TOPIC", Some(t))?,
+                        None => format!("{topic}.positions"),
+                    },
+                })
+            }
+            _ => None,
+        };
+        if exactly_once.is_some() {
+            for property in ["message.timeout.ms", "delivery.timeout.ms"] {
+                if rdkafka.0.contains_key(property) {
+                    return Err(bad(
+                        &format!("{RDKAFKA_PREFIX}{}", property.replace('.', "_").to_ascii_uppercase()),
+                        format!("{property} is refused with BRIDGE_EXACTLY_ONCE=true: a record's timeout is the transaction's (BRIDGE_EOS_TRANSACTION_TIMEOUT_SECS)"),
+                    ));
+                }
+            }
+        }
         let spool_fsync =
             match choice("BRIDGE_SPOOL_FSYNC", raw.spool_fsync, &["always", "interval", "never"])? {
                 "always" => FsyncMode::Always,
@@ -485,6 +557,7 @@ impl Settings {
                 rdkafka,
             },
             delivery,
+            exactly_once,
             spool_dir: PathBuf::from(text("BRIDGE_SPOOL_DIR", raw.spool_dir)?),
             spool_fsync,
             spool_max_bytes: whole("BRIDGE_SPOOL_MAX_BYTES", raw.spool_max_bytes)?,

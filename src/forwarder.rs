@@ -55,8 +55,11 @@ use rdkafka::Message as _;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use crate::exactly_once::{ExactlyOnce, Position, PositionError};
 use crate::message::{read_spooled, KafkaRecord, KafkaRecordRef};
-use crate::publisher::{error_kind, Outcome, Pending, PublishError, Publisher, Report};
+use crate::publisher::{
+    error_kind, KafkaSettings, Outcome, Pending, PublishError, Publisher, Report, TxnError,
+};
 use crate::quarantine::Quarantine;
 use crate::spool::{Committed, Spool, SpoolReader, SpooledRecord};
 
@@ -107,6 +110,12 @@ pub enum ForwarderError {
     ProducerKeepsFailing { restarts: u32, last: String },
     #[error("cannot build a new Kafka producer: {0}")]
     Rebuild(#[from] crate::publisher::ProducerConfigError),
+    #[error("another process publishes spool {spool_id} (same transactional id; a copy of this spool directory?) and fenced this bridge; stopping without fencing it back: {reason}")]
+    Fenced { spool_id: String, reason: String },
+    #[error("Kafka transactions cannot start: {0}")]
+    Transactions(TxnError),
+    #[error(transparent)]
+    Position(#[from] PositionError),
 }
 
 /// What the loop is doing; see the module docs.
@@ -185,6 +194,26 @@ pub struct Forwarder {
     /// The reader of records spooled in format 1 (the bare event JSON), which only the event module
     /// knows.
     legacy: LegacyReader,
+    /// Exactly-once mode (see [`crate::exactly_once`]); `None`: at least once.
+    eos: Option<Eos>,
+}
+
+/// What the forwarder needs in exactly-once mode.
+pub struct Eos {
+    pub settings: ExactlyOnce,
+    /// The spool's id: the position record's key.
+    pub spool_id: String,
+    /// For reading the position again after a new producer fenced the old one.
+    pub kafka: KafkaSettings,
+}
+
+/// The open transaction (exactly-once mode).
+struct Txn {
+    began: Instant,
+    /// Records sent (or settled in place) in it.
+    records: usize,
+    /// Delivered records' receive and event times, for the latency metrics once it commits.
+    delivered: Vec<(i64, i64)>,
 }
 
 /// Turns a record spooled in format 1 into a message (see [`read_spooled`]).
@@ -264,6 +293,15 @@ struct Books {
     partitions_asked: Option<Instant>,
     /// The topic's partition count, once read (for where a record lands).
     partitions: Option<i32>,
+    /// Exactly-once mode: the open transaction, if any.
+    txn: Option<Txn>,
+    /// Exactly-once mode: the position last committed (`acked` is then what the open transaction
+    /// holds so far). At least once: equal to `acked`.
+    committed: u64,
+    /// Exactly-once mode: records since the last commit that went to the dead-letter topic (or the
+    /// quarantine) outside the transaction: an abort does not take them back, so they are not sent
+    /// again.
+    dead_lettered: std::collections::BTreeSet<u64>,
 }
 
 /// What is in flight.
@@ -328,9 +366,30 @@ impl Forwarder {
                 wedged: Default::default(),
                 quarantine,
                 legacy,
+                eos: None,
             },
             rx,
         )
+    }
+
+    /// Publishes in Kafka transactions (see [`crate::exactly_once`]), from right after `position`, the
+    /// position last committed (read after `init_transactions`), when it is ahead of the ack file: a
+    /// crash between a commit and the ack. The ack file catches up first.
+    pub fn exactly_once(mut self, eos: Eos, position: Option<Position>) -> Self {
+        if let (Some(p), Some(reader)) = (position, self.reader.as_mut()) {
+            if p.seq >= reader.position() {
+                tracing::info!(
+                    position = p.seq,
+                    ack_file = reader.position() - 1,
+                    "the committed position is ahead of the ack file (stopped between a commit and its ack): resuming after the committed position"
+                );
+                self.spool.ack(p.seq);
+                reader.seek(p.seq + 1);
+                self.progress.send_modify(|progress| progress.acked_seq = p.seq);
+            }
+        }
+        self.eos = Some(eos);
+        self
     }
 
     /// Runs until stopped through `stop` (then returns `Ok` once the final position is acknowledged)
@@ -376,12 +435,32 @@ impl Forwarder {
                     isolate: 1,
                 };
             }
-            let room = if b.gated || b.next_read_at.is_some() {
+            let mut room = if b.gated || b.next_read_at.is_some() {
                 0
             } else {
                 state.window().saturating_sub(b.window.inflight.len())
             };
-            if have_more && room > 0 && b.window.bytes < WINDOW_BYTES {
+            if let Some(eos) = &self.eos {
+                // A transaction takes at most its count; once due, nothing more goes into it.
+                let (taken, due) = b.txn.as_ref().map_or((0, false), |t| (t.records, t.due(&eos.settings)));
+                room = if due { 0 } else { room.min(eos.settings.commit_records.saturating_sub(taken)) };
+            }
+            let sending = have_more && room > 0 && b.window.bytes < WINDOW_BYTES;
+            if !sending
+                && b.txn.is_some()
+                && b.window.inflight.is_empty()
+                && b.window.dead_letter_sends.is_empty()
+                && matches!(
+                    state,
+                    State::Delivering | State::Isolating { .. } | State::Draining { failed_seq: None }
+                )
+            {
+                // Everything sent in the transaction has settled and it is due, or nothing more can
+                // go into it now: commit.
+                state = self.commit(state, &mut b).await;
+                continue;
+            }
+            if sending {
                 state = self.send_more(state, &mut b, upto, room).await;
                 continue;
             }
@@ -421,6 +500,9 @@ impl Forwarder {
             unconfirmed: 0,
             partitions_asked: None,
             partitions: None,
+            txn: None,
+            committed: acked,
+            dead_lettered: Default::default(),
         }
     }
 
@@ -428,7 +510,10 @@ impl Forwarder {
     /// time is up), else the state to go on in (draining once sending must stop).
     fn winding_down(&self, state: State, b: &Books, s: &Stopping, have_more: bool) -> Option<State> {
         let now = Instant::now();
+        // (Exactly once: an open transaction is committed first, unless a failure left it to abort:
+        // then the next start's `init_transactions`, or Kafka after the transaction timeout, aborts it.)
         let done = b.window.inflight.is_empty()
+            && (b.txn.is_none() || matches!(state, State::Draining { failed_seq: Some(_) }))
             && match state {
                 State::Draining { .. } => true,
                 // Everything committed was sent and every report counted.
@@ -503,6 +588,19 @@ impl Forwarder {
         let mut batch = VecDeque::from(batch);
         while let Some(record) = batch.pop_front() {
             let seq = record.seq;
+            if self.eos.is_some() && b.txn.is_none() {
+                // Exactly once: every record goes out in a transaction (opening one asks nothing of
+                // Kafka).
+                if let Err(e) = self.publisher.begin_transaction() {
+                    tracing::error!(error = %e, "cannot open a Kafka transaction");
+                    state = self.txn_failed(state, e, b);
+                    break;
+                }
+                b.txn = Some(Txn { began: Instant::now(), records: 0, delivered: Vec::new() });
+            }
+            if let Some(t) = b.txn.as_mut() {
+                t.records += 1;
+            }
             while b.delivered_ahead.front().is_some_and(|d| *d < seq) {
                 b.delivered_ahead.pop_front();
             }
@@ -606,14 +704,20 @@ impl Forwarder {
             Some((seq, result)) = b.window.dead_letter_sends.next(), if !b.window.dead_letter_sends.is_empty() => {
                 b.gated = false;
                 match b.window.inflight.binary_search_by_key(&seq, |m| m.seq) {
-                    Ok(i) => b.window.inflight[i].outcome = Some(result),
+                    Ok(i) => {
+                        if self.eos.is_some() && result.is_ok() {
+                            // Outside the transaction: an abort does not take it back.
+                            b.dead_lettered.insert(seq);
+                        }
+                        b.window.inflight[i].outcome = Some(result)
+                    }
                     // Dead-letter sends are dropped with the records they belong to: a bug if seen.
                     Err(_) => tracing::warn!(seq, "a dead-letter outcome for a record not in flight; ignored"),
                 }
                 state = self.settle_ready(state, b, upto);
             }
             _ = tokio::time::sleep_until(recovering_until.unwrap_or_else(Instant::now)), if recovering_until.is_some() => {
-                state = self.resume(state, b)?;
+                state = self.resume(state, b).await?;
             }
             _ = tokio::time::sleep_until(b.clock.last_report + self.stall_after), if watch_stall => {
                 state = self.stalled(state, b).await;
@@ -729,7 +833,8 @@ impl Forwarder {
             b.window.bytes -= m.bytes;
             let result = m.outcome.take().expect("checked above");
             state = self.settled(state, m, result, b);
-            if b.acked != b.acked_sent
+            if self.eos.is_none()
+                && b.acked != b.acked_sent
                 && (b.window.inflight.is_empty() || b.acked - b.acked_sent >= ACK_EVERY)
             {
                 self.spool.ack(b.acked);
@@ -747,7 +852,11 @@ impl Forwarder {
         b.clock.answered_at_last_check = false;
         match result {
             Ok(()) if state.counts(m.seq) => {
-                self.publisher.metrics().delivered(m.received_at_ms, m.event_time_ms);
+                match b.txn.as_mut() {
+                    // Visible to consumers once the transaction commits: counted then.
+                    Some(t) => t.delivered.push((m.received_at_ms, m.event_time_ms)),
+                    None => self.publisher.metrics().delivered(m.received_at_ms, m.event_time_ms),
+                }
                 b.acked = m.seq;
                 b.retry.backoff = MIN_BACKOFF;
                 b.retry.fatal_in_a_row = 0;
@@ -905,8 +1014,11 @@ impl Forwarder {
 
     /// Everything in flight has settled after a failure and the backoff has passed: publish again
     /// from the first unacknowledged record (with a new producer after a fatal error or a stall).
-    fn resume(&mut self, state: State, b: &mut Books) -> Result<State, ForwarderError> {
+    async fn resume(&mut self, state: State, b: &mut Books) -> Result<State, ForwarderError> {
         let State::Recovering { producer, isolate, .. } = state else { return Ok(state) };
+        if self.eos.is_some() {
+            return self.resume_transactions(producer, isolate, b).await;
+        }
         // A replaced producer's records that Kafka acknowledged are in Kafka: not published again. (In
         // flight here only after a stall or a fatal error: other failures wait for everything to settle.)
         // Only up to the first record that failed: a record confirmed after it, on its partition, must
@@ -953,6 +1065,213 @@ impl Forwarder {
             r.seek(b.acked + 1);
         }
         Ok(State::Isolating { left: isolate.max(1) })
+    }
+
+    /// Ends the open transaction (exactly-once mode): the position record, then the commit, on the
+    /// blocking pool; then the spool's ack follows. A commit that fails retriably is tried again (it
+    /// resumes where it was), for at most the transaction timeout; one that must be aborted, or whose
+    /// producer failed for good, goes to recovery, which aborts or replaces the producer and publishes
+    /// again from the last committed position.
+    async fn commit(&mut self, state: State, b: &mut Books) -> State {
+        let eos = self.eos.as_ref().expect("commit only in exactly-once mode");
+        let position = Position::new(b.acked).to_bytes();
+        if let Err(e) = self.publisher.send_position(&eos.settings.position_topic, &eos.spool_id, &position) {
+            self.count_error(&e);
+            let fatal = matches!(e, PublishError::Fatal(_));
+            let e = if fatal {
+                TxnError::Fatal(e.kafka_error().clone())
+            } else {
+                TxnError::Abortable(e.kafka_error().clone())
+            };
+            return self.txn_failed(state, e, b);
+        }
+        let started = Instant::now();
+        let timeout = eos.settings.transaction_timeout;
+        let mut tries = 0u32;
+        loop {
+            let publisher = self.publisher.clone();
+            let outcome = tokio::task::spawn_blocking(move || publisher.commit_transaction(timeout))
+                .await
+                .unwrap_or_else(|_| Err(TxnError::Fatal(rdkafka::error::KafkaError::Canceled)));
+            match outcome {
+                Ok(()) => break,
+                Err(TxnError::Retriable(e)) if started.elapsed() < timeout => {
+                    tries += 1;
+                    if tries == 1 {
+                        tracing::warn!(error = %e, "committing the Kafka transaction failed for now; trying again");
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(TxnError::Retriable(e)) => {
+                    // Past the transaction timeout Kafka aborts it anyway: a new producer fences this
+                    // one (waiting for a commit in progress) and the position says what committed.
+                    tracing::error!(error = %e, tries, "the Kafka transaction did not commit within the transaction timeout; replacing the producer");
+                    return self.txn_failed(state, TxnError::Fatal(e), b);
+                }
+                Err(e) => return self.txn_failed(state, e, b),
+            }
+        }
+        // The failpoint dies here as `kill -9` would: committed, the ack file not yet moved.
+        #[cfg(feature = "failpoints")]
+        if crate::failpoints::here() && fail::eval("forwarder::after_commit", |_| ()).is_some() {
+            crate::failpoints::kill_self();
+        }
+        let metrics = self.publisher.metrics();
+        metrics.kafka_transaction_commit_seconds.observe(started.elapsed().as_secs_f64());
+        metrics.kafka_transactions.with_label_values(&["committed"]).inc();
+        let txn = b.txn.take().expect("a transaction was open");
+        tracing::debug!(
+            records = txn.records,
+            position = b.acked,
+            commit_ms = started.elapsed().as_millis() as u64,
+            "committed a Kafka transaction"
+        );
+        for (received_at_ms, event_time_ms) in txn.delivered {
+            metrics.delivered(received_at_ms, event_time_ms);
+        }
+        b.committed = b.acked;
+        b.dead_lettered.clear();
+        b.retry.fatal_in_a_row = 0;
+        if b.acked != b.acked_sent {
+            self.spool.ack(b.acked);
+            b.acked_sent = b.acked;
+        }
+        self.report(b, *self.spool.committed().borrow());
+        state
+    }
+
+    /// The state after a transactional call failed with `e` (exactly-once mode): recovery, which
+    /// aborts the transaction (or replaces the producer) and publishes again from the last committed
+    /// position.
+    fn txn_failed(&self, state: State, e: TxnError, b: &mut Books) -> State {
+        self.publisher.metrics().kafka_errors.with_label_values(&[&error_kind(e.kafka_error())]).inc();
+        let fatal = matches!(e, TxnError::Fatal(_)) || self.publisher.fatal_error().is_some();
+        tracing::warn!(error = %e, committed = b.committed, "the Kafka transaction failed; it is aborted and what it held is published again");
+        if let State::Draining { .. } = state {
+            return State::Draining { failed_seq: Some(b.committed + 1) };
+        }
+        let until = Instant::now() + b.retry.backoff;
+        b.retry.backoff = (b.retry.backoff * 2).min(MAX_BACKOFF);
+        State::Recovering {
+            failed_seq: b.committed + 1,
+            until,
+            producer: if fatal { Producer::NewAfterFatal } else { Producer::Same },
+            isolate: 1,
+        }
+    }
+
+    /// [`resume`](Self::resume) in exactly-once mode: the open transaction is aborted (or its producer
+    /// replaced, which fences it), so nothing after the committed position is on the topic for a
+    /// `read_committed` reader; publishing starts again right after that position. Only records that
+    /// went to the dead-letter topic (outside the transaction) are not sent again.
+    async fn resume_transactions(
+        &mut self,
+        mut producer: Producer,
+        isolate: usize,
+        b: &mut Books,
+    ) -> Result<State, ForwarderError> {
+        let eos = self.eos.as_ref().expect("exactly-once mode");
+        let timeout = eos.settings.transaction_timeout;
+        if producer == Producer::Same && b.txn.is_some() {
+            let publisher = self.publisher.clone();
+            let aborted = tokio::task::spawn_blocking(move || {
+                let started = std::time::Instant::now();
+                loop {
+                    match publisher.abort_transaction(timeout) {
+                        Err(TxnError::Retriable(_)) if started.elapsed() < timeout => {
+                            std::thread::sleep(Duration::from_millis(100))
+                        }
+                        other => return other,
+                    }
+                }
+            })
+            .await
+            .unwrap_or_else(|_| Err(TxnError::Fatal(rdkafka::error::KafkaError::Canceled)));
+            match aborted {
+                Ok(()) => {
+                    self.publisher.metrics().kafka_transactions.with_label_values(&["aborted"]).inc();
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "aborting the Kafka transaction failed; replacing the producer (a new one fences it)");
+                    producer = Producer::NewAfterFatal;
+                }
+            }
+        }
+        if producer == Producer::NewAfterFatal {
+            if let Some(code) = self.publisher.fatal_code().filter(|c| crate::publisher::is_fenced(*c)) {
+                // Fenced while the transaction was younger than its timeout: not Kafka aborting it,
+                // another producer with this spool's transactional id. Fencing it back would make the
+                // two take turns; stop instead.
+                let timed_out = b.txn.as_ref().is_some_and(|t| t.began.elapsed() >= timeout);
+                if !timed_out {
+                    self.finish(b);
+                    return Err(ForwarderError::Fenced {
+                        spool_id: eos.spool_id.clone(),
+                        reason: self.publisher.fatal_error().unwrap_or_else(|| format!("{code:?}")),
+                    });
+                }
+            }
+            b.retry.fatal_in_a_row += 1;
+            if b.retry.fatal_in_a_row > MAX_FATAL_RESTARTS {
+                let last = self.publisher.fatal_error().unwrap_or_else(|| "unknown".into());
+                self.finish(b);
+                return Err(ForwarderError::ProducerKeepsFailing { restarts: MAX_FATAL_RESTARTS, last });
+            }
+        }
+        let refit = self.publisher.take_refit();
+        if producer != Producer::Same || refit {
+            self.publisher.rebuild()?;
+            b.generation = self.publisher.generation();
+            b.confirmed.clear();
+            self.wedged.store(false, std::sync::atomic::Ordering::Relaxed);
+            self.publisher.metrics().kafka_producer_restarts.inc();
+            self.start_transactions(b).await?;
+            tracing::warn!(
+                from_seq = b.committed + 1,
+                "built a new Kafka producer; publishing again from the last committed position"
+            );
+        }
+        b.txn = None;
+        b.acked = b.committed;
+        b.acked_sent = b.committed;
+        let committed = b.committed;
+        b.delivered_ahead = b.dead_lettered.iter().copied().filter(|s| *s > committed).collect();
+        b.window.inflight.clear();
+        b.held.clear();
+        b.gated = false;
+        b.window.dead_letter_sends = FuturesUnordered::new();
+        b.window.bytes = 0;
+        if let Some(r) = self.reader.as_mut() {
+            r.seek(b.committed + 1);
+        }
+        self.report(b, *self.spool.committed().borrow());
+        Ok(State::Isolating { left: isolate.max(1) })
+    }
+
+    /// A new transactional producer's start (exactly-once mode): `init_transactions` fences the old
+    /// one (aborting its transaction, or waiting for its commit to end), then the position is read
+    /// again: a commit whose answer was lost may have gone through.
+    async fn start_transactions(&mut self, b: &mut Books) -> Result<(), ForwarderError> {
+        let eos = self.eos.as_ref().expect("exactly-once mode");
+        let publisher = self.publisher.clone();
+        let timeout = eos.settings.transaction_timeout;
+        tokio::task::spawn_blocking(move || init_transactions(&publisher, timeout))
+            .await
+            .unwrap_or_else(|_| Err(TxnError::Fatal(rdkafka::error::KafkaError::Canceled)))
+            .map_err(ForwarderError::Transactions)?;
+        let (kafka, topic, id) =
+            (eos.kafka.clone(), eos.settings.position_topic.clone(), eos.spool_id.clone());
+        let read = tokio::task::spawn_blocking(move || {
+            crate::exactly_once::read_position(&kafka, &topic, &id, timeout + Duration::from_secs(30))
+        })
+        .await
+        .expect("reading the position does not panic")?;
+        if let Some(p) = read.filter(|p| p.seq > b.committed) {
+            tracing::info!(position = p.seq, "the last commit went through after all");
+            b.committed = p.seq;
+            self.spool.ack(p.seq);
+        }
+        Ok(())
     }
 
     /// Whether `record` may be sent now: its partition is warm (the current producer confirmed a
@@ -1008,7 +1327,7 @@ impl Forwarder {
 
     /// Acknowledges the final position to the spool (the spool writes it before it closes).
     fn finish(&self, b: &Books) {
-        if b.acked != b.acked_sent {
+        if self.eos.is_none() && b.acked != b.acked_sent {
             self.spool.ack(b.acked);
         }
         self.report(b, *self.spool.committed().borrow());
@@ -1130,15 +1449,17 @@ impl Forwarder {
     fn report(&self, b: &Books, committed: Committed) {
         // Nothing in flight (a read that fails, a backoff) does not make the lag 0: the spool knows
         // when the oldest unacknowledged record was committed.
+        // (Exactly once, what the open transaction holds is not published yet.)
+        let acked = if self.eos.is_some() { b.committed } else { b.acked };
         let oldest = b
             .retry
             .stalled_received_ms
-            .or_else(|| b.window.inflight.front().map(|m| m.received_at_ms))
-            .or_else(|| self.spool.oldest_pending_since_ms(b.acked));
-        let pending = committed.seq > b.acked;
+            .or_else(|| b.window.inflight.front().filter(|_| self.eos.is_none()).map(|m| m.received_at_ms))
+            .or_else(|| self.spool.oldest_pending_since_ms(acked));
+        let pending = committed.seq > acked;
         self.progress.send_if_modified(|p| {
             let next = Progress {
-                acked_seq: b.acked,
+                acked_seq: acked,
                 oldest_pending_received_ms: if pending { oldest } else { None },
                 read_failing_since_ms: b.read_failing.map(|(since, _)| since),
             };
@@ -1155,6 +1476,27 @@ fn key_hash(payload: &[u8], legacy: LegacyReader) -> Option<i32> {
     let spooled = read_spooled(payload, legacy).ok()?;
     let key = spooled.message().key;
     (!key.is_empty()).then(|| crate::partition::murmur2(key))
+}
+
+/// `init_transactions`, tried again while it fails retriably, for at most twice `timeout`. Blocking.
+pub fn init_transactions(publisher: &Publisher, timeout: Duration) -> Result<(), TxnError> {
+    let started = std::time::Instant::now();
+    loop {
+        match publisher.init_transactions(timeout) {
+            Err(TxnError::Retriable(e)) if started.elapsed() < timeout * 2 => {
+                tracing::info!(error = %e, "Kafka's transaction coordinator is not ready yet; trying again");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            other => return other,
+        }
+    }
+}
+
+impl Txn {
+    /// Whether the transaction must commit now: it holds its count or is as old as the interval.
+    fn due(&self, settings: &ExactlyOnce) -> bool {
+        self.records >= settings.commit_records || self.began.elapsed() >= settings.commit_interval
+    }
 }
 
 /// After the stop signal, the time left for deliveries already sent to be confirmed, beyond the

@@ -82,6 +82,18 @@ pub(crate) mod failpoints {
         }
     }
 
+    /// Ends the process as `kill -9` does (a real SIGKILL: nothing flushed, no handler run), for
+    /// failpoints that stand for a crash at one exact point.
+    pub(crate) fn kill_self() -> ! {
+        let pid = std::process::id().to_string();
+        tracing::warn!("a failpoint kills the process (SIGKILL)");
+        let killed = std::process::Command::new("kill").args(["-KILL", &pid]).status();
+        tracing::error!(?killed, "the failpoint could not kill the process");
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+    }
+
     /// Lets this crate's failpoints fire on this thread, or no longer. No unit test here sets one
     /// today; the first that does opts its thread in with this.
     #[cfg(test)]
@@ -93,6 +105,7 @@ pub(crate) mod failpoints {
 
 pub mod configuration;
 pub mod domain;
+pub mod exactly_once;
 pub mod forwarder;
 pub mod health;
 pub mod message;

@@ -52,6 +52,10 @@ pub struct Metrics {
     pub spool_corrupt_records: IntCounter,
     /// New producers built after librdkafka's fatal error.
     pub kafka_producer_restarts: IntCounter,
+    /// Exactly-once mode: transactions ended, by outcome (`committed`, `aborted`).
+    pub kafka_transactions: IntCounterVec,
+    /// Exactly-once mode: how long a commit took (the position record, the flush and EndTxn).
+    pub kafka_transaction_commit_seconds: Histogram,
     /// Last cumulative `txerrs` per broker, to turn librdkafka's totals into counter increments.
     tx_errors_seen: Mutex<HashMap<String, u64>>,
 }
@@ -169,10 +173,24 @@ impl Metrics {
                 "bridge_kafka_producer_restarts_total",
                 "New Kafka producers built after a fatal producer error (events republished, none lost)."
             )),
+            kafka_transactions: reg!(IntCounterVec::new(
+                Opts::new(
+                    "bridge_kafka_transactions_total",
+                    "Exactly-once mode: Kafka transactions ended, by outcome (committed, aborted)."
+                ),
+                &["outcome"]
+            )),
+            kafka_transaction_commit_seconds: reg!(Histogram::with_opts(hist(
+                "bridge_kafka_transaction_commit_seconds",
+                "Exactly-once mode: time to commit a transaction (position record, flush, EndTxn)."
+            ))),
             tx_errors_seen: Mutex::new(HashMap::new()),
             registry,
         };
         // Every outcome is present from the start, so rate() and alerts see zeros rather than nothing.
+        for outcome in ["committed", "aborted"] {
+            m.kafka_transactions.with_label_values(&[outcome]);
+        }
         for outcome in OUTCOMES {
             m.webhooks.with_label_values(&[outcome]);
         }

@@ -136,7 +136,7 @@ const GUARDED: &[Guarded] = &[
     Guarded {
         properties: &["transactional.id"],
         allowed: |_, _| false,
-        why: "the bridge opens no transaction, and a transactional producer refuses every send outside one: each would fail and be retried forever",
+        why: "the bridge names its transactions itself (BRIDGE_EXACTLY_ONCE=true derives the id from the spool's): another id would not fence an earlier instance of this spool's producer",
     },
 ];
 
@@ -388,6 +388,57 @@ pub enum Confirmations {
     PerRecord,
     /// One report per record through `reports` ([`Publisher::send_spooled`]).
     Reports(mpsc::UnboundedSender<Report>),
+    /// As `Reports`, from a transactional producer (`BRIDGE_EXACTLY_ONCE`): every record is sent
+    /// inside a transaction the caller begins and commits ([`Publisher::begin_transaction`]), and a
+    /// delivery report only says it is in the open transaction.
+    Transactions { reports: mpsc::UnboundedSender<Report>, transactional_id: String, timeout: Duration },
+}
+
+/// What a failed transactional call means (librdkafka's three classes).
+#[derive(Debug, thiserror::Error)]
+pub enum TxnError {
+    /// Call the same function again (a timeout, a transport failure; the call resumes).
+    #[error("{0} (retriable)")]
+    Retriable(KafkaError),
+    /// The transaction cannot commit: abort it and publish again from the last committed position.
+    #[error("{0} (the transaction must be aborted)")]
+    Abortable(KafkaError),
+    /// The producer can do nothing more (fenced, or a protocol error): replace it.
+    #[error("{0} (fatal for the producer)")]
+    Fatal(KafkaError),
+}
+
+impl TxnError {
+    fn of(error: KafkaError) -> Self {
+        match &error {
+            KafkaError::Transaction(e) if e.is_fatal() => TxnError::Fatal(error),
+            KafkaError::Transaction(e) if e.txn_requires_abort() => TxnError::Abortable(error),
+            KafkaError::Transaction(e) if e.is_retriable() => TxnError::Retriable(error),
+            // rust-rdkafka flushes before it commits: a flush that timed out left the transaction open
+            // and untouched.
+            KafkaError::Flush(_) => TxnError::Retriable(error),
+            // No flag: librdkafka says to treat it as fatal.
+            _ => TxnError::Fatal(error),
+        }
+    }
+
+    pub fn kafka_error(&self) -> &KafkaError {
+        let (TxnError::Retriable(e) | TxnError::Abortable(e) | TxnError::Fatal(e)) = self;
+        e
+    }
+}
+
+/// The delivery opaque of the position record a transaction ends with (never a spool sequence
+/// number): its report is not a record's.
+pub const POSITION_OPAQUE: u64 = u64::MAX;
+
+/// Whether librdkafka's fatal error `code` says another producer with the same transactional id
+/// fenced this one (or the coordinator did, after the transaction outlived its timeout).
+pub fn is_fenced(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::Fenced | RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch
+    )
 }
 
 /// A low-cardinality name for a Kafka error: librdkafka's error code.
@@ -509,6 +560,8 @@ pub struct Publisher {
     /// The topic's `max.message.bytes` shrank below the main producer's batches: it must be rebuilt
     /// to fit before more is sent (the forwarder does it, see [`Publisher::take_refit`]).
     refit: AtomicBool,
+    /// The main producer is transactional ([`Confirmations::Transactions`]).
+    transactional: bool,
 }
 
 impl Publisher {
@@ -543,17 +596,32 @@ impl Publisher {
         let debug = settings.rdkafka.0.iter().any(|(k, _)| k == "debug");
         config.set_log_level(if debug { RDKafkaLogLevel::Debug } else { RDKafkaLogLevel::Warning });
         let overrides = settings.rdkafka.clone();
-        let reports = match confirmations {
-            Confirmations::PerRecord => None,
-            Confirmations::Reports(tx) => Some(tx),
+        let (reports, transactional) = match confirmations {
+            Confirmations::PerRecord => (None, false),
+            Confirmations::Reports(tx) => (Some(tx), false),
+            Confirmations::Transactions { reports, transactional_id, timeout } => (Some(reports), {
+                config.set("transactional.id", transactional_id);
+                config.set("transaction.timeout.ms", timeout.as_millis().to_string());
+                // librdkafka takes transaction.timeout.ms as the records' timeout: a record never
+                // outlives the transaction it is in.
+                config.remove("message.timeout.ms");
+                true
+            }),
         };
         let producer = create_main(&config, &metrics, &overrides, reports.as_ref(), 0)?;
         let mut dlq = config.clone();
+        // The dead-letter producer and the admin client are never transactional.
+        for property in ["transactional.id", "transaction.timeout.ms"] {
+            dlq.remove(property);
+        }
+        if transactional {
+            dlq.set("message.timeout.ms", "0");
+        }
         dlq.remove("message.max.bytes");
         dlq.set("statistics.interval.ms", "0");
         let dlq_producer = create(&dlq, &metrics, &overrides)?;
         // librdkafka's admin client is a producer handle underneath: the same settings apply.
-        let mut admin = config.clone();
+        let mut admin = dlq.clone();
         admin.remove("statistics.interval.ms");
         admin.set("client.id", concat!(env!("CARGO_PKG_NAME"), "-admin"));
         admin.set_log_level(RDKafkaLogLevel::Error);
@@ -571,6 +639,7 @@ impl Publisher {
             metrics,
             overrides,
             refit: AtomicBool::new(false),
+            transactional,
         })
     }
 
@@ -811,6 +880,94 @@ impl Publisher {
     /// librdkafka's fatal error, if the main producer is in that state.
     pub fn fatal_error(&self) -> Option<String> {
         self.producer().fatal_error().map(|(code, reason)| format!("{code:?}: {reason}"))
+    }
+
+    /// The code of librdkafka's fatal error, if the main producer is in that state.
+    pub fn fatal_code(&self) -> Option<RDKafkaErrorCode> {
+        self.producer().fatal_error().map(|(code, _)| code)
+    }
+
+    /// Whether the main producer is transactional (`BRIDGE_EXACTLY_ONCE`).
+    pub fn is_transactional(&self) -> bool {
+        self.transactional
+    }
+
+    fn reporting(&self) -> Result<ThreadedProducer<ReportingContext>, TxnError> {
+        match self.producer() {
+            MainProducer::Reports(p) => Ok(p),
+            MainProducer::Futures(_) => Err(TxnError::Fatal(KafkaError::Canceled)),
+        }
+    }
+
+    /// Registers the producer's transactional id with the coordinator, fencing any earlier producer
+    /// with the same id (its open transaction is aborted, or its commit awaited). Blocking: at most
+    /// `timeout`.
+    pub fn init_transactions(&self, timeout: Duration) -> Result<(), TxnError> {
+        self.reporting()?.init_transactions(timeout).map_err(TxnError::of)
+    }
+
+    /// Opens a transaction (local: no request to Kafka).
+    pub fn begin_transaction(&self) -> Result<(), TxnError> {
+        self.reporting()?.begin_transaction().map_err(TxnError::of)
+    }
+
+    /// Commits the open transaction: every record sent in it (and their delivery reports have all
+    /// been taken when this returns `Ok`). Blocking: at most about twice `timeout` (rust-rdkafka
+    /// flushes first).
+    pub fn commit_transaction(&self, timeout: Duration) -> Result<(), TxnError> {
+        #[cfg(feature = "failpoints")]
+        if crate::failpoints::here() {
+            if let Some(e) = fail::eval("publisher::commit", |arg| arg.unwrap_or_default()) {
+                return Err(match e.as_str() {
+                    "abortable" => {
+                        TxnError::Abortable(KafkaError::MessageProduction(RDKafkaErrorCode::Inconsistent))
+                    }
+                    _ => TxnError::Retriable(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut)),
+                });
+            }
+            // Dies as `kill -9` would, the given milliseconds into the commit: whether Kafka got the
+            // EndTxn or not is left to chance, as in a real crash.
+            if let Some(ms) = fail::eval("publisher::mid_commit", |arg| {
+                arg.and_then(|a| a.parse::<u64>().ok()).unwrap_or(2)
+            }) {
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(ms));
+                    crate::failpoints::kill_self();
+                });
+            }
+        }
+        let producer = self.reporting()?;
+        // Wait here for what is still in flight (the position record): rust-rdkafka's own flush before
+        // the commit polls for up to 100 ms at a time while the polling thread takes the reports, which
+        // would make every commit last 100 ms.
+        let deadline = std::time::Instant::now() + timeout;
+        while producer.in_flight_count() > 0 {
+            if std::time::Instant::now() >= deadline {
+                return Err(TxnError::Retriable(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut)));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        producer.commit_transaction(timeout).map_err(TxnError::of)
+    }
+
+    /// Aborts the open transaction: what was sent in it is dropped by Kafka for `read_committed`
+    /// readers, and what librdkafka still held is purged (reported as failed). Blocking.
+    pub fn abort_transaction(&self, timeout: Duration) -> Result<(), TxnError> {
+        self.reporting()?.abort_transaction(timeout).map_err(TxnError::of)
+    }
+
+    /// Enqueues the position record that ends a transaction (see [`crate::exactly_once`]), on
+    /// partition 0 of `topic`. Its report carries [`POSITION_OPAQUE`].
+    pub fn send_position(&self, topic: &str, key: &str, value: &[u8]) -> Result<(), PublishError> {
+        let MainProducer::Reports(producer) = self.producer() else {
+            return Err(PublishError::Fatal(KafkaError::Canceled));
+        };
+        let record = BaseRecord::with_opaque_to(topic, POSITION_OPAQUE as usize)
+            .partition(0)
+            .key(key)
+            .payload(value)
+            .timestamp(crate::now_ms());
+        producer.send(record).map_err(|(e, _)| classify(e))
     }
 
     /// Puts the producer in librdkafka's fatal state, as a broker that fenced it would (tests only).

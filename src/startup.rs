@@ -11,7 +11,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::configuration::{DeliveryMode, Settings};
-use crate::forwarder::{Forwarder, ForwarderError, Progress, SETTLE_TIME};
+use crate::exactly_once::{Position, PositionError};
+use crate::forwarder::{Eos, Forwarder, ForwarderError, Progress, SETTLE_TIME};
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
@@ -27,6 +28,8 @@ pub enum StartupError {
     Producer(#[from] ProducerConfigError),
     #[error(transparent)]
     Spool(#[from] SpoolError),
+    #[error(transparent)]
+    Position(#[from] PositionError),
     #[error("{variable}: cannot bind {addr}: {source}")]
     Bind { variable: &'static str, addr: String, source: std::io::Error },
     #[error("HTTP server failed: {0}")]
@@ -126,11 +129,18 @@ impl Application {
         let (listener, port) = bind("BRIDGE_LISTEN", settings.listen)?;
         let (admin_listener, admin_port) = bind("BRIDGE_ADMIN_LISTEN", settings.admin_listen)?;
         let metrics = Arc::new(Metrics::new());
-        let (publisher, reports) = create_publisher(&settings, settings.delivery, metrics.clone()).await?;
+        // The spool first: in exactly-once mode its id names the producer's transactions.
+        let opened = match settings.delivery {
+            DeliveryMode::Spool => Some(open_spool(&settings, Some(metrics.clone())).await?),
+            DeliveryMode::Sync { .. } => None,
+        };
+        let spool_id = opened.as_ref().map(|(spool, _)| spool.id().to_owned());
+        let (publisher, reports) =
+            create_publisher(&settings, settings.delivery, spool_id.as_deref(), metrics.clone()).await?;
 
         let forwarder_running = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let (pipeline, spooling) =
-            start_spooling(&settings, &publisher, reports, &metrics, &forwarder_running).await?;
+            start_spooling(&settings, opened, &publisher, reports, &forwarder_running).await?;
 
         let health = Arc::new(Health::new(
             metrics.clone(),
@@ -307,14 +317,13 @@ impl Application {
 /// forwarder started on it; and the pipeline the webhook handler hands accepted events to.
 async fn start_spooling(
     settings: &Settings,
+    opened: Option<(Spool, SpoolThread)>,
     publisher: &Arc<Publisher>,
     reports: Option<tokio::sync::mpsc::UnboundedReceiver<crate::publisher::Report>>,
-    metrics: &Arc<Metrics>,
     forwarder_running: &Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<(Pipeline, Option<Spooling>), StartupError> {
-    Ok(match settings.delivery {
-        DeliveryMode::Spool => {
-            let (spool, thread) = open_spool(settings, Some(metrics.clone())).await?;
+    Ok(match (settings.delivery, opened) {
+        (DeliveryMode::Spool, Some((spool, thread))) => {
             let pending = spool.pending_events();
             if pending > 0 {
                 tracing::info!(pending, "spool holds events from an earlier run; publishing them first");
@@ -327,6 +336,13 @@ async fn start_spooling(
                 settings.kafka_stall,
                 crate::domain::InfoChangedEvent::message_from_v1_spool,
             );
+            let forwarder = match &settings.exactly_once {
+                Some(eos) => {
+                    let (eos, position) = start_transactions(settings, eos, &spool, publisher).await?;
+                    forwarder.exactly_once(eos, position)
+                }
+                None => forwarder,
+            };
             let (stop, stop_rx) = watch::channel(None);
             let running = ClearOnDrop(forwarder_running.clone());
             let forwarder = tokio::spawn(async move {
@@ -336,8 +352,54 @@ async fn start_spooling(
             let pipeline = Pipeline::Spool { spool: spool.clone(), publisher: publisher.clone() };
             (pipeline, Some(Spooling { spool, thread, forwarder, stop, progress }))
         }
-        DeliveryMode::Sync { timeout } => (Pipeline::Sync { publisher: publisher.clone(), timeout }, None),
+        (DeliveryMode::Sync { timeout }, _) => {
+            (Pipeline::Sync { publisher: publisher.clone(), timeout }, None)
+        }
+        (DeliveryMode::Spool, None) => unreachable!("spool mode opens the spool first"),
     })
+}
+
+/// Exactly-once mode's start (see [`crate::exactly_once`]): the position topic exists, the producer's
+/// `init_transactions` has fenced any earlier instance of this spool's producer, and the position it
+/// last committed is read (and checked against the spool).
+async fn start_transactions(
+    settings: &Settings,
+    eos: &crate::exactly_once::ExactlyOnce,
+    spool: &Spool,
+    publisher: &Arc<Publisher>,
+) -> Result<(Eos, Option<Position>), StartupError> {
+    let topic = eos.position_topic.clone();
+    crate::exactly_once::ensure_position_topic(&settings.kafka, &topic).await?;
+    let timeout = eos.transaction_timeout;
+    let p = publisher.clone();
+    tokio::task::spawn_blocking(move || crate::forwarder::init_transactions(&p, timeout))
+        .await
+        .expect("init_transactions does not panic")
+        .map_err(|e| StartupError::Forwarder(ForwarderError::Transactions(e)))?;
+    let (kafka, id) = (settings.kafka.clone(), spool.id().to_owned());
+    let position = tokio::task::spawn_blocking(move || {
+        crate::exactly_once::read_position(&kafka, &topic, &id, timeout + Duration::from_secs(30))
+    })
+    .await
+    .expect("reading the position does not panic")?;
+    let committed = spool.committed().borrow().seq;
+    if let Some(p) = position.filter(|p| p.seq > committed) {
+        return Err(PositionError::Ahead {
+            topic: eos.position_topic.clone(),
+            spool_id: spool.id().to_owned(),
+            position: p.seq,
+            committed,
+        }
+        .into());
+    }
+    tracing::info!(
+        spool_id = spool.id(),
+        position_topic = %eos.position_topic,
+        committed_position = position.map(|p| p.seq),
+        "exactly-once: Kafka transactions ready"
+    );
+    let eos = Eos { settings: eos.clone(), spool_id: spool.id().to_owned(), kafka: settings.kafka.clone() };
+    Ok((eos, position))
 }
 
 /// The webhook listener's server: the webhook route, request metrics, and the limits that keep a
@@ -428,12 +490,21 @@ fn admin_server(
 async fn create_publisher(
     settings: &Settings,
     delivery: DeliveryMode,
+    spool_id: Option<&str>,
     metrics: Arc<Metrics>,
 ) -> Result<(Arc<Publisher>, Option<mpsc::UnboundedReceiver<Report>>), StartupError> {
     let (message_timeout, linger, confirmations, reports) = match delivery {
         DeliveryMode::Spool => {
             let (tx, rx) = mpsc::unbounded_channel();
-            (None, SPOOL_LINGER, Confirmations::Reports(tx), Some(rx))
+            let confirmations = match (&settings.exactly_once, spool_id) {
+                (Some(eos), Some(id)) => Confirmations::Transactions {
+                    reports: tx,
+                    transactional_id: crate::exactly_once::transactional_id(id),
+                    timeout: eos.transaction_timeout,
+                },
+                _ => Confirmations::Reports(tx),
+            };
+            (None, SPOOL_LINGER, confirmations, Some(rx))
         }
         DeliveryMode::Sync { timeout } => (Some(timeout), Duration::ZERO, Confirmations::PerRecord, None),
     };
@@ -471,11 +542,12 @@ async fn open_spool(
 /// moved by hand. It takes the spool's lock like a bridge does, so it never runs beside one. Gives up
 /// with [`StartupError::DrainStalled`] when Kafka takes nothing for `BRIDGE_DRAIN_STALL_SECS`.
 pub async fn drain(settings: Settings, interrupt: impl Future<Output = ()>) -> Result<(), StartupError> {
-    // Whatever BRIDGE_DELIVERY says: what drains is a spool.
-    let (publisher, reports) =
-        create_publisher(&settings, DeliveryMode::Spool, Arc::new(Metrics::new())).await?;
-    let reports = reports.expect("spool mode has a report channel");
+    // Whatever BRIDGE_DELIVERY says: what drains is a spool (in exactly-once mode, in transactions
+    // under the spool's own transactional id: a bridge still running on a copy of it is fenced).
     let (spool, thread) = open_spool(&settings, None).await?;
+    let (publisher, reports) =
+        create_publisher(&settings, DeliveryMode::Spool, Some(spool.id()), Arc::new(Metrics::new())).await?;
+    let reports = reports.expect("spool mode has a report channel");
     let committed = spool.committed().borrow().seq;
     let pending = spool.pending_events();
     tracing::info!(pending, spool = %settings.spool_dir.display(), topic = %settings.kafka.topic, "draining the spool");
@@ -486,6 +558,13 @@ pub async fn drain(settings: Settings, interrupt: impl Future<Output = ()>) -> R
         settings.kafka_stall,
         crate::domain::InfoChangedEvent::message_from_v1_spool,
     );
+    let forwarder = match &settings.exactly_once {
+        Some(eos) => {
+            let (eos, position) = start_transactions(&settings, eos, &spool, &publisher).await?;
+            forwarder.exactly_once(eos, position)
+        }
+        None => forwarder,
+    };
     let start = progress.borrow().acked_seq;
     let (stop, stop_rx) = watch::channel(None);
     let mut task = tokio::spawn(forwarder.run(stop_rx));

@@ -174,6 +174,11 @@ impl Broker {
         self.script("stop");
     }
 
+    /// SIGKILL: no controlled shutdown, no flush.
+    pub fn kill(&self) {
+        self.script("kill");
+    }
+
     pub fn start(&self) {
         self.script("start");
     }
@@ -501,6 +506,43 @@ pub fn read_to_end(
     }
 }
 
+/// Everything `topic` holds now, as a consumer with `isolation.level` `isolation` reads it: every
+/// partition from the beginning up to the end it reports (`read_committed`: the last stable offset,
+/// aborted records skipped; commit markers take offsets, so the end is not a record count).
+pub fn read_all_as(bootstrap: &str, topic: &str, isolation: &str, timeout: Duration) -> Vec<Record> {
+    let deadline = Instant::now() + timeout;
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", unique("it-reader"))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", isolation)
+        .create()
+        .expect("consumer");
+    let parts = partitions(&c, topic, deadline);
+    let mut tpl = TopicPartitionList::new();
+    for p in &parts {
+        tpl.add_partition_offset(topic, *p, Offset::Beginning).unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    let mut at_end: HashSet<i32> = HashSet::new();
+    let mut out = Vec::new();
+    while at_end.len() < parts.len() {
+        assert!(Instant::now() < deadline, "timed out reading {topic} ({isolation}): {} records", out.len());
+        match c.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                at_end.remove(&m.partition());
+                out.push(Record::of(&m));
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                at_end.insert(p);
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
 /// Reads exactly `n` records and checks the topic holds no more.
 pub fn read_exactly(topic: &str, n: usize, timeout: Duration) -> Vec<Record> {
     let records = read_until(topic, timeout, |r| r.len() >= n);
@@ -773,6 +815,18 @@ impl Bridge {
             }
             assert!(Instant::now() < deadline, "bridge did not exit within {timeout:?}:\n{}", self.logs());
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// [`wait_exit`](Self::wait_exit) that lets the test's other tasks (a [`Load`]) run meanwhile.
+    pub async fn exited(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "bridge did not exit within {timeout:?}:\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 

@@ -9,6 +9,7 @@ mod delivery;
 mod directory;
 mod drain;
 mod durability;
+mod exactly_once;
 mod faults;
 mod hostile;
 mod lifecycle;

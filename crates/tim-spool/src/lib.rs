@@ -30,6 +30,9 @@
 //!   bytes could not be cut off its segment, which recovery then drops.
 //! - `lock`: locked (`flock`) by the running bridge, so a second one on the same directory refuses to
 //!   start.
+//! - `id`: the spool's identity, 32 random hex digits written once when the directory is first opened
+//!   ([`Spool::id`]). Sequence numbers restart in a new directory; the id tells two spools apart (the
+//!   bridge's exactly-once mode names its Kafka transactions and its position after it).
 //!
 //! ## Threads
 //! One writer thread owns every file mutation ([`writer`]): appends from all HTTP workers queue on a
@@ -105,6 +108,44 @@ pub enum SpoolError {
     Locked { path: PathBuf },
     #[error("cannot open spool directory {path}: {source}")]
     Open { path: PathBuf, source: std::io::Error },
+}
+
+/// Reads the spool's `id` file, or creates it (random, written to a temporary file, synced, renamed,
+/// and the directory synced, so a crash leaves either no id or a whole one).
+fn read_or_create_id(dir: &Path) -> Result<String, SpoolError> {
+    let path = dir.join("id");
+    let valid = |s: &str| s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit());
+    match std::fs::read_to_string(&path) {
+        Ok(text) if valid(text.trim()) => return Ok(text.trim().to_owned()),
+        Ok(text) => {
+            return Err(SpoolError::Open {
+                path,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("not a spool id (32 hex digits): {:?}", text.trim()),
+                ),
+            })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => return Err(SpoolError::Open { path, source }),
+    }
+    let mut bytes = [0u8; 16];
+    let mut filled = 0;
+    while filled < bytes.len() {
+        filled += rustix::rand::getrandom(&mut bytes[filled..], rustix::rand::GetRandomFlags::empty())
+            .map_err(std::io::Error::from)?;
+    }
+    let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let tmp = dir.join("id.tmp");
+    {
+        use std::io::Write as _;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(format!("{id}\n").as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, &path)?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(id)
 }
 
 impl SpoolError {
@@ -248,6 +289,8 @@ pub struct Spool {
     start_seq: u64,
     /// Damage recovery found and reported, handed to the reader so it is not reported again.
     damage: Arc<Damage>,
+    /// The spool's identity (the `id` file).
+    id: Arc<str>,
 }
 
 /// Owns the writer thread; [`SpoolThread::join`] waits for its final sync.
@@ -267,6 +310,8 @@ impl Spool {
     pub fn open(config: SpoolConfig) -> Result<(Spool, SpoolThread), SpoolError> {
         let stats = Arc::new(SpoolStats::default());
         let recovered = writer::recover(&config.dir, &stats)?;
+        // (Under the lock `recover` took: no other process writes it at the same time.)
+        let id = read_or_create_id(&config.dir)?;
         if recovered.committed.seq > recovered.acked {
             // What an earlier run left is at least as old as this start.
             let now = std::time::SystemTime::now()
@@ -292,7 +337,17 @@ impl Spool {
                 w.run(rx)
             })
             .map_err(SpoolError::Io)?;
-        let spool = Spool { tx, committed, stats, dir, max_bytes, max_queued_bytes, start_seq, damage };
+        let spool = Spool {
+            tx,
+            committed,
+            stats,
+            dir,
+            max_bytes,
+            max_queued_bytes,
+            start_seq,
+            damage,
+            id: id.into(),
+        };
         Ok((spool, SpoolThread(handle)))
     }
 
@@ -349,6 +404,12 @@ impl Spool {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The spool's identity: 32 hex digits, random, kept in the `id` file from the directory's first
+    /// opening on (a directory copied whole keeps it; a new or emptied one gets a new one).
+    pub fn id(&self) -> &str {
+        &self.id
     }
 
     /// When the oldest record after `acked` was committed (ms since the epoch), if one is: the age of
