@@ -818,6 +818,45 @@ mod tests {
     }
 
     #[test]
+    fn exactly_once_is_off_by_default_and_on_takes_its_settings_and_refuses_what_would_void_it() {
+        let off = Settings::from_vars(vars(&[("BRIDGE_SDK_APP_ID", "1")])).unwrap();
+        assert_eq!(off.exactly_once, None);
+        let on = Settings::from_vars(vars(&[("BRIDGE_SDK_APP_ID", "1"), ("BRIDGE_EXACTLY_ONCE", "true")]))
+            .unwrap()
+            .exactly_once
+            .expect("on");
+        assert_eq!(on.commit_interval, Duration::from_millis(100));
+        assert_eq!(on.commit_records, 4096);
+        assert_eq!(on.transaction_timeout, Duration::from_secs(60));
+        assert_eq!(on.position_topic, "group-change.positions");
+        for (extra, refusal) in [
+            (
+                ("BRIDGE_DELIVERY", "sync"),
+                "BRIDGE_EXACTLY_ONCE: needs BRIDGE_DELIVERY=spool: sync delivery would commit one transaction per webhook",
+            ),
+            (
+                ("BRIDGE_RDKAFKA_MESSAGE_TIMEOUT_MS", "0"),
+                "BRIDGE_RDKAFKA_MESSAGE_TIMEOUT_MS: message.timeout.ms is refused with BRIDGE_EXACTLY_ONCE=true",
+            ),
+            (("BRIDGE_EOS_TRANSACTION_TIMEOUT_SECS", "901"), "BRIDGE_EOS_TRANSACTION_TIMEOUT_SECS: "),
+            (("BRIDGE_EXACTLY_ONCE", "yes"), "BRIDGE_EXACTLY_ONCE: "),
+        ] {
+            let mut given = vec![("BRIDGE_SDK_APP_ID", "1"), ("BRIDGE_EXACTLY_ONCE", "true")];
+            given.retain(|(k, _)| *k != extra.0);
+            given.push(extra);
+            let e = Settings::from_vars(vars(&given)).unwrap_err().to_string();
+            assert!(e.starts_with(refusal), "{e}");
+        }
+        let named = Settings::from_vars(vars(&[
+            ("BRIDGE_SDK_APP_ID", "1"),
+            ("BRIDGE_EXACTLY_ONCE", "TRUE"),
+            ("BRIDGE_POSITION_TOPIC", "positions"),
+        ]))
+        .unwrap();
+        assert_eq!(named.exactly_once.unwrap().position_topic, "positions");
+    }
+
+    #[test]
     fn the_default_commands_are_every_command_the_bridge_publishes() {
         let named: Vec<&str> = DEFAULT_COMMANDS.split(',').collect();
         let all: Vec<&str> = Command::ALL.iter().map(|c| c.name()).collect();

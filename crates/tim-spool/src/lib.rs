@@ -457,6 +457,35 @@ mod tests {
         thread.join();
     }
 
+    #[test]
+    fn a_spool_keeps_its_id_across_openings_and_another_directory_gets_another() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let first = open(a.path(), 64 << 10);
+        let id = first.0.id().to_owned();
+        assert_eq!(id.len(), 32);
+        assert!(id.bytes().all(|c| c.is_ascii_hexdigit()));
+        close(first);
+        let again = open(a.path(), 64 << 10);
+        assert_eq!(again.0.id(), id);
+        close(again);
+        assert!(!a.path().join("id.tmp").exists());
+        let other = open(b.path(), 64 << 10);
+        assert_ne!(other.0.id(), id);
+        close(other);
+        // An id file that is not one stops the opening, naming the file.
+        std::fs::write(b.path().join("id"), "not an id\n").unwrap();
+        let e = Spool::open(SpoolConfig {
+            dir: b.path().to_owned(),
+            fsync: FsyncMode::Never,
+            max_bytes: 64 << 10,
+            max_queued_bytes: MAX_QUEUED_BYTES,
+            observer: None,
+        })
+        .err()
+        .expect("refused");
+        assert!(e.to_string().contains("not a spool id"), "{e}");
+    }
+
     #[tokio::test]
     async fn appended_events_read_back_in_order_and_acknowledged_space_is_reclaimed() {
         let dir = tempfile::tempdir().unwrap();
