@@ -22,7 +22,8 @@
 //! Environment (scripts/bench sets them): `BENCH_BRIDGE` (the bridge binary; required unless
 //! `BENCH_TARGETS` names no bridge target), `BENCH_KAFKA` (bootstrap servers), `BENCH_SECONDS` (per
 //! phase, default 10), `BENCH_RATES` (default `2000,10000,30000`), `BENCH_TARGETS` (default
-//! `ceiling,always,interval,never,sync,peer-sync,peer-spool`), `BENCH_PEER` (the Benthos binary; the
+//! `ceiling,always,always-eos,interval,never,sync,peer-sync,peer-spool`; `always-eos` is `always` with
+//! `BRIDGE_EXACTLY_ONCE=true`, its end-to-end latency measured as a `read_committed` consumer sees it), `BENCH_PEER` (the Benthos binary; the
 //! peer targets are left out, with a line saying so, without it), `BENCH_PEER_CONFIGS` (the directory
 //! of `sync.yaml` and `spool.yaml`), `BENCH_OUT` (results directory).
 
@@ -161,6 +162,9 @@ fn start(name: &str, kafka: &str, bridge: &std::path::Path) -> Target {
         .stdout(Stdio::null());
     match name {
         "always" => {}
+        "always-eos" => {
+            cmd.env("BRIDGE_EXACTLY_ONCE", "true");
+        }
         "interval" => {
             cmd.env("BRIDGE_SPOOL_FSYNC", "interval");
         }
@@ -630,7 +634,7 @@ fn main() {
     let rates: Vec<u64> =
         env_or("BENCH_RATES", "2000,10000,30000").split(',').map(|r| r.trim().parse().unwrap()).collect();
     let mut targets: Vec<String> =
-        env_or("BENCH_TARGETS", "ceiling,always,interval,never,sync,peer-sync,peer-spool")
+        env_or("BENCH_TARGETS", "ceiling,always,always-eos,interval,never,sync,peer-sync,peer-spool")
             .split(',')
             .map(str::to_owned)
             .collect();
@@ -807,6 +811,40 @@ fn main() {
     let closed = |target: &str| {
         rows.iter().find(|r| r.0 == target && r.1.starts_with("closed")).map(|r| r.2.achieved_per_sec)
     };
+    // Exactly once against at least once, same run, same fsync mode.
+    let row = |target: &str, phase: &str| {
+        rows.iter().find(|r| r.0 == target && r.1.starts_with(phase)).map(|r| &r.2)
+    };
+    let mut eos = Vec::new();
+    let mut phase_names = vec!["closed".to_owned()];
+    phase_names.extend(rates.iter().map(|r| format!("open{r}|")));
+    for phase in &phase_names {
+        if let (Some(a), Some(e)) = (row("always", phase), row("always-eos", phase)) {
+            let load = a.offered.map_or("closed loop".to_owned(), |o| format!("{o}/s offered"));
+            eos.push(format!(
+                "| {load} | {:.0} | {:.0} | {:.0} % | {:.2} | {:.2} | {} | {} | {} | {} |",
+                a.achieved_per_sec,
+                e.achieved_per_sec,
+                100.0 * (e.achieved_per_sec / a.achieved_per_sec.max(1.0) - 1.0),
+                a.cpu_per_10k,
+                e.cpu_per_10k,
+                ms(&a.ack, 0.99),
+                ms(&e.ack, 0.99),
+                ms(&a.e2e, 0.99),
+                ms(&e.e2e, 0.99),
+            ));
+        }
+    }
+    if !eos.is_empty() {
+        md.push_str("
+Exactly once (`always-eos`) against at least once (`always`), same run:
+
+| load | OK/s | OK/s EOS | change | CPU s/10k | CPU s/10k EOS | ack p99 ms | ack p99 ms EOS | e2e p99 ms | e2e p99 ms EOS |
+|---|---|---|---|---|---|---|---|---|---|
+");
+        md.push_str(&eos.join("\n"));
+        md.push('\n');
+    }
     let pairs = [("sync", "peer-sync"), ("never", "peer-spool"), ("always", "peer-spool")];
     let against: Vec<String> = pairs
         .iter()

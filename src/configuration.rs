@@ -500,7 +500,13 @@ impl Settings {
             }
             _ => None,
         };
-        if exactly_once.is_some() {
+        if let Some(eos) = &exactly_once {
+            if eos.commit_interval >= eos.transaction_timeout {
+                return Err(bad(
+                    "BRIDGE_EOS_COMMIT_INTERVAL_MS",
+                    "must be shorter than BRIDGE_EOS_TRANSACTION_TIMEOUT_SECS: Kafka would abort every transaction",
+                ));
+            }
             for property in ["message.timeout.ms", "delivery.timeout.ms"] {
                 if rdkafka.0.contains_key(property) {
                     return Err(bad(
@@ -839,6 +845,7 @@ mod tests {
                 "BRIDGE_RDKAFKA_MESSAGE_TIMEOUT_MS: message.timeout.ms is refused with BRIDGE_EXACTLY_ONCE=true",
             ),
             (("BRIDGE_EOS_TRANSACTION_TIMEOUT_SECS", "901"), "BRIDGE_EOS_TRANSACTION_TIMEOUT_SECS: "),
+            (("BRIDGE_EOS_COMMIT_INTERVAL_MS", "60000"), "BRIDGE_EOS_COMMIT_INTERVAL_MS: "),
             (("BRIDGE_EXACTLY_ONCE", "yes"), "BRIDGE_EXACTLY_ONCE: "),
         ] {
             let mut given = vec![("BRIDGE_SDK_APP_ID", "1"), ("BRIDGE_EXACTLY_ONCE", "true")];

@@ -49,17 +49,21 @@ pub fn transactional_id(spool_id: &str) -> String {
 }
 
 /// The value of a position record: every spooled record up to `seq` is on the topic (or on the
-/// dead-letter topic), committed in the same transaction as this record.
+/// dead-letter topic), committed in the same transaction as this record. `crc` is the CRC-32 of
+/// record `seq`'s spooled bytes: a position is applied to a spool (its ack moved) only if the spool's
+/// record `seq` has it, so the position of a copy of the spool that took other events under the same
+/// numbers is refused rather than taken for this one's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Position {
     /// Format version (1).
     pub v: u8,
     pub seq: u64,
+    pub crc: u32,
 }
 
 impl Position {
-    pub fn new(seq: u64) -> Self {
-        Self { v: 1, seq }
+    pub fn new(seq: u64, crc: u32) -> Self {
+        Self { v: 1, seq, crc }
     }
 
     pub fn to_bytes(self) -> Vec<u8> {
@@ -81,6 +85,8 @@ pub enum PositionError {
     Timeout { topic: String, waited: Duration },
     #[error("BRIDGE_POSITION_TOPIC {topic} says spool {spool_id} reached event {position}, but the spool holds events up to {committed} only: the position belongs to another spool with the same id (copied?); refusing to publish")]
     Ahead { topic: String, spool_id: String, position: u64, committed: u64 },
+    #[error("BRIDGE_POSITION_TOPIC {topic} says spool {spool_id} reached event {position}, but this spool's event {position} is another one (checksum differs): the position belongs to a copy of this spool that took other events; refusing to publish")]
+    NotThisSpool { topic: String, spool_id: String, position: u64 },
 }
 
 /// A client configuration from the bridge's Kafka settings (brokers and the `BRIDGE_RDKAFKA_*`
@@ -229,10 +235,10 @@ mod tests {
 
     #[test]
     fn a_position_round_trips_and_an_unknown_version_is_not_read() {
-        let p = Position::new(42);
+        let p = Position::new(42, 7);
         assert_eq!(Position::from_bytes(&p.to_bytes()), Some(p));
-        assert_eq!(String::from_utf8(p.to_bytes()).unwrap(), r#"{"v":1,"seq":42}"#);
-        assert_eq!(Position::from_bytes(br#"{"v":2,"seq":42}"#), None);
+        assert_eq!(String::from_utf8(p.to_bytes()).unwrap(), r#"{"v":1,"seq":42,"crc":7}"#);
+        assert_eq!(Position::from_bytes(br#"{"v":2,"seq":42,"crc":7}"#), None);
         assert_eq!(Position::from_bytes(b"garbage"), None);
     }
 

@@ -207,6 +207,17 @@ pub struct Eos {
     pub kafka: KafkaSettings,
 }
 
+/// How one try at opening transactions ended, short of success.
+enum Opening {
+    /// Kafka did not answer as needed (yet): try again.
+    Retry(String),
+    Fail(ForwarderError),
+}
+
+/// The longest one `init_transactions` call blocks: a retriable timeout resumes at the next call, and
+/// the stop signal is looked at in between.
+const INIT_TRY: Duration = Duration::from_secs(10);
+
 /// The open transaction (exactly-once mode).
 struct Txn {
     began: Instant,
@@ -233,6 +244,8 @@ struct InFlight {
     key_hash: Option<i32>,
     /// When it was handed to the producer.
     sent_at: Instant,
+    /// Exactly-once mode: the CRC-32 of its spooled bytes (the position's fingerprint); else 0.
+    crc: u32,
 }
 
 impl InFlight {
@@ -251,6 +264,7 @@ impl InFlight {
             outcome: Some(Ok(())),
             key_hash: None,
             sent_at: Instant::now(),
+            crc: crc32fast::hash(&record.payload),
         }
     }
 }
@@ -298,6 +312,9 @@ struct Books {
     /// Exactly-once mode: the position last committed (`acked` is then what the open transaction
     /// holds so far). At least once: equal to `acked`.
     committed: u64,
+    /// Exactly-once mode: the CRC-32 of record `acked`'s, and of record `committed`'s, spooled bytes.
+    acked_crc: u32,
+    committed_crc: u32,
     /// Exactly-once mode: records since the last commit that went to the dead-letter topic (or the
     /// quarantine) outside the transaction: an abort does not take them back, so they are not sent
     /// again.
@@ -372,22 +389,10 @@ impl Forwarder {
         )
     }
 
-    /// Publishes in Kafka transactions (see [`crate::exactly_once`]), from right after `position`, the
-    /// position last committed (read after `init_transactions`), when it is ahead of the ack file: a
-    /// crash between a commit and the ack. The ack file catches up first.
-    pub fn exactly_once(mut self, eos: Eos, position: Option<Position>) -> Self {
-        if let (Some(p), Some(reader)) = (position, self.reader.as_mut()) {
-            if p.seq >= reader.position() {
-                tracing::info!(
-                    position = p.seq,
-                    ack_file = reader.position() - 1,
-                    "the committed position is ahead of the ack file (stopped between a commit and its ack): resuming after the committed position"
-                );
-                self.spool.ack(p.seq);
-                reader.seek(p.seq + 1);
-                self.progress.send_modify(|progress| progress.acked_seq = p.seq);
-            }
-        }
+    /// Publishes in Kafka transactions (see [`crate::exactly_once`]). The transactions are opened
+    /// when [`run`](Self::run) starts (retried while Kafka does not answer; webhooks are spooled
+    /// meanwhile), and publishing resumes right after the position last committed.
+    pub fn exactly_once(mut self, eos: Eos) -> Self {
         self.eos = Some(eos);
         self
     }
@@ -400,6 +405,10 @@ impl Forwarder {
     pub async fn run(mut self, mut stop: StopSignal) -> Result<(), ForwarderError> {
         let mut committed = self.spool.committed();
         let mut b = self.books();
+        if self.eos.is_some() && !self.open_transactions(&mut b, Some(&mut stop)).await? {
+            self.finish(&b);
+            return Ok(());
+        }
         let mut state = State::Delivering;
         let mut stopping: Option<Stopping> = None;
         loop {
@@ -413,6 +422,7 @@ impl Forwarder {
                 match self.winding_down(state, &b, s, have_more) {
                     Some(next) => state = next,
                     None => {
+                        self.abort_left_open(&mut b).await;
                         self.finish(&b);
                         return Ok(());
                     }
@@ -470,6 +480,7 @@ impl Forwarder {
             match waited {
                 Some(next) => state = next,
                 None => {
+                    self.abort_left_open(&mut b).await;
                     self.finish(&b);
                     return Ok(());
                 }
@@ -502,6 +513,8 @@ impl Forwarder {
             partitions: None,
             txn: None,
             committed: acked,
+            acked_crc: 0,
+            committed_crc: 0,
             dead_lettered: Default::default(),
         }
     }
@@ -598,15 +611,15 @@ impl Forwarder {
                 }
                 b.txn = Some(Txn { began: Instant::now(), records: 0, delivered: Vec::new() });
             }
-            if let Some(t) = b.txn.as_mut() {
-                t.records += 1;
-            }
             while b.delivered_ahead.front().is_some_and(|d| *d < seq) {
                 b.delivered_ahead.pop_front();
             }
             if b.delivered_ahead.front() == Some(&seq) {
                 // Already in Kafka: it settles as delivered, in its place, without being sent.
                 b.delivered_ahead.pop_front();
+                if let Some(t) = b.txn.as_mut() {
+                    t.records += 1;
+                }
                 if b.window.inflight.is_empty() {
                     b.clock.last_report = Instant::now();
                 }
@@ -623,6 +636,9 @@ impl Forwarder {
                 }
                 b.gated = true;
                 break;
+            }
+            if let Some(t) = b.txn.as_mut() {
+                t.records += 1;
             }
             match self.dispatch(record, matches!(state, State::Isolating { .. })) {
                 Ok((m, dead_letter)) => {
@@ -858,8 +874,12 @@ impl Forwarder {
                     None => self.publisher.metrics().delivered(m.received_at_ms, m.event_time_ms),
                 }
                 b.acked = m.seq;
-                b.retry.backoff = MIN_BACKOFF;
-                b.retry.fatal_in_a_row = 0;
+                b.acked_crc = m.crc;
+                if self.eos.is_none() {
+                    // (Exactly once, a delivery counts as progress only once its transaction commits.)
+                    b.retry.backoff = MIN_BACKOFF;
+                    b.retry.fatal_in_a_row = 0;
+                }
                 b.retry.stalled_received_ms = None;
                 match state {
                     State::Isolating { left } if left <= 1 => State::Delivering,
@@ -896,7 +916,10 @@ impl Forwarder {
                 // records alone; the one still refused alone is dead-lettered. What librdkafka holds
                 // unsent behind it goes back to the spool (it is sent again after it, in order), and
                 // the topic's limit is read again: if it shrank, a new producer fits it first.
-                self.publisher.purge_queued();
+                if self.eos.is_none() {
+                    // (Exactly once, the abort that follows purges it.)
+                    self.publisher.purge_queued();
+                }
                 let publisher = self.publisher.clone();
                 tokio::spawn(async move {
                     if let Ok(true) = publisher.refresh_limits(Duration::from_secs(2)).await {
@@ -1015,9 +1038,9 @@ impl Forwarder {
     /// Everything in flight has settled after a failure and the backoff has passed: publish again
     /// from the first unacknowledged record (with a new producer after a fatal error or a stall).
     async fn resume(&mut self, state: State, b: &mut Books) -> Result<State, ForwarderError> {
-        let State::Recovering { producer, isolate, .. } = state else { return Ok(state) };
+        let State::Recovering { producer, isolate, failed_seq, .. } = state else { return Ok(state) };
         if self.eos.is_some() {
-            return self.resume_transactions(producer, isolate, b).await;
+            return self.resume_transactions(producer, isolate, failed_seq, b).await;
         }
         // A replaced producer's records that Kafka acknowledged are in Kafka: not published again. (In
         // flight here only after a stall or a fatal error: other failures wait for everything to settle.)
@@ -1074,7 +1097,7 @@ impl Forwarder {
     /// again from the last committed position.
     async fn commit(&mut self, state: State, b: &mut Books) -> State {
         let eos = self.eos.as_ref().expect("commit only in exactly-once mode");
-        let position = Position::new(b.acked).to_bytes();
+        let position = Position::new(b.acked, b.acked_crc).to_bytes();
         if let Err(e) = self.publisher.send_position(&eos.settings.position_topic, &eos.spool_id, &position) {
             self.count_error(&e);
             let fatal = matches!(e, PublishError::Fatal(_));
@@ -1130,8 +1153,11 @@ impl Forwarder {
             metrics.delivered(received_at_ms, event_time_ms);
         }
         b.committed = b.acked;
-        b.dead_lettered.clear();
+        b.committed_crc = b.acked_crc;
+        let committed = b.committed;
+        b.dead_lettered.retain(|s| *s > committed);
         b.retry.fatal_in_a_row = 0;
+        b.retry.backoff = MIN_BACKOFF;
         if b.acked != b.acked_sent {
             self.spool.ack(b.acked);
             b.acked_sent = b.acked;
@@ -1168,10 +1194,23 @@ impl Forwarder {
         &mut self,
         mut producer: Producer,
         isolate: usize,
+        failed_seq: u64,
         b: &mut Books,
     ) -> Result<State, ForwarderError> {
         let eos = self.eos.as_ref().expect("exactly-once mode");
         let timeout = eos.settings.transaction_timeout;
+        if self.publisher.fatal_error().is_some() {
+            // Never abort after a fatal error: only a new producer can go on.
+            producer = Producer::NewAfterFatal;
+        }
+        // Publishing starts again at the last committed position, which may be well before the record
+        // that failed: records sent one at a time must reach through it (else a batch Kafka refuses is
+        // sent whole again, and aborted again, for ever).
+        let isolate = if failed_seq == u64::MAX {
+            isolate
+        } else {
+            isolate.saturating_add(failed_seq.saturating_sub(b.committed + 1) as usize)
+        };
         if producer == Producer::Same && b.txn.is_some() {
             let publisher = self.publisher.clone();
             let aborted = tokio::task::spawn_blocking(move || {
@@ -1225,7 +1264,7 @@ impl Forwarder {
             b.confirmed.clear();
             self.wedged.store(false, std::sync::atomic::Ordering::Relaxed);
             self.publisher.metrics().kafka_producer_restarts.inc();
-            self.start_transactions(b).await?;
+            self.open_transactions(b, None).await?;
             tracing::warn!(
                 from_seq = b.committed + 1,
                 "built a new Kafka producer; publishing again from the last committed position"
@@ -1233,7 +1272,11 @@ impl Forwarder {
         }
         b.txn = None;
         b.acked = b.committed;
+        b.acked_crc = b.committed_crc;
         b.acked_sent = b.committed;
+        // What the aborted transaction delivered confirmed nothing that stays: warm every partition
+        // again.
+        b.confirmed.clear();
         let committed = b.committed;
         b.delivered_ahead = b.dead_lettered.iter().copied().filter(|s| *s > committed).collect();
         b.window.inflight.clear();
@@ -1248,29 +1291,132 @@ impl Forwarder {
         Ok(State::Isolating { left: isolate.max(1) })
     }
 
-    /// A new transactional producer's start (exactly-once mode): `init_transactions` fences the old
-    /// one (aborting its transaction, or waiting for its commit to end), then the position is read
-    /// again: a commit whose answer was lost may have gone through.
-    async fn start_transactions(&mut self, b: &mut Books) -> Result<(), ForwarderError> {
+    /// A transactional producer's start (exactly-once mode): the position topic exists,
+    /// `init_transactions` fences any earlier producer of this spool (aborting its transaction, or
+    /// waiting for its commit to end), and the position last committed is read and adopted: a commit
+    /// whose answer was lost may have gone through, and at start the ack file may lag the last commit.
+    /// While Kafka does not answer this is tried again (webhooks are spooled meanwhile), until `stop`
+    /// says to stop (then `Ok(false)`). Anything else (a fatal producer error, a position that is not
+    /// this spool's) is an error.
+    async fn open_transactions(
+        &mut self,
+        b: &mut Books,
+        mut stop: Option<&mut StopSignal>,
+    ) -> Result<bool, ForwarderError> {
+        let mut backoff = MIN_BACKOFF;
+        let mut tries = 0u32;
+        loop {
+            let retry = match self.try_open_transactions(b).await {
+                Ok(()) => return Ok(true),
+                Err(Opening::Fail(e)) => return Err(e),
+                Err(Opening::Retry(e)) => e,
+            };
+            tries += 1;
+            if tries == 1 || tries.is_multiple_of(20) {
+                tracing::warn!(error = %retry, tries,
+                    "exactly-once: Kafka's transactions are not ready yet; events stay in the spool until they are");
+            }
+            match stop.as_deref_mut() {
+                Some(stop) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        changed = stop.changed() => {
+                            if changed.is_err() || stop.borrow().is_some() {
+                                return Ok(false);
+                            }
+                        }
+                    }
+                }
+                None => tokio::time::sleep(backoff).await,
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    async fn try_open_transactions(&mut self, b: &mut Books) -> Result<(), Opening> {
         let eos = self.eos.as_ref().expect("exactly-once mode");
-        let publisher = self.publisher.clone();
-        let timeout = eos.settings.transaction_timeout;
-        tokio::task::spawn_blocking(move || init_transactions(&publisher, timeout))
-            .await
-            .unwrap_or_else(|_| Err(TxnError::Fatal(rdkafka::error::KafkaError::Canceled)))
-            .map_err(ForwarderError::Transactions)?;
         let (kafka, topic, id) =
             (eos.kafka.clone(), eos.settings.position_topic.clone(), eos.spool_id.clone());
-        let read = tokio::task::spawn_blocking(move || {
-            crate::exactly_once::read_position(&kafka, &topic, &id, timeout + Duration::from_secs(30))
+        let timeout = eos.settings.transaction_timeout;
+        crate::exactly_once::ensure_position_topic(&kafka, &topic)
+            .await
+            .map_err(|e| Opening::Retry(e.to_string()))?;
+        let publisher = self.publisher.clone();
+        // One try of at most 10 s: a retriable timeout resumes at the next call.
+        let init = tokio::task::spawn_blocking(move || publisher.init_transactions(timeout.min(INIT_TRY)))
+            .await
+            .unwrap_or_else(|_| Err(TxnError::Fatal(rdkafka::error::KafkaError::Canceled)));
+        match init {
+            Ok(()) => {}
+            Err(TxnError::Retriable(e)) => return Err(Opening::Retry(e.to_string())),
+            Err(e) => return Err(Opening::Fail(ForwarderError::Transactions(e))),
+        }
+        let read = tokio::task::spawn_blocking({
+            let topic = topic.clone();
+            move || crate::exactly_once::read_position(&kafka, &topic, &id, timeout + Duration::from_secs(30))
         })
         .await
-        .expect("reading the position does not panic")?;
-        if let Some(p) = read.filter(|p| p.seq > b.committed) {
-            tracing::info!(position = p.seq, "the last commit went through after all");
-            b.committed = p.seq;
-            self.spool.ack(p.seq);
+        .expect("reading the position does not panic")
+        .map_err(|e| Opening::Retry(e.to_string()))?;
+        let spool_id = eos.spool_id.clone();
+        self.adopt(read, b).await.map_err(Opening::Fail)?;
+        tracing::info!(spool_id = %spool_id, position_topic = %topic, committed_position = read.map(|p| p.seq),
+            "exactly-once: Kafka transactions ready");
+        Ok(())
+    }
+
+    /// Takes the position last committed: when it is ahead of what the books say (at start, a stop
+    /// between a commit and the ack file's update; later, a commit whose answer was lost), the spool is
+    /// acknowledged up to it and reading resumes after it. Refused when it is not this spool's.
+    async fn adopt(&mut self, read: Option<Position>, b: &mut Books) -> Result<(), ForwarderError> {
+        let eos = self.eos.as_ref().expect("exactly-once mode");
+        let Some(p) = read.filter(|p| p.seq > b.committed) else { return Ok(()) };
+        let committed = *self.spool.committed().borrow();
+        if p.seq > committed.seq {
+            return Err(PositionError::Ahead {
+                topic: eos.settings.position_topic.clone(),
+                spool_id: eos.spool_id.clone(),
+                position: p.seq,
+                committed: committed.seq,
+            }
+            .into());
         }
+        let mut reader = self.spool.reader();
+        let found = tokio::task::spawn_blocking(move || {
+            reader.seek(p.seq);
+            reader.read(committed, 1, READ_BYTES)
+        })
+        .await
+        .expect("a spool read does not panic");
+        match found.as_deref() {
+            Ok([r, ..]) if r.seq == p.seq && crc32fast::hash(&r.payload) != p.crc => {
+                return Err(PositionError::NotThisSpool {
+                    topic: eos.settings.position_topic.clone(),
+                    spool_id: eos.spool_id.clone(),
+                    position: p.seq,
+                }
+                .into())
+            }
+            Ok([r, ..]) if r.seq == p.seq => {}
+            // Lost to damage (counted and logged by the spool): nothing to compare it with.
+            other => tracing::warn!(position = p.seq, found = ?other.map(|r| r.first().map(|r| r.seq)),
+                "cannot read the spool's record at the committed position to check it; taking the position"),
+        }
+        tracing::info!(
+            position = p.seq,
+            ack_file = b.committed,
+            "the committed position is ahead of the ack file (stopped between a commit and its ack, or a commit's answer was lost): resuming after the committed position"
+        );
+        b.committed = p.seq;
+        b.committed_crc = p.crc;
+        b.acked = p.seq;
+        b.acked_crc = p.crc;
+        b.acked_sent = p.seq;
+        self.spool.ack(p.seq);
+        if let Some(r) = self.reader.as_mut() {
+            r.seek(p.seq + 1);
+        }
+        self.report(b, committed);
         Ok(())
     }
 
@@ -1322,6 +1468,21 @@ impl Forwarder {
         match tokio::task::spawn_blocking(move || publisher.partition_count(Duration::from_secs(1))).await {
             Ok(Ok(n)) if n > 0 => Some(*b.partitions.insert(n)),
             _ => None,
+        }
+    }
+
+    /// Stopping with a transaction still open (a failure left it, or the time ran out): abort it now
+    /// (for at most a second), so that `read_committed` readers of its partitions are not held back
+    /// until Kafka's transaction timeout. The next start would abort it anyway.
+    async fn abort_left_open(&self, b: &mut Books) {
+        if b.txn.take().is_none() || self.publisher.fatal_error().is_some() {
+            return;
+        }
+        let publisher = self.publisher.clone();
+        let aborted =
+            tokio::task::spawn_blocking(move || publisher.abort_transaction(Duration::from_secs(1))).await;
+        if let Ok(Err(e)) = aborted {
+            tracing::info!(error = %e, "could not abort the open Kafka transaction while stopping; the next start (or Kafka, after the transaction timeout) aborts it");
         }
     }
 
@@ -1389,6 +1550,7 @@ impl Forwarder {
                     outcome: None,
                     key_hash: None,
                     sent_at: Instant::now(),
+                    crc: if self.eos.is_some() { crc32fast::hash(&raw.value) } else { 0 },
                 };
                 let reason = format!("unreadable spool record: {e}");
                 let d = send_to_dead_letter(
@@ -1413,6 +1575,7 @@ impl Forwarder {
             outcome: None,
             key_hash: (!message.key.is_empty()).then(|| crate::partition::murmur2(message.key)),
             sent_at: Instant::now(),
+            crc: if self.eos.is_some() { crc32fast::hash(&record.payload) } else { 0 },
         };
         // The failpoint wedges the producer: from then on it takes records and reports on none, until
         // it is replaced (a wedged librdkafka).
@@ -1476,20 +1639,6 @@ fn key_hash(payload: &[u8], legacy: LegacyReader) -> Option<i32> {
     let spooled = read_spooled(payload, legacy).ok()?;
     let key = spooled.message().key;
     (!key.is_empty()).then(|| crate::partition::murmur2(key))
-}
-
-/// `init_transactions`, tried again while it fails retriably, for at most twice `timeout`. Blocking.
-pub fn init_transactions(publisher: &Publisher, timeout: Duration) -> Result<(), TxnError> {
-    let started = std::time::Instant::now();
-    loop {
-        match publisher.init_transactions(timeout) {
-            Err(TxnError::Retriable(e)) if started.elapsed() < timeout * 2 => {
-                tracing::info!(error = %e, "Kafka's transaction coordinator is not ready yet; trying again");
-                std::thread::sleep(Duration::from_millis(200));
-            }
-            other => return other,
-        }
-    }
 }
 
 impl Txn {

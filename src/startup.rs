@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::configuration::{DeliveryMode, Settings};
-use crate::exactly_once::{Position, PositionError};
+use crate::exactly_once::PositionError;
 use crate::forwarder::{Eos, Forwarder, ForwarderError, Progress, SETTLE_TIME};
 use crate::health::Health;
 use crate::metrics::Metrics;
@@ -336,13 +336,7 @@ async fn start_spooling(
                 settings.kafka_stall,
                 crate::domain::InfoChangedEvent::message_from_v1_spool,
             );
-            let forwarder = match &settings.exactly_once {
-                Some(eos) => {
-                    let (eos, position) = start_transactions(settings, eos, &spool, publisher).await?;
-                    forwarder.exactly_once(eos, position)
-                }
-                None => forwarder,
-            };
+            let forwarder = with_transactions(settings, &spool, forwarder);
             let (stop, stop_rx) = watch::channel(None);
             let running = ClearOnDrop(forwarder_running.clone());
             let forwarder = tokio::spawn(async move {
@@ -359,47 +353,16 @@ async fn start_spooling(
     })
 }
 
-/// Exactly-once mode's start (see [`crate::exactly_once`]): the position topic exists, the producer's
-/// `init_transactions` has fenced any earlier instance of this spool's producer, and the position it
-/// last committed is read (and checked against the spool).
-async fn start_transactions(
-    settings: &Settings,
-    eos: &crate::exactly_once::ExactlyOnce,
-    spool: &Spool,
-    publisher: &Arc<Publisher>,
-) -> Result<(Eos, Option<Position>), StartupError> {
-    let topic = eos.position_topic.clone();
-    crate::exactly_once::ensure_position_topic(&settings.kafka, &topic).await?;
-    let timeout = eos.transaction_timeout;
-    let p = publisher.clone();
-    tokio::task::spawn_blocking(move || crate::forwarder::init_transactions(&p, timeout))
-        .await
-        .expect("init_transactions does not panic")
-        .map_err(|e| StartupError::Forwarder(ForwarderError::Transactions(e)))?;
-    let (kafka, id) = (settings.kafka.clone(), spool.id().to_owned());
-    let position = tokio::task::spawn_blocking(move || {
-        crate::exactly_once::read_position(&kafka, &topic, &id, timeout + Duration::from_secs(30))
-    })
-    .await
-    .expect("reading the position does not panic")?;
-    let committed = spool.committed().borrow().seq;
-    if let Some(p) = position.filter(|p| p.seq > committed) {
-        return Err(PositionError::Ahead {
-            topic: eos.position_topic.clone(),
+/// The forwarder in exactly-once mode when it is asked for (its transactions open when it runs).
+fn with_transactions(settings: &Settings, spool: &Spool, forwarder: Forwarder) -> Forwarder {
+    match &settings.exactly_once {
+        Some(eos) => forwarder.exactly_once(Eos {
+            settings: eos.clone(),
             spool_id: spool.id().to_owned(),
-            position: p.seq,
-            committed,
-        }
-        .into());
+            kafka: settings.kafka.clone(),
+        }),
+        None => forwarder,
     }
-    tracing::info!(
-        spool_id = spool.id(),
-        position_topic = %eos.position_topic,
-        committed_position = position.map(|p| p.seq),
-        "exactly-once: Kafka transactions ready"
-    );
-    let eos = Eos { settings: eos.clone(), spool_id: spool.id().to_owned(), kafka: settings.kafka.clone() };
-    Ok((eos, position))
 }
 
 /// The webhook listener's server: the webhook route, request metrics, and the limits that keep a
@@ -558,13 +521,7 @@ pub async fn drain(settings: Settings, interrupt: impl Future<Output = ()>) -> R
         settings.kafka_stall,
         crate::domain::InfoChangedEvent::message_from_v1_spool,
     );
-    let forwarder = match &settings.exactly_once {
-        Some(eos) => {
-            let (eos, position) = start_transactions(&settings, eos, &spool, &publisher).await?;
-            forwarder.exactly_once(eos, position)
-        }
-        None => forwarder,
-    };
+    let forwarder = with_transactions(&settings, &spool, forwarder);
     let start = progress.borrow().acked_seq;
     let (stop, stop_rx) = watch::channel(None);
     let mut task = tokio::spawn(forwarder.run(stop_rx));

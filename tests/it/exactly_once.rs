@@ -117,6 +117,11 @@ async fn a_second_bridge_on_a_copy_of_the_spool_fences_the_first_which_stops_and
         .unwrap();
     assert!(status.success());
     let second = Bridge::spawn(eos_options(copy.path()).env("BRIDGE_TOPIC", &first.topic)).await;
+    // (The forwarder opens its transactions after the listener is up.)
+    wait_for("the second to open its transactions", Duration::from_secs(60), || async {
+        second.logs().contains("exactly-once: Kafka transactions ready")
+    })
+    .await;
 
     // The first learns it is fenced at its next send.
     for n in 10..13 {
@@ -142,6 +147,16 @@ async fn a_second_bridge_on_a_copy_of_the_spool_fences_the_first_which_stops_and
     assert!(changes("@TGS#fence", 10).is_subset(&once), "{names:?}");
     assert!(once.contains(&("@TGS#fence".to_owned(), 14)), "{records:?}");
     assert_per_group_order(&committed);
+
+    // The first's spool took other events under the numbers the second committed: restarted, it fences
+    // the second, finds the position is not its spool's and refuses to publish (it would otherwise
+    // acknowledge events of its own that are on no topic).
+    first.restart(&[]).await;
+    let status = first.wait_exit(Duration::from_secs(60));
+    assert!(!status.success(), "{}", first.logs());
+    assert!(first.logs().contains("refusing to publish"), "{}", first.logs());
+    let after = read_all_as(&broker().bootstrap(), &first.topic, "read_committed", Duration::from_secs(30));
+    assert_eq!(after.len(), committed.len(), "the refused bridge published something");
 }
 
 #[tokio::test]
@@ -254,5 +269,30 @@ async fn a_broker_killed_under_load_and_restarted_leaves_every_event_once() {
 
     let mut answers = answers;
     answers.ok.insert(("@TGS#eos-broker-warm".into(), 0));
+    assert_committed_exactly_once(&broker().bootstrap(), &bridge.topic, &answers);
+}
+
+#[tokio::test]
+async fn with_kafka_down_at_start_webhooks_are_answered_ok_and_each_is_published_once_when_it_returns() {
+    let _down = broker().exclusive().await;
+    broker().stop();
+    let spool = tempfile::tempdir().unwrap();
+    let bridge = Bridge::spawn(eos_options(spool.path())).await;
+    let mut answers = Answers::default();
+    for n in 0..20 {
+        assert_eq!(bridge.send(&Webhook::rename("@TGS#eos-down", n)).await.0, 200, "{}", bridge.logs());
+        answers.sent += 1;
+        answers.ok.insert(("@TGS#eos-down".to_owned(), n));
+    }
+    wait_for("the forwarder to say it waits for Kafka", Duration::from_secs(60), || async {
+        bridge.logs().contains("Kafka's transactions are not ready yet")
+    })
+    .await;
+    broker().start();
+    wait_for("the bridge to publish everything", Duration::from_secs(120), || async {
+        sample(&scrape(&bridge).await, "bridge_spool_pending_events") == Some(0.0)
+    })
+    .await;
+
     assert_committed_exactly_once(&broker().bootstrap(), &bridge.topic, &answers);
 }
