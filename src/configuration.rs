@@ -151,7 +151,7 @@ pub const VARIABLES: &[Variable] = &[
     ),
     num(
         "BRIDGE_EOS_COMMIT_INTERVAL_MS",
-        Some("100"),
+        Some("25"),
         "exactly-once: a transaction is committed at most this long after its first event",
         (1, 10_000),
         "",
@@ -831,7 +831,7 @@ mod tests {
             .unwrap()
             .exactly_once
             .expect("on");
-        assert_eq!(on.commit_interval, Duration::from_millis(100));
+        assert_eq!(on.commit_interval, Duration::from_millis(25));
         assert_eq!(on.commit_records, 4096);
         assert_eq!(on.transaction_timeout, Duration::from_secs(60));
         assert_eq!(on.position_topic, "group-change.positions");
