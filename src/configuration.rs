@@ -477,6 +477,19 @@ impl Settings {
             "spool" => DeliveryMode::Spool,
             _ => DeliveryMode::Sync { timeout: millis("BRIDGE_SYNC_TIMEOUT_MS", raw.sync_timeout_ms)? },
         };
+        // (Read and checked whether or not the mode is on: a value out of range is refused either way.)
+        let eos = ExactlyOnce {
+            commit_interval: millis("BRIDGE_EOS_COMMIT_INTERVAL_MS", raw.eos_commit_interval_ms)?,
+            commit_records: whole("BRIDGE_EOS_COMMIT_RECORDS", raw.eos_commit_records)? as usize,
+            transaction_timeout: secs(
+                "BRIDGE_EOS_TRANSACTION_TIMEOUT_SECS",
+                raw.eos_transaction_timeout_secs,
+            )?,
+            position_topic: match raw.position_topic {
+                Some(t) => text("BRIDGE_POSITION_TOPIC", Some(t))?,
+                None => format!("{topic}.positions"),
+            },
+        };
         let exactly_once = match choice("BRIDGE_EXACTLY_ONCE", raw.exactly_once, &["true", "false"])? {
             "true" => {
                 if let DeliveryMode::Sync { .. } = delivery {
@@ -485,18 +498,7 @@ impl Settings {
                         "needs BRIDGE_DELIVERY=spool: sync delivery would commit one transaction per webhook",
                     ));
                 }
-                Some(ExactlyOnce {
-                    commit_interval: millis("BRIDGE_EOS_COMMIT_INTERVAL_MS", raw.eos_commit_interval_ms)?,
-                    commit_records: whole("BRIDGE_EOS_COMMIT_RECORDS", raw.eos_commit_records)? as usize,
-                    transaction_timeout: secs(
-                        "BRIDGE_EOS_TRANSACTION_TIMEOUT_SECS",
-                        raw.eos_transaction_timeout_secs,
-                    )?,
-                    position_topic: match raw.position_topic {
-                        Some(t) => text("BRIDGE_POSITION_TOPIC", Some(t))?,
-                        None => format!("{topic}.positions"),
-                    },
-                })
+                Some(eos)
             }
             _ => None,
         };
@@ -1050,7 +1052,7 @@ mod tests {
         for (name, value, why) in [
             ("BRIDGE_RDKAFKA_PARTITIONER", "random", "murmur2_random"),
             ("BRIDGE_RDKAFKA_DELIVERY_REPORT_ONLY_ERROR", "true", "nothing is ever settled"),
-            ("BRIDGE_RDKAFKA_TRANSACTIONAL_ID", "t", "retried forever"),
+            ("BRIDGE_RDKAFKA_TRANSACTIONAL_ID", "t", "names its transactions itself"),
         ] {
             for delivery in ["spool", "sync"] {
                 let e = Settings::from_vars(vars(&[
@@ -1071,7 +1073,7 @@ mod tests {
     #[test]
     fn every_whole_number_outside_its_range_is_refused_with_one_line_naming_it_and_its_ends_are_taken() {
         let ranged: Vec<&Variable> = VARIABLES.iter().filter(|v| v.range.is_some()).collect();
-        assert_eq!(ranged.len(), 14, "a new whole-number variable: give it a test case here");
+        assert_eq!(ranged.len(), 17, "a new whole-number variable: give it a test case here");
         for v in ranged {
             let r = v.range.unwrap();
             // With the settings that make every variable read (a relay, sync delivery, interval fsync).
