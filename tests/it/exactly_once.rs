@@ -296,3 +296,66 @@ async fn with_kafka_down_at_start_webhooks_are_answered_ok_and_each_is_published
 
     assert_committed_exactly_once(&broker().bootstrap(), &bridge.topic, &answers);
 }
+
+/// A record Kafka refuses for good fails its whole transaction: the bridge aborts, sends the records
+/// one at a time from the last committed position through the refused one, dead-letters the one
+/// refused alone (outside the transaction, remembered so that the next abort does not send it again),
+/// and commits the rest: each on the topic once, in order.
+#[tokio::test]
+async fn a_record_kafka_refuses_goes_alone_to_the_dead_letter_topic_and_every_other_is_on_the_topic_once() {
+    let kafka = broker();
+    let _up = kafka.shared().await;
+    let spool = tempfile::tempdir().unwrap();
+    let opts = eos_options(spool.path());
+    kafka.create_topic_taking_at_most(&opts.topic, 20_000);
+    crate::faults::spool_renames_one_too_large(spool.path(), "@TGS#eos-refused", 200, 101).await;
+
+    let bridge = Bridge::spawn(opts).await;
+    wait_for("the bridge to publish everything", Duration::from_secs(120), || async {
+        sample(&scrape(&bridge).await, "bridge_spool_pending_events") == Some(0.0)
+    })
+    .await;
+
+    let mut answers = Answers::default();
+    answers.ok = (0..200).filter(|n| *n != 101).map(|n| (format!("@TGS#eos-refused{}", n % 4), n)).collect();
+    assert_committed_exactly_once(&broker().bootstrap(), &bridge.topic, &answers);
+    let committed = read_all_as(&broker().bootstrap(), &bridge.topic, "read_committed", Duration::from_secs(30));
+    assert!(!committed.iter().any(|r| try_rename_of(r) == Some(("@TGS#eos-refused1".into(), 101))));
+    let dlq =
+        read_all_as(&broker().bootstrap(), &format!("{}.dlq", bridge.topic), "read_committed", Duration::from_secs(30));
+    assert_eq!(dlq.len(), 1, "the refused record once on the dead-letter topic: {dlq:?}");
+    assert_eq!(rename_of(&dlq[0]), ("@TGS#eos-refused1".to_owned(), 101));
+    let text = scrape(&bridge).await;
+    assert!(sample(&text, r#"bridge_kafka_transactions_total{outcome="aborted"}"#) >= Some(1.0), "{text}");
+}
+
+/// `tim-kafka-bridge drain` in exactly-once mode, killed (a real SIGKILL, from a failpoint) between a
+/// commit and the ack file's update, then run again: the second run resumes after the committed
+/// position, so every spooled change is on the topic once.
+#[tokio::test]
+async fn drain_killed_between_a_commit_and_its_ack_then_run_again_publishes_each_event_once() {
+    let _up = broker().shared().await;
+    let spool = tempfile::tempdir().unwrap();
+    spool_directly(spool.path(), "@TGS#eos-drain", 1000).await;
+    let topic = unique("it-eos-drain");
+    let run = |extra: Vec<(&'static str, &'static str)>| {
+        let (dir, topic) = (spool.path().to_owned(), topic.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut env = vec![("BRIDGE_EXACTLY_ONCE", "true"), ("BRIDGE_EOS_COMMIT_RECORDS", "100")];
+            env.extend(extra);
+            crate::drain::drain(&dir, &topic, &broker().bootstrap(), &env)
+        })
+    };
+
+    let killed = run(vec![("FAILPOINTS", "forwarder::after_commit=3*off->1*return")]).await.unwrap();
+    assert!(!killed.status.success(), "the failpoint did not fire: {}", String::from_utf8_lossy(&killed.stdout));
+    let again = run(vec![]).await.unwrap();
+    let logs = String::from_utf8_lossy(&again.stdout).into_owned() + &String::from_utf8_lossy(&again.stderr);
+    assert!(again.status.success(), "{:?}: {logs}", again.status);
+    assert!(logs.contains("the committed position is ahead of the ack file"), "{logs}");
+
+    let records = read_all_as(&broker().bootstrap(), &topic, "read_committed", Duration::from_secs(60));
+    assert_exactly_once(&records, &changes("@TGS#eos-drain", 1000));
+    assert_per_group_order(&records);
+    assert!(segments(spool.path()).is_empty(), "nothing left in the spool");
+}

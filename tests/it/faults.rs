@@ -647,7 +647,7 @@ async fn a_spooled_record_kafka_refuses_goes_alone_to_the_dead_letter_topic_and_
 /// Spools `n` renames over four groups (`<prefix>0` to `<prefix>3`), the one numbered `big` carrying
 /// 40 000 hex digits, which lz4 cannot squeeze under a topic's 20 000 bytes: answered OK, then refused
 /// by Kafka.
-async fn spool_renames_one_too_large(dir: &Path, prefix: &str, n: usize, big: usize) {
+pub(crate) async fn spool_renames_one_too_large(dir: &Path, prefix: &str, n: usize, big: usize) {
     let (s, thread) = open_spool(dir);
     let verifier = verifier();
     let noise = incompressible(40_000);
