@@ -218,6 +218,9 @@ enum Opening {
 /// the stop signal is looked at in between.
 const INIT_TRY: Duration = Duration::from_secs(10);
 
+/// The longest one `abort_transaction` call blocks before the producer is replaced instead.
+const ABORT_TRY: Duration = Duration::from_secs(5);
+
 /// The open transaction (exactly-once mode).
 struct Txn {
     began: Instant,
@@ -688,6 +691,10 @@ impl Forwarder {
                 until, producer: Producer::NewAfterFatal | Producer::NewAfterStall, ..
             } => Some(until),
             State::Recovering { until, .. } if b.window.inflight.is_empty() => Some(until),
+            // Exactly once, the transaction is aborted without waiting: a transaction librdkafka
+            // marked for abort sends nothing more, so what is queued would never report (the abort
+            // purges it, and its reports are taken before anything is sent again).
+            State::Recovering { until, .. } if self.eos.is_some() => Some(until),
             _ => None,
         };
         // (`stopping` is whether the stop signal was seen at the top of this turn: if it came since,
@@ -1213,26 +1220,28 @@ impl Forwarder {
         };
         if producer == Producer::Same && b.txn.is_some() {
             let publisher = self.publisher.clone();
-            let aborted = tokio::task::spawn_blocking(move || {
-                let started = std::time::Instant::now();
-                loop {
-                    match publisher.abort_transaction(timeout) {
-                        Err(TxnError::Retriable(_)) if started.elapsed() < timeout => {
-                            std::thread::sleep(Duration::from_millis(100))
-                        }
-                        other => return other,
-                    }
-                }
-            })
-            .await
-            .unwrap_or_else(|_| Err(TxnError::Fatal(rdkafka::error::KafkaError::Canceled)));
+            // One try, short: an abort waits for the records in flight, and librdkafka can hold some
+            // of them until the very epoch bump the abort makes (seen after Kafka refused a batch:
+            // "skipped sequence numbers, requires epoch bump"). A new producer fences the transaction
+            // just as well.
+            let aborted =
+                tokio::task::spawn_blocking(move || publisher.abort_transaction(timeout.min(ABORT_TRY)))
+                    .await
+                    .unwrap_or_else(|_| Err(TxnError::Fatal(rdkafka::error::KafkaError::Canceled)));
             match aborted {
                 Ok(()) => {
                     self.publisher.metrics().kafka_transactions.with_label_values(&["aborted"]).inc();
+                    // The reports of what the abort purged (and of anything settled meanwhile) are
+                    // all in the channel now: none may be taken for the records sent again.
+                    while self.reports.try_recv().is_ok() {}
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "aborting the Kafka transaction failed; replacing the producer (a new one fences it)");
-                    producer = Producer::NewAfterFatal;
+                    tracing::warn!(error = %e, "aborting the Kafka transaction did not finish; replacing the producer (a new one fences the transaction)");
+                    producer = if self.publisher.fatal_error().is_some() {
+                        Producer::NewAfterFatal
+                    } else {
+                        Producer::NewAfterStall
+                    };
                 }
             }
         }

@@ -951,9 +951,17 @@ impl Publisher {
     }
 
     /// Aborts the open transaction: what was sent in it is dropped by Kafka for `read_committed`
-    /// readers, and what librdkafka still held is purged (reported as failed). Blocking.
+    /// readers, and what librdkafka still held is purged. Returns once the purged records' reports
+    /// have all been delivered to the report channel too (or `timeout` passed), so that none of them
+    /// arrives after the caller sent the same records again. Blocking.
     pub fn abort_transaction(&self, timeout: Duration) -> Result<(), TxnError> {
-        self.reporting()?.abort_transaction(timeout).map_err(TxnError::of)
+        let producer = self.reporting()?;
+        producer.abort_transaction(timeout).map_err(TxnError::of)?;
+        let deadline = std::time::Instant::now() + timeout;
+        while producer.in_flight_count() > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(())
     }
 
     /// Enqueues the position record that ends a transaction (see [`crate::exactly_once`]), on

@@ -316,13 +316,20 @@ async fn a_record_kafka_refuses_goes_alone_to_the_dead_letter_topic_and_every_ot
     })
     .await;
 
-    let mut answers = Answers::default();
-    answers.ok = (0..200).filter(|n| *n != 101).map(|n| (format!("@TGS#eos-refused{}", n % 4), n)).collect();
+    let answers = Answers {
+        ok: (0..200).filter(|n| *n != 101).map(|n| (format!("@TGS#eos-refused{}", n % 4), n)).collect(),
+        ..Default::default()
+    };
     assert_committed_exactly_once(&broker().bootstrap(), &bridge.topic, &answers);
-    let committed = read_all_as(&broker().bootstrap(), &bridge.topic, "read_committed", Duration::from_secs(30));
+    let committed =
+        read_all_as(&broker().bootstrap(), &bridge.topic, "read_committed", Duration::from_secs(30));
     assert!(!committed.iter().any(|r| try_rename_of(r) == Some(("@TGS#eos-refused1".into(), 101))));
-    let dlq =
-        read_all_as(&broker().bootstrap(), &format!("{}.dlq", bridge.topic), "read_committed", Duration::from_secs(30));
+    let dlq = read_all_as(
+        &broker().bootstrap(),
+        &format!("{}.dlq", bridge.topic),
+        "read_committed",
+        Duration::from_secs(30),
+    );
     assert_eq!(dlq.len(), 1, "the refused record once on the dead-letter topic: {dlq:?}");
     assert_eq!(rename_of(&dlq[0]), ("@TGS#eos-refused1".to_owned(), 101));
     let text = scrape(&bridge).await;
@@ -348,7 +355,11 @@ async fn drain_killed_between_a_commit_and_its_ack_then_run_again_publishes_each
     };
 
     let killed = run(vec![("FAILPOINTS", "forwarder::after_commit=3*off->1*return")]).await.unwrap();
-    assert!(!killed.status.success(), "the failpoint did not fire: {}", String::from_utf8_lossy(&killed.stdout));
+    assert!(
+        !killed.status.success(),
+        "the failpoint did not fire: {}",
+        String::from_utf8_lossy(&killed.stdout)
+    );
     let again = run(vec![]).await.unwrap();
     let logs = String::from_utf8_lossy(&again.stdout).into_owned() + &String::from_utf8_lossy(&again.stderr);
     assert!(again.status.success(), "{:?}: {logs}", again.status);
