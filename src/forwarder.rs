@@ -318,6 +318,9 @@ struct Books {
     /// Exactly-once mode: the CRC-32 of record `acked`'s, and of record `committed`'s, spooled bytes.
     acked_crc: u32,
     committed_crc: u32,
+    /// Exactly-once mode: the generation of the producer whose `init_transactions` succeeded (a
+    /// second call on the same producer is refused; a later try only reads the position again).
+    initialized: Option<u64>,
     /// Exactly-once mode: records since the last commit that went to the dead-letter topic (or the
     /// quarantine) outside the transaction: an abort does not take them back, so they are not sent
     /// again.
@@ -518,6 +521,7 @@ impl Forwarder {
             committed: acked,
             acked_crc: 0,
             committed_crc: 0,
+            initialized: None,
             dead_lettered: Default::default(),
         }
     }
@@ -1350,15 +1354,19 @@ impl Forwarder {
         crate::exactly_once::ensure_position_topic(&kafka, &topic)
             .await
             .map_err(|e| Opening::Retry(e.to_string()))?;
-        let publisher = self.publisher.clone();
-        // One try of at most 10 s: a retriable timeout resumes at the next call.
-        let init = tokio::task::spawn_blocking(move || publisher.init_transactions(timeout.min(INIT_TRY)))
-            .await
-            .unwrap_or_else(|_| Err(TxnError::Fatal(rdkafka::error::KafkaError::Canceled)));
-        match init {
-            Ok(()) => {}
-            Err(TxnError::Retriable(e)) => return Err(Opening::Retry(e.to_string())),
-            Err(e) => return Err(Opening::Fail(ForwarderError::Transactions(e))),
+        let generation = self.publisher.generation();
+        if b.initialized != Some(generation) {
+            let publisher = self.publisher.clone();
+            // One try of at most 10 s: a retriable timeout resumes at the next call.
+            let init =
+                tokio::task::spawn_blocking(move || publisher.init_transactions(timeout.min(INIT_TRY)))
+                    .await
+                    .unwrap_or_else(|_| Err(TxnError::Fatal(rdkafka::error::KafkaError::Canceled)));
+            match init {
+                Ok(()) => b.initialized = Some(generation),
+                Err(TxnError::Retriable(e)) => return Err(Opening::Retry(e.to_string())),
+                Err(e) => return Err(Opening::Fail(ForwarderError::Transactions(e))),
+            }
         }
         let read = tokio::task::spawn_blocking({
             let topic = topic.clone();

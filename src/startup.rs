@@ -40,6 +40,8 @@ pub enum StartupError {
     Relay(#[from] crate::relay::RelaySetupError),
     #[error("forwarding to Kafka stopped: {0}")]
     Forwarder(#[from] ForwarderError),
+    #[error("forwarding to Kafka stopped unexpectedly: {0}")]
+    ForwarderPanicked(String),
     #[error("Kafka took no event for {} s; {pending} events remain in the spool", .stalled.as_secs())]
     DrainStalled { stalled: Duration, pending: u64 },
     #[error("interrupted; {pending} events remain in the spool")]
@@ -538,8 +540,10 @@ pub async fn drain(settings: Settings, interrupt: impl Future<Output = ()>) -> R
             }
             ended = &mut task => {
                 break match ended {
+                    Ok(Ok(())) => Ok(()),
                     Ok(Err(e)) => Err(e.into()),
-                    _ => Ok(()),
+                    // A forwarder that panicked drained nothing more: say so, never "drained".
+                    Err(e) => Err(StartupError::ForwarderPanicked(e.to_string())),
                 };
             }
             () = &mut interrupt => {
