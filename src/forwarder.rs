@@ -1069,27 +1069,13 @@ impl Forwarder {
         ahead.sort_unstable();
         ahead.dedup();
         b.delivered_ahead = ahead.into();
-        b.window.inflight.clear();
-        b.held.clear();
-        b.gated = false;
-        b.window.dead_letter_sends = FuturesUnordered::new();
-        b.window.bytes = 0;
+        b.drop_window();
         if producer == Producer::NewAfterFatal {
-            b.retry.fatal_in_a_row += 1;
-            if b.retry.fatal_in_a_row > MAX_FATAL_RESTARTS {
-                let last = self.publisher.fatal_error().unwrap_or_else(|| "unknown".into());
-                self.finish(b);
-                return Err(ForwarderError::ProducerKeepsFailing { restarts: MAX_FATAL_RESTARTS, last });
-            }
+            self.count_fatal_restart(b)?;
         }
         let refit = self.publisher.take_refit();
         if producer != Producer::Same || refit {
-            self.publisher.rebuild()?;
-            // The old producer's reports (it purges what it held as it goes) no longer count.
-            b.generation = self.publisher.generation();
-            b.confirmed.clear();
-            self.wedged.store(false, std::sync::atomic::Ordering::Relaxed);
-            self.publisher.metrics().kafka_producer_restarts.inc();
+            self.replace_producer(b)?;
             tracing::warn!(
                 from_seq = b.acked + 1,
                 "built a new Kafka producer; publishing again from the first unacknowledged event"
@@ -1263,20 +1249,11 @@ impl Forwarder {
                     });
                 }
             }
-            b.retry.fatal_in_a_row += 1;
-            if b.retry.fatal_in_a_row > MAX_FATAL_RESTARTS {
-                let last = self.publisher.fatal_error().unwrap_or_else(|| "unknown".into());
-                self.finish(b);
-                return Err(ForwarderError::ProducerKeepsFailing { restarts: MAX_FATAL_RESTARTS, last });
-            }
+            self.count_fatal_restart(b)?;
         }
         let refit = self.publisher.take_refit();
         if producer != Producer::Same || refit {
-            self.publisher.rebuild()?;
-            b.generation = self.publisher.generation();
-            b.confirmed.clear();
-            self.wedged.store(false, std::sync::atomic::Ordering::Relaxed);
-            self.publisher.metrics().kafka_producer_restarts.inc();
+            self.replace_producer(b)?;
             self.open_transactions(b, None).await?;
             tracing::warn!(
                 from_seq = b.committed + 1,
@@ -1292,11 +1269,7 @@ impl Forwarder {
         b.confirmed.clear();
         let committed = b.committed;
         b.delivered_ahead = b.dead_lettered.iter().copied().filter(|s| *s > committed).collect();
-        b.window.inflight.clear();
-        b.held.clear();
-        b.gated = false;
-        b.window.dead_letter_sends = FuturesUnordered::new();
-        b.window.bytes = 0;
+        b.drop_window();
         if let Some(r) = self.reader.as_mut() {
             r.seek(b.committed + 1);
         }
@@ -1434,6 +1407,28 @@ impl Forwarder {
             r.seek(p.seq + 1);
         }
         self.report(b, committed);
+        Ok(())
+    }
+
+    /// One more fatal producer error in a row: past [`MAX_FATAL_RESTARTS`] the forwarder gives up.
+    fn count_fatal_restart(&self, b: &mut Books) -> Result<(), ForwarderError> {
+        b.retry.fatal_in_a_row += 1;
+        if b.retry.fatal_in_a_row > MAX_FATAL_RESTARTS {
+            let last = self.publisher.fatal_error().unwrap_or_else(|| "unknown".into());
+            self.finish(b);
+            return Err(ForwarderError::ProducerKeepsFailing { restarts: MAX_FATAL_RESTARTS, last });
+        }
+        Ok(())
+    }
+
+    /// Builds a new main producer. The old producer's reports (it purges what it held as it goes) no
+    /// longer count, and no partition is warm for the new one.
+    fn replace_producer(&self, b: &mut Books) -> Result<(), ForwarderError> {
+        self.publisher.rebuild()?;
+        b.generation = self.publisher.generation();
+        b.confirmed.clear();
+        self.wedged.store(false, std::sync::atomic::Ordering::Relaxed);
+        self.publisher.metrics().kafka_producer_restarts.inc();
         Ok(())
     }
 
@@ -1656,6 +1651,17 @@ fn key_hash(payload: &[u8], legacy: LegacyReader) -> Option<i32> {
     let spooled = read_spooled(payload, legacy).ok()?;
     let key = spooled.message().key;
     (!key.is_empty()).then(|| crate::partition::murmur2(key))
+}
+
+impl Books {
+    /// Forgets everything in flight or held back (publishing starts again from the spool).
+    fn drop_window(&mut self) {
+        self.window.inflight.clear();
+        self.held.clear();
+        self.gated = false;
+        self.window.dead_letter_sends = FuturesUnordered::new();
+        self.window.bytes = 0;
+    }
 }
 
 impl Txn {

@@ -33,6 +33,14 @@ fn assert_committed_exactly_once(bootstrap: &str, topic: &str, answers: &Answers
     uncommitted.len() - committed.len()
 }
 
+/// Waits until the bridge's spool holds nothing it has not published (committed, in this mode).
+async fn wait_until_published(bridge: &Bridge, timeout: Duration) {
+    wait_for("the bridge to publish everything", timeout, || async {
+        sample(&scrape(bridge).await, "bridge_spool_pending_events") == Some(0.0)
+    })
+    .await;
+}
+
 /// The committed position the bridge wrote for its spool (the position topic's last record of that
 /// key, read committed).
 fn committed_position(bootstrap: &str, topic: &str, spool: &std::path::Path) -> Option<u64> {
@@ -173,11 +181,7 @@ async fn a_fatal_producer_error_aborts_and_a_new_producer_publishes_each_event_o
     );
     load.wait_for_more_ok(1000, Duration::from_secs(60)).await;
     let answers = load.stop().await;
-    wait_for("the bridge to publish everything", Duration::from_secs(60), || async {
-        let text = scrape(&bridge).await;
-        sample(&text, "bridge_spool_pending_events") == Some(0.0)
-    })
-    .await;
+    wait_until_published(&bridge, Duration::from_secs(60)).await;
 
     assert_committed_exactly_once(&broker().bootstrap(), &bridge.topic, &answers);
     let text = scrape(&bridge).await;
@@ -202,10 +206,7 @@ async fn commits_that_fail_retriably_or_must_abort_lose_and_repeat_nothing() {
     );
     load.wait_for_more_ok(600, Duration::from_secs(60)).await;
     let answers = load.stop().await;
-    wait_for("the bridge to publish everything", Duration::from_secs(60), || async {
-        sample(&scrape(&bridge).await, "bridge_spool_pending_events") == Some(0.0)
-    })
-    .await;
+    wait_until_published(&bridge, Duration::from_secs(60)).await;
 
     let aborted = assert_committed_exactly_once(&broker().bootstrap(), &bridge.topic, &answers);
     assert!(aborted > 0, "no transaction was aborted: {}", bridge.logs());
@@ -231,10 +232,7 @@ async fn a_wedged_producer_is_replaced_inside_the_transaction_discipline_and_not
     );
     load.wait_for_more_ok(600, Duration::from_secs(60)).await;
     let answers = load.stop().await;
-    wait_for("the bridge to publish everything", Duration::from_secs(60), || async {
-        sample(&scrape(&bridge).await, "bridge_spool_pending_events") == Some(0.0)
-    })
-    .await;
+    wait_until_published(&bridge, Duration::from_secs(60)).await;
 
     assert_committed_exactly_once(&broker().bootstrap(), &bridge.topic, &answers);
     let text = scrape(&bridge).await;
@@ -262,10 +260,7 @@ async fn a_broker_killed_under_load_and_restarted_leaves_every_event_once() {
     broker().start();
     load.wait_for_more_ok(300, Duration::from_secs(120)).await;
     let answers = load.stop().await;
-    wait_for("the bridge to publish everything", Duration::from_secs(120), || async {
-        sample(&scrape(&bridge).await, "bridge_spool_pending_events") == Some(0.0)
-    })
-    .await;
+    wait_until_published(&bridge, Duration::from_secs(120)).await;
 
     let mut answers = answers;
     answers.ok.insert(("@TGS#eos-broker-warm".into(), 0));
@@ -289,10 +284,7 @@ async fn with_kafka_down_at_start_webhooks_are_answered_ok_and_each_is_published
     })
     .await;
     broker().start();
-    wait_for("the bridge to publish everything", Duration::from_secs(120), || async {
-        sample(&scrape(&bridge).await, "bridge_spool_pending_events") == Some(0.0)
-    })
-    .await;
+    wait_until_published(&bridge, Duration::from_secs(120)).await;
 
     assert_committed_exactly_once(&broker().bootstrap(), &bridge.topic, &answers);
 }
@@ -311,10 +303,7 @@ async fn a_record_kafka_refuses_goes_alone_to_the_dead_letter_topic_and_every_ot
     crate::faults::spool_renames_one_too_large(spool.path(), "@TGS#eos-refused", 200, 101).await;
 
     let bridge = Bridge::spawn(opts).await;
-    wait_for("the bridge to publish everything", Duration::from_secs(120), || async {
-        sample(&scrape(&bridge).await, "bridge_spool_pending_events") == Some(0.0)
-    })
-    .await;
+    wait_until_published(&bridge, Duration::from_secs(120)).await;
 
     let answers = Answers {
         ok: (0..200).filter(|n| *n != 101).map(|n| (format!("@TGS#eos-refused{}", n % 4), n)).collect(),
